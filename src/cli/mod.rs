@@ -1,0 +1,36 @@
+//! Command-line interface: one file per subcommand, each with a clap `Args` struct and `run()`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
+#[derive(Debug, Parser)]
+#[command(name = "kemu", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `kemu=debug`.
+    #[arg(long, global = true, env = "KEMU_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands. Launcher commands first, then the agents that `kemu up` starts.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Initialise tracing on stderr with the filter given by `--log` / `KEMU_LOG`.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {}
+}

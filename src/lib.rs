@@ -1,0 +1,21 @@
+//! kemu: a single-host, multi-node Kubernetes emulator built on Linux network namespaces.
+//!
+//! The crate is organised the way a lab comes to life:
+//! `topology` (a YAML file becomes a validated, resolved model) → `plan` (the ordered steps,
+//! pure data) → `netns`/`netlink` (the thin layer that touches the kernel) → `lab` (up, down,
+//! state, supervisor). The agents that run inside the emulated hosts live in their own modules.
+
+pub mod cli;
+
+/// Helpers shared by the unit tests of every module.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// insta settings that store snapshots in the top-level `snapshots/` folder, named after the
+    /// module that takes them (e.g. `kemu__topology__resolve__tests__seed_plan.snap`).
+    pub fn snapshot_settings() -> insta::Settings {
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+        settings.set_prepend_module_to_snapshot(true);
+        settings
+    }
+}

@@ -1,0 +1,16 @@
+//! The `kemu` binary: parse the command line, set up logging, run, map errors to exit codes.
+//! Launcher and agents are the same binary; see `kemu::cli` for the subcommands.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = kemu::cli::Cli::parse();
+    kemu::cli::init_tracing(&cli);
+    match kemu::cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

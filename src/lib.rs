@@ -19,3 +19,9 @@ pub(crate) mod testing {
         settings
     }
 }
+pub mod lab;
+pub mod netlink;
+pub mod netns;
+pub mod overlay;
+pub mod plan;
+pub mod topology;

@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod down;
+mod exec;
+mod generate;
+mod status;
+mod up;
+
 /// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
 #[derive(Debug, Parser)]
 #[command(name = "kemu", version, about, long_about = None)]
@@ -18,7 +24,24 @@ pub struct Cli {
 
 /// The subcommands. Launcher commands first, then the agents that `kemu up` starts.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Build a lab from a topology file.
+    Up(up::UpArgs),
+    /// Tear a lab down.
+    Down(down::DownArgs),
+    /// Show a lab's hosts, subnets and agents.
+    Status(status::StatusArgs),
+    /// Run a command on an emulated host.
+    Exec(exec::ExecArgs),
+    /// Print an N-host topology file.
+    Generate(generate::GenerateArgs),
+    /// Run a lab's supervisor (started by `kemu up`).
+    #[command(hide = true)]
+    Supervise {
+        /// Lab name.
+        lab: String,
+    },
+}
 
 /// Initialise tracing on stderr with the filter given by `--log` / `KEMU_LOG`.
 pub fn init_tracing(cli: &Cli) {
@@ -32,5 +55,26 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Run the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Down(args) => down::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Exec(args) => exec::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
+    }
+}
+
+/// The lab a command refers to: the one given, or the only one that is up.
+pub(crate) fn pick_lab(given: Option<&str>, allow_missing: bool) -> anyhow::Result<String> {
+    if let Some(lab) = given {
+        return Ok(lab.to_string());
+    }
+    let labs = crate::lab::list_labs();
+    match labs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] if allow_missing => anyhow::bail!("no labs are up"),
+        [] => anyhow::bail!("no labs are up (start one with `kemu up topologies/seed.yaml`)"),
+        many => anyhow::bail!("several labs are up ({}): name one", many.join(", ")),
+    }
 }

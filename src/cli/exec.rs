@@ -1,0 +1,53 @@
+//! `kemu exec LAB HOST -- CMD ARGS...`: run a command on an emulated host.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::lab::exec::host_command;
+use crate::lab::state::{LabDir, LabRecord};
+
+/// Run a command inside a host's namespace (by host name or underlay IP).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Lab name.
+    pub lab: String,
+    /// Host name or underlay IP, e.g. 192.168.0.202.
+    pub host: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let dir = LabDir::new(&args.lab);
+    anyhow::ensure!(
+        dir.exists(),
+        "lab {} is not up (see `kemu status`)",
+        args.lab
+    );
+    let record = LabRecord::load(&dir)?;
+    let topo = &record.topology;
+    let Some(host) = topo.find_host(&args.host) else {
+        let names: Vec<String> = topo
+            .hosts
+            .iter()
+            .map(|h| format!("{} ({})", h.name, h.ip))
+            .collect();
+        anyhow::bail!(
+            "lab {} has no host {:?}; hosts: {}",
+            args.lab,
+            args.host,
+            names.join(", ")
+        );
+    };
+    let status = host_command(&dir, &host.name, &topo.host_namespace(host), &args.command)?
+        .status()
+        .map_err(|e| anyhow::anyhow!("run {:?} on {}: {e}", args.command[0], host.name))?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code as u8),
+        (None, Some(sig)) => ExitCode::from(128 + sig as u8),
+        _ => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,122 @@
+//! `kemu up FILE`: build a lab from a topology file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::lab::state::LabDir;
+use crate::lab::{UpOptions, up};
+use crate::plan::plan;
+use crate::topology::{ProxyMode, Topology};
+
+/// Build a lab: namespaces, underlay, overlay, then the agents.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Topology file (YAML), e.g. topologies/seed.yaml.
+    pub file: PathBuf,
+    /// Lab name (default: the file's `name`); lets tests run one file several times at once.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the ordered plan and exit; needs no privileges.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override the proxy mode of every host.
+    #[arg(long, value_parser = clap::value_parser!(ProxyMode))]
+    pub proxy_mode: Option<ProxyMode>,
+    /// Seed of the random source (ClusterIPs, NodePorts, name suffixes, proxy ports).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Build the network only: no supervisor and no agents.
+    #[arg(long)]
+    pub network_only: bool,
+    /// Print per-phase timings.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+impl clap::builder::ValueParserFactory for ProxyMode {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<ProxyMode>())
+    }
+}
+
+/// Load the topology and apply command-line overrides.
+pub fn load(args: &UpArgs) -> anyhow::Result<Topology> {
+    let mut topo = Topology::load(&args.file)?;
+    if let Some(name) = &args.name {
+        let mut renamed = topo.clone();
+        renamed.name = name.clone();
+        // Re-validate the name through the same rules as the file.
+        let probe = format!(
+            "name: {name}\nsegments: [{{name: s, cidr: 10.0.0.0/24}}]\nhosts: [{{name: h, ip: 10.0.0.2, roles: [master]}}]\n"
+        );
+        crate::topology::parse("--name", &probe)?;
+        topo = renamed;
+    }
+    if let Some(mode) = args.proxy_mode {
+        topo.proxy_mode = mode;
+        for host in &mut topo.hosts {
+            host.proxy_mode = mode;
+        }
+    }
+    if let Some(seed) = args.seed {
+        topo.control_plane.seed = Some(seed);
+    }
+    Ok(topo)
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let topo = load(&args)?;
+    let dir = LabDir::new(&topo.name);
+    if args.dry_run {
+        let plan = plan(&topo, &dir.root);
+        println!(
+            "# kemu up {}: lab {} ({} namespaces, {} kernel operations)",
+            args.file.display(),
+            topo.name,
+            plan.namespaces.len(),
+            plan.operation_count()
+        );
+        print!("{plan}");
+        let agents = crate::lab::agents::agent_specs(&topo, &dir);
+        if !agents.is_empty() && !args.network_only {
+            println!("# agents (started by `kemu supervise {}`)", topo.name);
+            for a in agents {
+                println!("      ip netns exec {} {}", a.namespace, a.command_line());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = up(
+        &topo,
+        &UpOptions {
+            source: Some(args.file.clone()),
+            network_only: args.network_only,
+        },
+    )?;
+    for w in &report.build.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "lab {} is up: {} hosts, {} namespaces, {} kernel operations in {:.3}s",
+        topo.name,
+        topo.hosts.len(),
+        report.build.namespaces,
+        report.build.operations,
+        report.total.as_secs_f64()
+    );
+    if args.verbose {
+        for (phase, t) in &report.build.phase_times {
+            println!("  {phase:<14} {:.3}s", t.as_secs_f64());
+        }
+    }
+    println!(
+        "  kemu status {}        # hosts, subnets, agents",
+        topo.name
+    );
+    println!("  kemu exec {} HOST -- COMMAND", topo.name);
+    println!("  kemu down {}", topo.name);
+    Ok(ExitCode::SUCCESS)
+}

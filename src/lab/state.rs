@@ -1,0 +1,266 @@
+//! A lab's state directory, `/run/kemu/<lab>/`: the single source of truth for `down`.
+//!
+//! - `lab.json`: the resolved topology and how the lab was started (written first);
+//! - `journal`: one JSON line per namespace, appended *before* the namespace is created, so
+//!   that `down` after a crash or a SIGKILL removes everything that may exist (and treats what
+//!   does not as already gone). Agents append their own namespaces (pods) to it too;
+//! - `pids/<pid>`: every long-lived process kemu started for the lab, with its start time so a
+//!   recycled PID is never mistaken for ours;
+//! - `hosts/<host>/`: per-host files (`subnet.env`, `hosts`), `logs/`: agent logs.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::topology::Topology;
+
+/// Default root of all lab state.
+pub const DEFAULT_STATE_ROOT: &str = "/run/kemu";
+
+/// The state root: `$KEMU_STATE_DIR` or `/run/kemu`.
+pub fn state_root() -> PathBuf {
+    std::env::var_os("KEMU_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT))
+}
+
+/// Paths inside one lab's state directory.
+#[derive(Debug, Clone)]
+pub struct LabDir {
+    pub root: PathBuf,
+}
+
+impl LabDir {
+    pub fn new(lab: &str) -> LabDir {
+        LabDir {
+            root: state_root().join(lab),
+        }
+    }
+    pub fn lab_json(&self) -> PathBuf {
+        self.root.join("lab.json")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+    pub fn pids(&self) -> PathBuf {
+        self.root.join("pids")
+    }
+    pub fn host_dir(&self, host: &str) -> PathBuf {
+        self.root.join("hosts").join(host)
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn agents_json(&self) -> PathBuf {
+        self.root.join("agents.json")
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
+    }
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+}
+
+/// What `lab.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabRecord {
+    pub topology: Topology,
+    /// The topology file it came from, for `status`.
+    pub source: Option<PathBuf>,
+    /// The kemu binary that built the lab (agents are started from it).
+    pub binary: PathBuf,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Port on 127.0.0.1 forwarded to the API server, once the supervisor runs.
+    pub api_port: Option<u16>,
+}
+
+impl LabRecord {
+    pub fn load(dir: &LabDir) -> anyhow::Result<LabRecord> {
+        let text = std::fs::read_to_string(dir.lab_json())
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.lab_json().display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Write atomically (temp file + rename) so a crash never leaves half a file.
+    pub fn save(&self, dir: &LabDir) -> io::Result<()> {
+        write_atomic(
+            &dir.lab_json(),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
+}
+
+/// Write a file atomically.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JournalEntry {
+    /// A network namespace that kemu is about to create (or has created).
+    Namespace(String),
+}
+
+/// The append-only journal. Each append is one `write` on an `O_APPEND` file, so several
+/// processes (launcher, kubelets) can append to it safely and a SIGKILL loses nothing written.
+pub struct Journal {
+    file: File,
+}
+
+impl Journal {
+    pub fn open(dir: &LabDir) -> io::Result<Journal> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.journal())?;
+        Ok(Journal { file })
+    }
+
+    /// Append entries with a single write.
+    pub fn append(&mut self, entries: &[JournalEntry]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for entry in entries {
+            serde_json::to_writer(&mut buf, entry)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)
+    }
+
+    /// Read every complete entry (a torn last line from a crash is ignored).
+    pub fn read(dir: &LabDir) -> io::Result<Vec<JournalEntry>> {
+        let text = match std::fs::read_to_string(dir.journal()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+/// A process kemu started, identified by PID and kernel start time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessRecord {
+    pub pid: i32,
+    /// `starttime` from `/proc/<pid>/stat` (clock ticks since boot).
+    pub start_time: u64,
+    /// What it is, e.g. `supervisor`, `192.168.0.201/kubelet`.
+    pub what: String,
+}
+
+/// The start time of a live process, `None` if it does not exist.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process is a zombie or gone.
+pub fn process_is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].chars().next())
+            .is_none_or(|state| state == 'Z' || state == 'X'),
+        Err(_) => true,
+    }
+}
+
+impl ProcessRecord {
+    /// Record a live process.
+    pub fn of(pid: i32, what: impl Into<String>) -> Option<ProcessRecord> {
+        Some(ProcessRecord {
+            pid,
+            start_time: process_start_time(pid)?,
+            what: what.into(),
+        })
+    }
+
+    /// Whether the recorded process is still the one running under that PID.
+    pub fn is_alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.start_time) && !process_is_dead(self.pid)
+    }
+
+    /// Register in `pids/` (one file per process, so writers never conflict).
+    pub fn register(&self, dir: &LabDir) -> io::Result<()> {
+        std::fs::create_dir_all(dir.pids())?;
+        write_atomic(
+            &dir.pids().join(self.pid.to_string()),
+            serde_json::to_string(self)?.as_bytes(),
+        )
+    }
+
+    /// Remove the registration (after the process has exited).
+    pub fn unregister(&self, dir: &LabDir) {
+        let _ = std::fs::remove_file(dir.pids().join(self.pid.to_string()));
+    }
+
+    /// Every registered process.
+    pub fn all(dir: &LabDir) -> Vec<ProcessRecord> {
+        let Ok(entries) = std::fs::read_dir(dir.pids()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|text| serde_json::from_str(&text).ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_survives_a_torn_last_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir {
+            root: tmp.path().to_path_buf(),
+        };
+        let mut journal = Journal::open(&dir).unwrap();
+        journal
+            .append(&[
+                JournalEntry::Namespace("kemu-t-a".into()),
+                JournalEntry::Namespace("kemu-t-b".into()),
+            ])
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.journal())
+            .unwrap()
+            .write_all(b"{\"namesp")
+            .unwrap();
+        assert_eq!(
+            Journal::read(&dir).unwrap(),
+            vec![
+                JournalEntry::Namespace("kemu-t-a".into()),
+                JournalEntry::Namespace("kemu-t-b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn own_process_is_alive_and_recognised() {
+        let me = ProcessRecord::of(std::process::id() as i32, "test").unwrap();
+        assert!(me.is_alive());
+        let recycled = ProcessRecord {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!recycled.is_alive());
+    }
+}

@@ -1,0 +1,130 @@
+//! Teardown, driven only by the state directory: stop every recorded process (by PID and start
+//! time), delete every journaled namespace in reverse order, remove the state. It continues
+//! after errors, treats "already gone" as success, and reports every failure at the end, so it
+//! works after a crash, after a SIGKILL of `up` at any point, and twice in a row.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::state::{Journal, JournalEntry, LabDir, ProcessRecord};
+use crate::netns;
+
+/// How long processes get between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What teardown did, and what failed.
+#[derive(Debug, Default)]
+pub struct TeardownReport {
+    pub stopped_processes: usize,
+    pub removed_namespaces: usize,
+    pub errors: Vec<String>,
+}
+
+/// Tear down the lab whose state is in `dir`.
+pub fn teardown(dir: &LabDir) -> TeardownReport {
+    let mut report = TeardownReport::default();
+
+    // 1. Processes: the supervisor first (it stops its agents gracefully), then whatever is
+    //    left (agents of a dead supervisor, container shims).
+    let records = ProcessRecord::all(dir);
+    let (supervisor, others): (Vec<_>, Vec<_>) =
+        records.into_iter().partition(|r| r.what == "supervisor");
+    report.stopped_processes += stop_processes(
+        &supervisor,
+        STOP_GRACE + Duration::from_secs(2),
+        &mut report.errors,
+    );
+    let others: Vec<ProcessRecord> = others.into_iter().filter(|r| r.is_alive()).collect();
+    report.stopped_processes += stop_processes(&others, STOP_GRACE, &mut report.errors);
+    for record in ProcessRecord::all(dir) {
+        if record.is_alive() {
+            report.errors.push(format!(
+                "process {} ({}) is still running",
+                record.pid, record.what
+            ));
+        }
+    }
+
+    // 2. Namespaces, newest first. Deleting a namespace deletes every link inside it, and
+    //    deleting one end of a veth deletes its peer.
+    match Journal::read(dir) {
+        Ok(entries) => {
+            let mut seen = std::collections::HashSet::new();
+            for entry in entries.iter().rev() {
+                let JournalEntry::Namespace(name) = entry;
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                let existed = netns::exists(name);
+                match netns::delete(name) {
+                    Ok(()) if existed => report.removed_namespaces += 1,
+                    Ok(()) => {}
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report
+            .errors
+            .push(format!("read {}: {e}", dir.journal().display())),
+    }
+
+    // 3. The state directory itself, unless something above failed (it is what a retry needs).
+    if report.errors.is_empty()
+        && let Err(e) = std::fs::remove_dir_all(&dir.root)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        report
+            .errors
+            .push(format!("remove {}: {e}", dir.root.display()));
+    }
+    report
+}
+
+/// SIGTERM the processes, wait up to `grace`, SIGKILL the rest, wait until they are gone.
+/// Returns how many were running.
+pub fn stop_processes(
+    records: &[ProcessRecord],
+    grace: Duration,
+    errors: &mut Vec<String>,
+) -> usize {
+    let alive: Vec<&ProcessRecord> = records.iter().filter(|r| r.is_alive()).collect();
+    for r in &alive {
+        signal(r, Signal::SIGTERM, errors);
+    }
+    if !wait_dead(&alive, grace) {
+        for r in alive.iter().filter(|r| r.is_alive()) {
+            signal(r, Signal::SIGKILL, errors);
+        }
+        wait_dead(&alive, Duration::from_secs(5));
+    }
+    alive.len()
+}
+
+fn signal(record: &ProcessRecord, sig: Signal, errors: &mut Vec<String>) {
+    // Re-check identity right before signalling: never signal a recycled PID.
+    if !record.is_alive() {
+        return;
+    }
+    match kill(Pid::from_raw(record.pid), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => {}
+        Err(e) => errors.push(format!(
+            "send {sig} to {} ({}): {e}",
+            record.pid, record.what
+        )),
+    }
+}
+
+fn wait_dead(records: &[&ProcessRecord], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if records.iter().all(|r| !r.is_alive()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,154 @@
+//! `kemu up`: resolve, plan, build the fabric, start the supervisor. A failed `up` rolls back
+//! what it made, using the same journal-driven teardown as `down`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::agents::agent_specs;
+use super::build::{BuildReport, build};
+use super::state::{Journal, LabDir, LabRecord, ProcessRecord};
+use super::teardown::teardown;
+use crate::plan::plan;
+use crate::topology::Topology;
+
+/// How `up` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// The topology file it came from.
+    pub source: Option<PathBuf>,
+    /// Build the network only: no supervisor, no agents.
+    pub network_only: bool,
+}
+
+/// What `up` did.
+#[derive(Debug)]
+pub struct UpReport {
+    pub build: BuildReport,
+    pub total: Duration,
+    pub supervisor: Option<i32>,
+}
+
+/// Build the lab of `topo`.
+pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
+    super::check_privileges()?;
+    let started = Instant::now();
+    let dir = LabDir::new(&topo.name);
+    std::fs::create_dir_all(super::state::state_root())
+        .with_context(|| format!("create {}", super::state::state_root().display()))?;
+    // create_dir is atomic: two `up`s of one lab cannot both get past this line.
+    match std::fs::create_dir(&dir.root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "lab {} already exists (state in {}): run `kemu down {}` first, or pick another name with --name",
+            topo.name,
+            dir.root.display(),
+            topo.name
+        ),
+        Err(e) => return Err(e).with_context(|| format!("create {}", dir.root.display())),
+    }
+    let plan = plan(topo, &dir.root);
+    let existing: Vec<&str> = plan
+        .namespaces
+        .iter()
+        .map(|ns| ns.name.as_str())
+        .filter(|name| crate::netns::exists(name))
+        .collect();
+    if !existing.is_empty() {
+        let _ = std::fs::remove_dir(&dir.root);
+        anyhow::bail!(
+            "network namespaces of lab {} already exist but kemu has no record of them: {} (remove them with `ip netns delete` if they are yours)",
+            topo.name,
+            existing.join(", ")
+        );
+    }
+    let record = LabRecord {
+        topology: topo.clone(),
+        source: opts.source.clone(),
+        binary: std::env::current_exe().context("locate the kemu binary")?,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        api_port: None,
+    };
+    let result = (|| {
+        record.save(&dir).context("write lab.json")?;
+        let mut journal = Journal::open(&dir).context("open the lab journal")?;
+        let build = build(&plan, &mut journal)?;
+        let supervisor = if opts.network_only || agent_specs(topo, &dir).is_empty() {
+            None
+        } else {
+            Some(start_supervisor(&dir, &record)?)
+        };
+        anyhow::Ok(UpReport {
+            build,
+            total: started.elapsed(),
+            supervisor,
+        })
+    })();
+    match result {
+        Ok(report) => Ok(report),
+        Err(err) => {
+            let rollback = teardown(&dir);
+            for e in &rollback.errors {
+                eprintln!("warning: rollback: {e}");
+            }
+            Err(err.context(format!(
+                "kemu up {} failed; everything it made was removed",
+                topo.name
+            )))
+        }
+    }
+}
+
+/// Start `kemu supervise LAB` as a daemon (own session, output to logs/supervisor.log) and wait
+/// until it has started the agents.
+fn start_supervisor(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(dir.logs())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.logs().join("supervisor.log"))?;
+    let mut cmd = std::process::Command::new(&record.binary);
+    cmd.args(["supervise", &record.topology.name])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().context("start the lab supervisor")?;
+    let pid = child.id() as i32;
+    // Record it at once: if `up` dies now, `down` still finds it.
+    if let Some(p) = ProcessRecord::of(pid, "supervisor") {
+        p.register(dir)?;
+    }
+    // The supervisor is not our child for long: reap it in the background if it exits early.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.agents_json().exists() {
+        if crate::lab::state::process_is_dead(pid) {
+            anyhow::bail!(
+                "the lab supervisor exited during start-up; see {}",
+                dir.logs().join("supervisor.log").display()
+            );
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the lab supervisor did not start within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(pid)
+}

@@ -30,6 +30,12 @@ pub struct UpArgs {
     /// Build the network only: no supervisor and no agents.
     #[arg(long)]
     pub network_only: bool,
+    /// Kubeconfig to add the `kemu-<lab>` context to (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not touch any kubeconfig (the lab's own copy is still written to its state directory).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub no_kubeconfig: bool,
     /// Print per-phase timings.
     #[arg(long, short)]
     pub verbose: bool,
@@ -94,6 +100,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         &UpOptions {
             source: Some(args.file.clone()),
             network_only: args.network_only,
+            kubeconfig: if args.no_kubeconfig {
+                None
+            } else {
+                args.kubeconfig
+                    .clone()
+                    .or_else(crate::lab::kubeconfig::default_path)
+            },
         },
     )?;
     for w in &report.build.warnings {

@@ -4,6 +4,8 @@
 pub mod agents;
 pub mod build;
 pub mod exec;
+pub mod forward;
+pub mod kubeconfig;
 pub mod state;
 pub mod supervisor;
 pub mod teardown;

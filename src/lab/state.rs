@@ -56,6 +56,18 @@ impl LabDir {
     pub fn agents_json(&self) -> PathBuf {
         self.root.join("agents.json")
     }
+    /// The supervisor's forwarded API port on 127.0.0.1.
+    pub fn api_port(&self) -> PathBuf {
+        self.root.join("api-port")
+    }
+    /// Read the forwarded API port, if the supervisor has published it.
+    pub fn read_api_port(&self) -> Option<u16> {
+        std::fs::read_to_string(self.api_port())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
     pub fn kubeconfig(&self) -> PathBuf {
         self.root.join("kubeconfig")
     }
@@ -77,6 +89,9 @@ pub struct LabRecord {
     pub created: u64,
     /// Port on 127.0.0.1 forwarded to the API server, once the supervisor runs.
     pub api_port: Option<u16>,
+    /// The user kubeconfig that got a `kemu-<lab>` context (removed again by `down`).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl LabRecord {

@@ -105,6 +105,17 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
         });
     }
 
+    // kubectl on the machine itself reaches the API server through 127.0.0.1:<port>.
+    if record.topology.hosts.iter().any(|h| h.is_master()) {
+        let master = record.topology.master();
+        let ns = std::sync::Arc::new(NetNs::open(&record.topology.host_namespace(master))?);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        write_atomic(&dir.api_port(), port.to_string().as_bytes())?;
+        let target = std::net::SocketAddr::from((master.ip, super::forward::API_PORT));
+        tokio::spawn(super::forward::serve(listener, ns, target));
+    }
+
     // Each child is awaited by its own task; exits come back here by index.
     let (exited, mut exits) = mpsc::unbounded_channel::<(usize, String, Duration)>();
     for (i, agent) in agents.iter_mut().enumerate() {

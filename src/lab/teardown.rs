@@ -70,7 +70,19 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
             .push(format!("read {}: {e}", dir.journal().display())),
     }
 
-    // 3. The state directory itself, unless something above failed (it is what a retry needs).
+    // 3. The lab's kubeconfig context.
+    if let Ok(record) = super::state::LabRecord::load(dir)
+        && let Some(path) = &record.kubeconfig
+        && let Err(e) = super::kubeconfig::forget(path, &record.topology.name)
+    {
+        report.errors.push(format!(
+            "remove context kemu-{} from {}: {e:#}",
+            record.topology.name,
+            path.display()
+        ));
+    }
+
+    // 4. The state directory itself, unless something above failed (it is what a retry needs).
     if report.errors.is_empty()
         && let Err(e) = std::fs::remove_dir_all(&dir.root)
         && e.kind() != std::io::ErrorKind::NotFound

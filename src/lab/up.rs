@@ -21,6 +21,8 @@ pub struct UpOptions {
     pub source: Option<PathBuf>,
     /// Build the network only: no supervisor, no agents.
     pub network_only: bool,
+    /// The kubeconfig to add the lab's context to (`None`: leave kubeconfigs alone).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// What `up` did.
@@ -73,7 +75,9 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         api_port: None,
+        kubeconfig: None,
     };
+    let mut record = record;
     let result = (|| {
         record.save(&dir).context("write lab.json")?;
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
@@ -81,7 +85,21 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         let supervisor = if opts.network_only || agent_specs(topo, &dir).is_empty() {
             None
         } else {
-            Some(start_supervisor(&dir, &record)?)
+            let pid = start_supervisor(&dir, &record)?;
+            if let Some(port) = dir.read_api_port() {
+                let server = format!("http://127.0.0.1:{port}");
+                std::fs::write(
+                    dir.kubeconfig(),
+                    super::kubeconfig::standalone(&topo.name, &server),
+                )?;
+                record.api_port = Some(port);
+                if let Some(path) = &opts.kubeconfig {
+                    super::kubeconfig::add(path, &topo.name, &server)?;
+                    record.kubeconfig = Some(path.clone());
+                }
+                record.save(&dir).context("write lab.json")?;
+            }
+            Some(pid)
         };
         anyhow::Ok(UpReport {
             build,

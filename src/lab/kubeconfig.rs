@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 
 /// The kubeconfig file kemu edits.
 pub fn default_path() -> Option<PathBuf> {
-    if let Some(list) = std::env::var_os("KUBECONFIG") {
-        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
-            return Some(first);
-        }
+    if let Some(list) = std::env::var_os("KUBECONFIG")
+        && let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty())
+    {
+        return Some(first);
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".kube").join("config"))
 }

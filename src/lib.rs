@@ -19,6 +19,7 @@ pub(crate) mod testing {
         settings
     }
 }
+pub mod kubelet;
 pub mod lab;
 pub mod netlink;
 pub mod netns;

@@ -19,7 +19,7 @@ use netlink_sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourFlags;
 use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
 /// An interface name; the fixed ones (`eth0`, `cbr0`, `flannel.1`) need no allocation.
@@ -106,6 +106,9 @@ pub enum NetOp {
     },
     /// `ip link set DEV up`.
     Up { dev: IfName },
+    /// `ip link set DEV type bridge_slave hairpin on`: a pod may reach itself through a
+    /// Service (kubelet's hairpin-veth mode).
+    Hairpin { dev: IfName },
     /// `ip addr add ADDR dev DEV`.
     Address { dev: IfName, addr: Ipv4Net },
     /// `ip route replace DST [via GW] [dev DEV] [onlink]`.
@@ -167,6 +170,7 @@ impl fmt::Display for NetOp {
                 "ip link add {name} address {mac} mtu {mtu} type vxlan id {vni} local {local} dev {dev} dstport {port} nolearning"
             ),
             NetOp::Up { dev } => write!(f, "ip link set {dev} up"),
+            NetOp::Hairpin { dev } => write!(f, "ip link set {dev} type bridge_slave hairpin on"),
             NetOp::Address { dev, addr } => write!(f, "ip addr add {addr} dev {dev}"),
             NetOp::Route {
                 dst,
@@ -451,6 +455,16 @@ impl Netlink {
                     .await
                     .map_err(|e| self.error(op, e))
             }
+            NetOp::Hairpin { dev } => {
+                let msg = LinkBridgePort::new(self.require(dev).await?)
+                    .hairpin(true)
+                    .build();
+                h.link()
+                    .set_port(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| self.error(op, e))
+            }
             NetOp::Address { dev, addr } => {
                 let index = self.require(dev).await?;
                 match h
@@ -524,7 +538,7 @@ impl Netlink {
                 self.forget(name);
                 h.link().del(index).execute().await
             }
-            NetOp::Up { .. } | NetOp::Address { .. } => return Ok(()),
+            NetOp::Up { .. } | NetOp::Hairpin { .. } | NetOp::Address { .. } => return Ok(()),
             NetOp::Route { dst, via, dev, .. } => {
                 let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix_len());

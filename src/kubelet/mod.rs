@@ -1,0 +1,6 @@
+//! `kemu kubelet`: the node agent of a minion. It registers the Node, heartbeats, and runs the
+//! pods bound to it: a network sandbox per pod (`sandbox`, addresses from `ipam`), then the
+//! containers through the runtime.
+
+pub mod ipam;
+pub mod sandbox;

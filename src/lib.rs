@@ -6,6 +6,7 @@
 //! state, supervisor). The agents that run inside the emulated hosts live in their own modules.
 
 pub mod cli;
+pub mod client;
 
 /// Helpers shared by the unit tests of every module.
 #[cfg(test)]
@@ -19,6 +20,8 @@ pub(crate) mod testing {
         settings
     }
 }
+pub mod firewall;
+pub mod flannel;
 pub mod kubelet;
 pub mod lab;
 pub mod netlink;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod down;
 mod exec;
+mod flanneld;
 mod generate;
 mod status;
 mod up;
@@ -35,6 +36,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
+    /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
+    Flanneld(flanneld::FlanneldArgs),
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
     }
 }

@@ -8,5 +8,6 @@ pub mod registry;
 pub mod resources;
 pub mod selectors;
 pub mod status;
+pub mod table;
 pub mod store;
 pub mod validation;

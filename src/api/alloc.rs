@@ -25,7 +25,9 @@ impl AllocError {
             AllocError::NotInRange(range) => format!(
                 "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}"
             ),
-            AllocError::Allocated => format!("failed to allocate IP {ip}: provided IP is already allocated"),
+            AllocError::Allocated => {
+                format!("failed to allocate IP {ip}: provided IP is already allocated")
+            }
             AllocError::Full(range) => format!("range is full: {range}"),
         }
     }
@@ -33,7 +35,9 @@ impl AllocError {
     pub fn port_detail(&self) -> String {
         match self {
             AllocError::NotInRange(range) => {
-                format!("provided port is not in the valid range. The range of valid ports is {range}")
+                format!(
+                    "provided port is not in the valid range. The range of valid ports is {range}"
+                )
             }
             AllocError::Allocated => "provided port is already allocated".into(),
             AllocError::Full(range) => format!("range is full: {range}"),
@@ -51,7 +55,10 @@ pub struct IpAllocator {
 
 impl IpAllocator {
     pub fn new(net: Ipv4Net) -> Self {
-        Self { net: net.trunc(), used: BTreeSet::new() }
+        Self {
+            net: net.trunc(),
+            used: BTreeSet::new(),
+        }
     }
 
     pub fn range(&self) -> Ipv4Net {
@@ -115,7 +122,11 @@ pub struct PortAllocator {
 
 impl PortAllocator {
     pub fn new(lo: u16, hi: u16) -> Self {
-        Self { lo, hi, used: BTreeSet::new() }
+        Self {
+            lo,
+            hi,
+            used: BTreeSet::new(),
+        }
     }
 
     fn range(&self) -> String {
@@ -155,9 +166,17 @@ impl PortAllocator {
 
 /// Parse `30000-32767`.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("port range {s:?} is not of the form LOW-HIGH"))?;
-    let lo: u16 = lo.trim().parse().map_err(|_| format!("bad port range start in {s:?}"))?;
-    let hi: u16 = hi.trim().parse().map_err(|_| format!("bad port range end in {s:?}"))?;
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("port range {s:?} is not of the form LOW-HIGH"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad port range start in {s:?}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad port range end in {s:?}"))?;
     if lo == 0 || lo > hi {
         return Err(format!("port range {s:?} is empty or starts at 0"));
     }
@@ -209,9 +228,17 @@ mod tests {
         p.allocate_specific(30005).unwrap();
         let mut got: Vec<u16> = (0..9).map(|_| p.allocate(&mut rng).unwrap()).collect();
         got.sort();
-        assert_eq!(got, vec![30000, 30001, 30002, 30003, 30004, 30006, 30007, 30008, 30009]);
+        assert_eq!(
+            got,
+            vec![
+                30000, 30001, 30002, 30003, 30004, 30006, 30007, 30008, 30009
+            ]
+        );
         assert!(p.allocate(&mut rng).is_err());
-        assert_eq!(p.allocate_specific(80).unwrap_err().port_detail(), "provided port is not in the valid range. The range of valid ports is 30000-30009");
+        assert_eq!(
+            p.allocate_specific(80).unwrap_err().port_detail(),
+            "provided port is not in the valid range. The range of valid ports is 30000-30009"
+        );
         assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
         assert!(parse_port_range("5-1").is_err());
     }

@@ -15,7 +15,10 @@ pub fn apply(rt: usize, obj: &mut Value) {
             // The DefaultTolerationSeconds admission plugin.
             let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
             if let Some(list) = tolerations.as_array_mut() {
-                for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+                for key in [
+                    "node.kubernetes.io/not-ready",
+                    "node.kubernetes.io/unreachable",
+                ] {
                     let present = list.iter().any(|t| {
                         t.get("key").and_then(Value::as_str) == Some(key)
                             && t.get("effect").and_then(Value::as_str) == Some("NoExecute")
@@ -33,7 +36,10 @@ pub fn apply(rt: usize, obj: &mut Value) {
             let spec = ensure_map(obj, "spec");
             set_default(spec, "replicas", json!(1));
             if let Some(labels) = &template_labels {
-                let empty = spec.get("selector").and_then(Value::as_object).is_none_or(|m| m.is_empty());
+                let empty = spec
+                    .get("selector")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty());
                 if empty {
                     spec.insert("selector".into(), labels.clone());
                 }
@@ -41,7 +47,10 @@ pub fn apply(rt: usize, obj: &mut Value) {
             template(spec);
             if let Some(labels) = template_labels {
                 let meta = ensure_map(obj, "metadata");
-                let empty = meta.get("labels").and_then(Value::as_object).is_none_or(|m| m.is_empty());
+                let empty = meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty());
                 if empty {
                     meta.insert("labels".into(), labels);
                 }
@@ -67,7 +76,10 @@ pub fn apply(rt: usize, obj: &mut Value) {
             template(spec);
         }
         id::NAMESPACES => {
-            let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            let name = obj
+                .pointer("/metadata/name")
+                .cloned()
+                .unwrap_or(Value::Null);
             let labels = ensure_map_in(ensure_map(obj, "metadata"), "labels");
             labels.insert("kubernetes.io/metadata.name".into(), name);
             let spec = ensure_map(obj, "spec");
@@ -76,8 +88,18 @@ pub fn apply(rt: usize, obj: &mut Value) {
             set_default(status, "phase", json!("Active"));
         }
         id::ENDPOINTS => {
-            for subset in obj.get_mut("subsets").and_then(Value::as_array_mut).into_iter().flatten() {
-                for port in subset.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for subset in obj
+                .get_mut("subsets")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                for port in subset
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(p) = port.as_object_mut() {
                         set_default(p, "protocol", json!("TCP"));
                     }
@@ -85,7 +107,12 @@ pub fn apply(rt: usize, obj: &mut Value) {
             }
         }
         id::ENDPOINT_SLICES => {
-            for port in obj.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for port in obj
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(p) = port.as_object_mut() {
                     set_default(p, "protocol", json!("TCP"));
                     set_default(p, "name", json!(""));
@@ -142,7 +169,12 @@ pub fn pod_spec(spec: &mut Map<String, Value>) {
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
-        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if let Some(c) = c.as_object_mut() {
                 container(c);
             }
@@ -152,12 +184,21 @@ pub fn pod_spec(spec: &mut Map<String, Value>) {
 
 /// Container defaults.
 pub fn container(c: &mut Map<String, Value>) {
-    let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     set_default(c, "imagePullPolicy", json!(pull_policy(&image)));
     set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(c, "terminationMessagePolicy", json!("File"));
     set_default(c, "resources", json!({}));
-    for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+    for port in c
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(p) = port.as_object_mut() {
             set_default(p, "protocol", json!("TCP"));
         }
@@ -180,7 +221,11 @@ pub fn pull_policy(image: &str) -> &'static str {
 fn service(obj: &mut Value) {
     let spec = ensure_map(obj, "spec");
     set_default(spec, "type", json!("ClusterIP"));
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     if ty != "ExternalName" {
         set_default(spec, "sessionAffinity", json!("None"));
         set_default(spec, "internalTrafficPolicy", json!("Cluster"));
@@ -199,7 +244,12 @@ fn service(obj: &mut Value) {
     if ty == "LoadBalancer" {
         set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
     }
-    for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+    for port in spec
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(p) = port.as_object_mut() {
             set_default(p, "protocol", json!("TCP"));
             if let Some(number) = p.get("port").cloned() {
@@ -221,14 +271,17 @@ pub fn qos_class(spec: &Value) -> &'static str {
         let requests = c.pointer("/resources/requests").and_then(Value::as_object);
         let limits = c.pointer("/resources/limits").and_then(Value::as_object);
         let relevant = |m: Option<&Map<String, Value>>| {
-            m.map(|m| m.keys().any(|k| k == "cpu" || k == "memory")).unwrap_or(false)
+            m.map(|m| m.keys().any(|k| k == "cpu" || k == "memory"))
+                .unwrap_or(false)
         };
         if relevant(requests) || relevant(limits) {
             any = true;
         }
         let full_limits = limits.is_some_and(|l| l.contains_key("cpu") && l.contains_key("memory"));
         let requests_match = requests.is_none_or(|r| {
-            ["cpu", "memory"].iter().all(|k| r.get(*k).is_none() || r.get(*k) == limits.and_then(|l| l.get(*k)))
+            ["cpu", "memory"]
+                .iter()
+                .all(|k| r.get(*k).is_none() || r.get(*k) == limits.and_then(|l| l.get(*k)))
         });
         if !full_limits || !requests_match {
             guaranteed = false;
@@ -291,13 +344,18 @@ mod tests {
         assert_eq!(pull_policy("nginx:1.27"), "IfNotPresent");
         assert_eq!(pull_policy("localhost:5000/nginx"), "Always");
         assert_eq!(pull_policy("localhost:5000/nginx:1"), "IfNotPresent");
-        assert_eq!(qos_class(&json!({"containers": [{"name": "a"}]})), "BestEffort");
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "a"}]})),
+            "BestEffort"
+        );
         assert_eq!(
             qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
             "Burstable"
         );
         assert_eq!(
-            qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})),
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
             "Guaranteed"
         );
     }

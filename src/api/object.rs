@@ -41,7 +41,11 @@ impl Stored {
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
-        let fields = rt.fields.iter().map(|f| (*f, field_value(obj, f).into())).collect::<Vec<_>>();
+        let fields = rt
+            .fields
+            .iter()
+            .map(|f| (*f, field_value(obj, f).into()))
+            .collect::<Vec<_>>();
         Stored {
             json,
             rv,
@@ -58,7 +62,10 @@ impl Stored {
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+        self.labels
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
     }
 
     /// The value of a field selector key (`metadata.name`, `spec.nodeName`, ...).
@@ -66,14 +73,22 @@ impl Stored {
         match key {
             "metadata.name" => Some(&self.name),
             "metadata.namespace" => Some(&self.namespace),
-            _ => self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v),
+            _ => self
+                .fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| &**v),
         }
     }
 }
 
 /// The string form of a selectable field, as the real server's field-label conversion gives it.
 fn field_value(obj: &Value, field: &str) -> String {
-    let path = if field == "source" { "source.component".to_string() } else { field.to_string() };
+    let path = if field == "source" {
+        "source.component".to_string()
+    } else {
+        field.to_string()
+    };
     let pointer = format!("/{}", path.replace('.', "/"));
     match obj.pointer(&pointer) {
         Some(Value::String(s)) => s.clone(),
@@ -86,7 +101,9 @@ fn field_value(obj: &Value, field: &str) -> String {
 
 /// The string at a JSON pointer, or "".
 pub fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// `metadata` as a mutable map, created when missing.
@@ -100,7 +117,9 @@ pub fn ensure_map<'a>(obj: &'a mut Value, key: &str) -> &'a mut Map<String, Valu
         *obj = Value::Object(Map::new());
     }
     let map = obj.as_object_mut().expect("made an object above");
-    let entry = map.entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let entry = map
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
     if !entry.is_object() {
         *entry = Value::Object(Map::new());
     }
@@ -119,7 +138,9 @@ pub fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
 
 /// The current time as the API formats it (`2024-05-01T12:00:00Z`).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Parse an API timestamp.
@@ -134,14 +155,23 @@ pub fn new_uid(rng: &mut impl rand::RngCore) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = data_encoding::HEXLOWER.encode(&b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A random 5-character suffix for `generateName`, from the alphabet the real server uses
 /// (no vowels, no look-alike digits).
 pub fn name_suffix(rng: &mut impl rand::RngCore) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[(rng.next_u32() as usize) % ALPHABET.len()] as char)
+        .collect()
 }
 
 #[cfg(test)]

@@ -57,7 +57,13 @@ pub struct WatchEvent {
 
 impl WatchEvent {
     fn new(kind: EventType, obj: Arc<Stored>, prev: Option<Arc<Stored>>) -> Arc<Self> {
-        Arc::new(WatchEvent { kind, obj, prev, json_line: OnceLock::new(), table_line: OnceLock::new() })
+        Arc::new(WatchEvent {
+            kind,
+            obj,
+            prev,
+            json_line: OnceLock::new(),
+            table_line: OnceLock::new(),
+        })
     }
 }
 
@@ -115,7 +121,10 @@ impl Registry {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(loaded.rv);
             let stored = Stored::with_json(&RESOURCES[idx], &value, Bytes::from(json), rv);
-            objects[idx].insert((stored.namespace.to_string(), stored.name.to_string()), Arc::new(stored));
+            objects[idx].insert(
+                (stored.namespace.to_string(), stored.name.to_string()),
+                Arc::new(stored),
+            );
         }
         let inner = Inner {
             rv: loaded.rv,
@@ -127,12 +136,20 @@ impl Registry {
             alloc,
             rng,
         };
-        let senders = RESOURCES.iter().map(|_| broadcast::channel(CHANNEL_CAPACITY).0).collect();
-        Ok(Registry { inner: Mutex::new(inner), senders })
+        let senders = RESOURCES
+            .iter()
+            .map(|_| broadcast::channel(CHANNEL_CAPACITY).0)
+            .collect();
+        Ok(Registry {
+            inner: Mutex::new(inner),
+            senders,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The current (highest) resourceVersion.
@@ -141,7 +158,9 @@ impl Registry {
     }
 
     pub fn get(&self, rt: usize, namespace: &str, name: &str) -> Option<Arc<Stored>> {
-        self.lock().objects[rt].get(&(namespace.to_string(), name.to_string())).cloned()
+        self.lock().objects[rt]
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Objects of `rt` (in `namespace` if given) and the resourceVersion of the list.
@@ -153,10 +172,15 @@ impl Registry {
     /// Run `f` atomically against the registry.
     pub fn txn<T>(&self, f: impl FnOnce(&mut Txn<'_>) -> ApiResult<T>) -> ApiResult<T> {
         let mut inner = self.lock();
-        let mut txn = Txn { inner: &mut inner, senders: &self.senders };
+        let mut txn = Txn {
+            inner: &mut inner,
+            senders: &self.senders,
+        };
         let out = f(&mut txn);
         if inner.store.wants_compaction() {
-            let Inner { objects, store, rv, .. } = &mut *inner;
+            let Inner {
+                objects, store, rv, ..
+            } = &mut *inner;
             let names: Vec<String> = RESOURCES.iter().map(|rt| rt.qualified()).collect();
             let mut all = names
                 .iter()
@@ -186,7 +210,13 @@ impl Registry {
                     inner.horizon[rt]
                 )));
             }
-            Some(rv) => WatchStart::Replay(inner.history[rt].iter().filter(|e| e.obj.rv > rv).cloned().collect()),
+            Some(rv) => WatchStart::Replay(
+                inner.history[rt]
+                    .iter()
+                    .filter(|e| e.obj.rv > rv)
+                    .cloned()
+                    .collect(),
+            ),
         };
         Ok((start, rx, inner.rv))
     }
@@ -215,7 +245,9 @@ impl Txn<'_> {
     }
 
     pub fn get(&self, rt: usize, namespace: &str, name: &str) -> Option<Arc<Stored>> {
-        self.inner.objects[rt].get(&(namespace.to_string(), name.to_string())).cloned()
+        self.inner.objects[rt]
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn list(&self, rt: usize, namespace: Option<&str>) -> Vec<Arc<Stored>> {
@@ -242,24 +274,43 @@ impl Txn<'_> {
         let stored = Arc::new(Stored::new(&RESOURCES[rt], &obj, rv));
         self.inner
             .store
-            .append(Mutation::Put { rv, resource: &RESOURCES[rt].qualified(), json: &stored.json })
+            .append(Mutation::Put {
+                rv,
+                resource: &RESOURCES[rt].qualified(),
+                json: &stored.json,
+            })
             .map_err(|e| ApiError::internal(format!("persisting {}: {e}", RESOURCES[rt].plural)))?;
         self.inner.rv = rv;
         let key = (stored.namespace.to_string(), stored.name.to_string());
         let prev = self.inner.objects[rt].insert(key, stored.clone());
-        let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
+        let kind = if prev.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
         self.publish(rt, WatchEvent::new(kind, stored.clone(), prev));
         Ok(stored)
     }
 
     /// Remove an object; the DELETED event carries its last state at the new resourceVersion.
-    pub fn delete(&mut self, rt: usize, namespace: &str, name: &str) -> ApiResult<Option<Arc<Stored>>> {
+    pub fn delete(
+        &mut self,
+        rt: usize,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Option<Arc<Stored>>> {
         let key = (namespace.to_string(), name.to_string());
-        let Some(current) = self.inner.objects[rt].get(&key).cloned() else { return Ok(None) };
+        let Some(current) = self.inner.objects[rt].get(&key).cloned() else {
+            return Ok(None);
+        };
         let rv = self.inner.rv + 1;
         self.inner
             .store
-            .append(Mutation::Delete { rv, resource: &RESOURCES[rt].qualified(), key: &object_key(namespace, name) })
+            .append(Mutation::Delete {
+                rv,
+                resource: &RESOURCES[rt].qualified(),
+                key: &object_key(namespace, name),
+            })
             .map_err(|e| ApiError::internal(format!("persisting {}: {e}", RESOURCES[rt].plural)))?;
         self.inner.rv = rv;
         self.inner.objects[rt].remove(&key);
@@ -297,7 +348,13 @@ mod tests {
             ips: IpAllocator::new("10.0.0.0/24".parse().unwrap()),
             ports: PortAllocator::new(30000, 32767),
         };
-        Registry::open(Box::new(MemoryStore), alloc, ChaCha8Rng::seed_from_u64(1), history).unwrap()
+        Registry::open(
+            Box::new(MemoryStore),
+            alloc,
+            ChaCha8Rng::seed_from_u64(1),
+            history,
+        )
+        .unwrap()
     }
 
     fn pod(name: &str) -> Value {
@@ -314,9 +371,14 @@ mod tests {
         assert_eq!(reg.rv(), 3);
         assert_eq!(rx.try_recv().unwrap().obj.name.as_ref(), "a");
         // Ring of 2: events 2 and 3 are kept, so a watch from 1 works and from 0 is too old.
-        assert!(matches!(reg.watch(id::PODS, None, Some(1)).unwrap().0, WatchStart::Replay(e) if e.len() == 2));
+        assert!(
+            matches!(reg.watch(id::PODS, None, Some(1)).unwrap().0, WatchStart::Replay(e) if e.len() == 2)
+        );
         assert_eq!(reg.watch(id::PODS, None, Some(0)).unwrap_err().code, 410);
-        let gone = reg.txn(|t| t.delete(id::PODS, "default", "a")).unwrap().unwrap();
+        let gone = reg
+            .txn(|t| t.delete(id::PODS, "default", "a"))
+            .unwrap()
+            .unwrap();
         assert_eq!(gone.rv, 4);
         assert_eq!(reg.list(id::PODS, Some("default")).0.len(), 2);
         assert_eq!(reg.list(id::PODS, Some("other")).0.len(), 0);

@@ -66,9 +66,20 @@ pub struct ResourceType {
 }
 
 /// The standard verbs of a collection resource.
-pub const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 /// Namespaces have no `deletecollection` in the real server.
-pub const NAMESPACE_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+pub const NAMESPACE_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 use Subresource::*;
 
@@ -260,15 +271,26 @@ pub mod id {
 impl ResourceType {
     /// Stable id (index in [`RESOURCES`]).
     pub fn id(&'static self) -> usize {
-        RESOURCES.iter().position(|r| std::ptr::eq(r, self)).expect("resource from the table")
+        RESOURCES
+            .iter()
+            .position(|r| std::ptr::eq(r, self))
+            .expect("resource from the table")
     }
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// `pods` or `deployments.apps`: how error messages name the resource.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
     /// `PodList`.
     pub fn list_kind(&self) -> String {
@@ -278,7 +300,11 @@ impl ResourceType {
         self.subresources.contains(&sub)
     }
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.plural == "namespaces" { NAMESPACE_VERBS } else { VERBS }
+        if self.plural == "namespaces" {
+            NAMESPACE_VERBS
+        } else {
+            VERBS
+        }
     }
     /// URL prefix of the group-version: `/api/v1` or `/apis/apps/v1`.
     pub fn gv_path(&self) -> String {
@@ -292,12 +318,16 @@ impl ResourceType {
 
 /// Find a resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Find a resource by its kind and apiVersion (`v1`, `apps/v1`).
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// The served API groups (besides the core group), in discovery order, with their version.
@@ -314,7 +344,9 @@ pub fn groups() -> Vec<(&'static str, &'static str)> {
 /// The resources of one group-version.
 pub fn in_group(group: &str, version: &str) -> impl Iterator<Item = &'static ResourceType> {
     let (group, version) = (group.to_string(), version.to_string());
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 #[cfg(test)]
@@ -327,8 +359,21 @@ mod tests {
         assert_eq!(RESOURCES[id::LEASES].plural, "leases");
         assert_eq!(RESOURCES[id::ENDPOINT_SLICES].plural, "endpointslices");
         assert_eq!(RESOURCES[id::DEPLOYMENTS].id(), id::DEPLOYMENTS);
-        assert_eq!(find("apps", "v1", "replicasets").unwrap().kind, "ReplicaSet");
-        assert_eq!(by_kind("v1", "ReplicationController").unwrap().plural, "replicationcontrollers");
-        assert_eq!(groups(), vec![("apps", "v1"), ("discovery.k8s.io", "v1"), ("coordination.k8s.io", "v1")]);
+        assert_eq!(
+            find("apps", "v1", "replicasets").unwrap().kind,
+            "ReplicaSet"
+        );
+        assert_eq!(
+            by_kind("v1", "ReplicationController").unwrap().plural,
+            "replicationcontrollers"
+        );
+        assert_eq!(
+            groups(),
+            vec![
+                ("apps", "v1"),
+                ("discovery.k8s.io", "v1"),
+                ("coordination.k8s.io", "v1")
+            ]
+        );
     }
 }

@@ -79,10 +79,16 @@ fn parse_requirement(term: &str) -> Result<LabelRequirement, String> {
         return Ok(LabelRequirement::DoesNotExist(check_key(key.trim())?));
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Ok(LabelRequirement::NotEquals(check_key(k.trim())?, check_value(v.trim())?));
+        return Ok(LabelRequirement::NotEquals(
+            check_key(k.trim())?,
+            check_value(v.trim())?,
+        ));
     }
     if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Ok(LabelRequirement::Equals(check_key(k.trim())?, check_value(v.trim())?));
+        return Ok(LabelRequirement::Equals(
+            check_key(k.trim())?,
+            check_value(v.trim())?,
+        ));
     }
     // Set-based: `key in (a,b)` / `key notin (a,b)`.
     let words: Vec<&str> = term.splitn(2, char::is_whitespace).collect();
@@ -93,7 +99,9 @@ fn parse_requirement(term: &str) -> Result<LabelRequirement, String> {
         } else if let Some(l) = rest.strip_prefix("in") {
             ("in", l)
         } else {
-            return Err(format!("found '{rest}', expected: in, notin, =, ==, !=, gt, lt"));
+            return Err(format!(
+                "found '{rest}', expected: in, notin, =, ==, !=, gt, lt"
+            ));
         };
         let list = list.trim();
         let inner = list
@@ -105,7 +113,11 @@ fn parse_requirement(term: &str) -> Result<LabelRequirement, String> {
             .map(|v| check_value(v.trim()))
             .collect::<Result<Vec<_>, _>>()?;
         let key = check_key(words[0])?;
-        return Ok(if op == "in" { LabelRequirement::In(key, values) } else { LabelRequirement::NotIn(key, values) });
+        return Ok(if op == "in" {
+            LabelRequirement::In(key, values)
+        } else {
+            LabelRequirement::NotIn(key, values)
+        });
     }
     Ok(LabelRequirement::Exists(check_key(term)?))
 }
@@ -113,13 +125,24 @@ fn parse_requirement(term: &str) -> Result<LabelRequirement, String> {
 fn check_key(k: &str) -> Result<String, String> {
     let ok = !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    if ok { Ok(k.to_string()) } else { Err(format!("invalid label key {k:?}")) }
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if ok {
+        Ok(k.to_string())
+    } else {
+        Err(format!("invalid label key {k:?}"))
+    }
 }
 
 fn check_value(v: &str) -> Result<String, String> {
-    let ok = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok { Ok(v.to_string()) } else { Err(format!("invalid label value: {v:?}")) }
+    let ok = v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!("invalid label value: {v:?}"))
+    }
 }
 
 /// One field requirement: `field = value` or `field != value`.
@@ -144,15 +167,24 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (f, v, false)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{term}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{term}'"
+                )));
             };
             let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" && !rt.fields.contains(&field) {
+            if field != "metadata.name"
+                && field != "metadata.namespace"
+                && !rt.fields.contains(&field)
+            {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
             }
-            reqs.push(FieldRequirement { field: field.to_string(), value: value.trim().to_string(), negated });
+            reqs.push(FieldRequirement {
+                field: field.to_string(),
+                value: value.trim().to_string(),
+                negated,
+            });
         }
         Ok(FieldSelector(reqs))
     }
@@ -166,7 +198,10 @@ impl FieldSelector {
 
     /// A single `metadata.name=X` requirement, if present (used to short-cut lookups).
     pub fn name(&self) -> Option<&str> {
-        self.0.iter().find(|r| r.field == "metadata.name" && !r.negated).map(|r| r.value.as_str())
+        self.0
+            .iter()
+            .find(|r| r.field == "metadata.name" && !r.negated)
+            .map(|r| r.value.as_str())
     }
 }
 
@@ -191,25 +226,47 @@ pub fn format_labels(map: Option<&serde_json::Map<String, serde_json::Value>>) -
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
         .collect();
     pairs.sort();
-    if pairs.is_empty() { "<none>".into() } else { pairs.join(",") }
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
 }
 
 /// Render a `metav1.LabelSelector` the way `FormatLabelSelector` does.
 pub fn format_label_selector(sel: Option<&serde_json::Value>) -> String {
-    let Some(sel) = sel.filter(|s| s.is_object()) else { return "<none>".into() };
+    let Some(sel) = sel.filter(|s| s.is_object()) else {
+        return "<none>".into();
+    };
     let mut parts: Vec<String> = Vec::new();
     if let Some(m) = sel.get("matchLabels").and_then(|m| m.as_object()) {
-        let mut pairs: Vec<String> =
-            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+        let mut pairs: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
         pairs.sort();
         parts.extend(pairs);
     }
-    for e in sel.get("matchExpressions").and_then(|m| m.as_array()).into_iter().flatten() {
+    for e in sel
+        .get("matchExpressions")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+    {
         let key = e.get("key").and_then(|k| k.as_str()).unwrap_or_default();
-        let mut values: Vec<&str> =
-            e.get("values").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        let mut values: Vec<&str> = e
+            .get("values")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
         values.sort();
-        match e.get("operator").and_then(|o| o.as_str()).unwrap_or_default() {
+        match e
+            .get("operator")
+            .and_then(|o| o.as_str())
+            .unwrap_or_default()
+        {
             "In" => parts.push(format!("{key} in ({})", values.join(","))),
             "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
             "Exists" => parts.push(key.to_string()),
@@ -217,7 +274,11 @@ pub fn format_label_selector(sel: Option<&serde_json::Value>) -> String {
             _ => {}
         }
     }
-    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 /// Convert a `metav1.LabelSelector` object into a [`LabelSelector`].
@@ -225,11 +286,23 @@ pub fn from_label_selector(sel: &serde_json::Value) -> LabelSelector {
     let mut reqs = Vec::new();
     if let Some(m) = sel.get("matchLabels").and_then(|m| m.as_object()) {
         for (k, v) in m {
-            reqs.push(LabelRequirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()));
+            reqs.push(LabelRequirement::Equals(
+                k.clone(),
+                v.as_str().unwrap_or_default().to_string(),
+            ));
         }
     }
-    for e in sel.get("matchExpressions").and_then(|m| m.as_array()).into_iter().flatten() {
-        let key = e.get("key").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    for e in sel
+        .get("matchExpressions")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let key = e
+            .get("key")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
         let values: Vec<String> = e
             .get("values")
             .and_then(|v| v.as_array())
@@ -237,7 +310,11 @@ pub fn from_label_selector(sel: &serde_json::Value) -> LabelSelector {
             .flatten()
             .filter_map(|v| v.as_str().map(String::from))
             .collect();
-        match e.get("operator").and_then(|o| o.as_str()).unwrap_or_default() {
+        match e
+            .get("operator")
+            .and_then(|o| o.as_str())
+            .unwrap_or_default()
+        {
             "In" => reqs.push(LabelRequirement::In(key, values)),
             "NotIn" => reqs.push(LabelRequirement::NotIn(key, values)),
             "Exists" => reqs.push(LabelRequirement::Exists(key)),
@@ -272,7 +349,11 @@ mod tests {
             "app=web,tier in (front),!canary",
             "environment in (production,qa),tier notin (frontend,backend),partition",
         ];
-        let objects = [labels(&[("app", "web"), ("tier", "front")]), labels(&[("app", "db")]), labels(&[])];
+        let objects = [
+            labels(&[("app", "web"), ("tier", "front")]),
+            labels(&[("app", "db")]),
+            labels(&[]),
+        ];
         let mut out = String::new();
         for c in cases {
             let sel = LabelSelector::parse(c).unwrap();
@@ -280,7 +361,10 @@ mod tests {
             out.push_str(&format!("{c:60} {:?}\n    {:?}\n", hits, sel.0));
         }
         for bad in ["app in web", "a b c", "app=(", "=x"] {
-            out.push_str(&format!("{bad:60} {}\n", LabelSelector::parse(bad).unwrap_err().message));
+            out.push_str(&format!(
+                "{bad:60} {}\n",
+                LabelSelector::parse(bad).unwrap_err().message
+            ));
         }
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(out));
     }
@@ -293,7 +377,11 @@ mod tests {
             &json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}),
             1,
         );
-        let yes = ["metadata.name=p", "spec.nodeName==n1,status.phase!=Succeeded", "metadata.namespace=default"];
+        let yes = [
+            "metadata.name=p",
+            "spec.nodeName==n1,status.phase!=Succeeded",
+            "metadata.namespace=default",
+        ];
         let no = ["metadata.name!=p", "status.phase=Pending", "spec.nodeName="];
         for s in yes {
             assert!(FieldSelector::parse(s, rt).unwrap().matches(&pod), "{s}");

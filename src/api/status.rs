@@ -30,23 +30,59 @@ pub enum FieldErrorKind {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Required, detail: detail.into() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+            detail: detail.into(),
+        }
     }
-    pub fn invalid(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Invalid(value.into()), detail: detail.into() }
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl Into<Value>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Invalid(value.into()),
+            detail: detail.into(),
+        }
     }
-    pub fn invalid_go(field: impl Into<String>, value: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::InvalidGo(value.into()), detail: detail.into() }
+    pub fn invalid_go(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::InvalidGo(value.into()),
+            detail: detail.into(),
+        }
     }
     pub fn duplicate(field: impl Into<String>, value: impl Into<Value>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Duplicate(value.into()), detail: String::new() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Duplicate(value.into()),
+            detail: String::new(),
+        }
     }
-    pub fn not_supported(field: impl Into<String>, value: impl Into<Value>, supported: &[&str]) -> Self {
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl Into<Value>,
+        supported: &[&str],
+    ) -> Self {
         let supported = supported.iter().map(|s| s.to_string()).collect();
-        Self { field: field.into(), kind: FieldErrorKind::NotSupported(value.into(), supported), detail: String::new() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::NotSupported(value.into(), supported),
+            detail: String::new(),
+        }
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Forbidden, detail: detail.into() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Forbidden,
+            detail: detail.into(),
+        }
     }
 
     /// `reason` of the Status cause (`FieldValueInvalid`, ...).
@@ -122,7 +158,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
     fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
@@ -131,17 +172,28 @@ impl ApiError {
 
     /// `pods "p1" not found` (the resource is the plural, optionally `plural.group`).
     pub fn not_found(resource: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
-            .with_details(json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}))
+        Self::new(404, "NotFound", format!("{resource} \"{name}\" not found")).with_details(
+            json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}),
+        )
     }
     /// A path the server does not serve.
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
     pub fn already_exists(resource: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"))
-            .with_details(json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        )
+        .with_details(
+            json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}),
+        )
     }
     /// Optimistic-concurrency failure (stale resourceVersion or failed precondition).
     pub fn conflict(resource: &str, name: &str, why: &str) -> Self {
@@ -150,7 +202,9 @@ impl ApiError {
             "Conflict",
             format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"),
         )
-        .with_details(json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}))
+        .with_details(
+            json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}),
+        )
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
@@ -159,7 +213,13 @@ impl ApiError {
         Self::new(405, "MethodNotAllowed", message)
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+        )
     }
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self::new(406, "NotAcceptable", message)
@@ -168,29 +228,47 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
     }
     /// The namespace of a namespaced create is missing or terminating.
     pub fn forbidden(resource: &str, name: &str, why: &str) -> Self {
-        Self::new(403, "Forbidden", format!("{resource} \"{name}\" is forbidden: {why}"))
-            .with_details(json!({"name": name, "kind": short_resource(resource)}))
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{resource} \"{name}\" is forbidden: {why}"),
+        )
+        .with_details(json!({"name": name, "kind": short_resource(resource)}))
     }
 
     /// 422 Invalid with the field errors, formatted like `errors.NewInvalid`.
     pub fn invalid(kind: &str, group: &str, name: &str, errors: &[FieldError]) -> Self {
         let list = match errors {
             [one] => one.to_string(),
-            many => format!("[{}]", many.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")),
+            many => format!(
+                "[{}]",
+                many.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let causes: Vec<Value> = errors
             .iter()
             .map(|e| json!({"reason": e.reason(), "message": e.body(), "field": e.field}))
             .collect();
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {list}"))
-            .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {list}"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
     }
 
     /// The `Status` object.
@@ -223,7 +301,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
-        (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -242,7 +325,11 @@ mod tests {
             "Service",
             "",
             "x",
-            &[FieldError::invalid("spec.ports[0].port", 70000, "must be between 1 and 65535, inclusive")],
+            &[FieldError::invalid(
+                "spec.ports[0].port",
+                70000,
+                "must be between 1 and 65535, inclusive",
+            )],
         );
         let many = ApiError::invalid(
             "Deployment",

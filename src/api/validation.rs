@@ -15,7 +15,8 @@ const PORT_RANGE_MSG: &str = "must be between 1 and 65535, inclusive";
 fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -31,7 +32,11 @@ fn is_subdomain(s: &str) -> bool {
 /// Errors for a DNS-1123 subdomain value.
 pub fn check_subdomain(field: &str, value: &str, out: &mut Vec<FieldError>) {
     if value.len() > 253 {
-        out.push(FieldError::invalid(field, value, "must be no more than 253 characters"));
+        out.push(FieldError::invalid(
+            field,
+            value,
+            "must be no more than 253 characters",
+        ));
     }
     if !is_subdomain(value) {
         out.push(FieldError::invalid(field, value, SUBDOMAIN_MSG));
@@ -41,7 +46,11 @@ pub fn check_subdomain(field: &str, value: &str, out: &mut Vec<FieldError>) {
 /// Errors for a DNS-1123 label value.
 pub fn check_label(field: &str, value: &str, out: &mut Vec<FieldError>) {
     if value.len() > 63 {
-        out.push(FieldError::invalid(field, value, "must be no more than 63 characters"));
+        out.push(FieldError::invalid(
+            field,
+            value,
+            "must be no more than 63 characters",
+        ));
     }
     if !is_label(value) {
         out.push(FieldError::invalid(field, value, LABEL_MSG));
@@ -50,7 +59,11 @@ pub fn check_label(field: &str, value: &str, out: &mut Vec<FieldError>) {
 
 fn check_dns1035(field: &str, value: &str, out: &mut Vec<FieldError>) {
     if value.len() > 63 {
-        out.push(FieldError::invalid(field, value, "must be no more than 63 characters"));
+        out.push(FieldError::invalid(
+            field,
+            value,
+            "must be no more than 63 characters",
+        ));
     }
     if !is_dns1035(value) {
         out.push(FieldError::invalid(field, value, DNS1035_MSG));
@@ -59,7 +72,9 @@ fn check_dns1035(field: &str, value: &str, out: &mut Vec<FieldError>) {
 
 /// `map[string]string{"a":"1", "b":"2"}` (Go's `%#v`, keys sorted).
 pub fn go_map(map: Option<&Map<String, Value>>) -> String {
-    let Some(map) = map else { return "map[string]string(nil)".into() };
+    let Some(map) = map else {
+        return "map[string]string(nil)".into();
+    };
     let mut pairs: Vec<String> = map
         .iter()
         .map(|(k, v)| format!("{:?}:{:?}", k, v.as_str().unwrap_or_default()))
@@ -108,9 +123,15 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// Validate an object of resource `rt`; `old` is the stored object on update.
 pub fn validate(rt: usize, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         match rt {
             id::NAMESPACES => check_label("metadata.name", name, &mut errs),
@@ -133,7 +154,9 @@ pub fn validate(rt: usize, obj: &Value, old: Option<&Value>) -> Vec<FieldError> 
                 None => errs.push(FieldError::required("spec.selector", "")),
                 Some(sel) if sel.is_empty() => errs.push(FieldError::required("spec.selector", "")),
                 Some(sel) => {
-                    let labels = spec.pointer("/template/metadata/labels").and_then(Value::as_object);
+                    let labels = spec
+                        .pointer("/template/metadata/labels")
+                        .and_then(Value::as_object);
                     let ok = sel
                         .iter()
                         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
@@ -150,12 +173,18 @@ pub fn validate(rt: usize, obj: &Value, old: Option<&Value>) -> Vec<FieldError> 
         }
         id::REPLICA_SETS | id::DEPLOYMENTS => {
             replicas(&spec, &mut errs);
-            let what = if rt == id::DEPLOYMENTS { "deployment" } else { "replicaset" };
+            let what = if rt == id::DEPLOYMENTS {
+                "deployment"
+            } else {
+                "replicaset"
+            };
             match spec.get("selector").filter(|s| s.is_object()) {
                 None => {
                     // A nil selector selects nothing, so the template cannot match it either.
                     errs.push(FieldError::required("spec.selector", ""));
-                    let labels = spec.pointer("/template/metadata/labels").and_then(Value::as_object);
+                    let labels = spec
+                        .pointer("/template/metadata/labels")
+                        .and_then(Value::as_object);
                     errs.push(FieldError::invalid_go(
                         "spec.template.metadata.labels",
                         go_map(labels),
@@ -171,9 +200,12 @@ pub fn validate(rt: usize, obj: &Value, old: Option<&Value>) -> Vec<FieldError> 
                             format!("empty selector is invalid for {what}"),
                         ));
                     }
-                    let labels = spec.pointer("/template/metadata/labels").and_then(Value::as_object);
+                    let labels = spec
+                        .pointer("/template/metadata/labels")
+                        .and_then(Value::as_object);
                     if !selector.is_empty()
-                        && !selector.matches(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+                        && !selector
+                            .matches(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
                     {
                         errs.push(FieldError::invalid_go(
                             "spec.template.metadata.labels",
@@ -184,15 +216,26 @@ pub fn validate(rt: usize, obj: &Value, old: Option<&Value>) -> Vec<FieldError> 
                     if let Some(old_sel) = old.and_then(|o| o.pointer("/spec/selector"))
                         && old_sel != sel
                     {
-                        errs.push(FieldError::invalid_go("spec.selector", go_label_selector(sel), "field is immutable"));
+                        errs.push(FieldError::invalid_go(
+                            "spec.selector",
+                            go_label_selector(sel),
+                            "field is immutable",
+                        ));
                     }
                 }
             }
             template(&spec, &mut errs);
             if rt == id::DEPLOYMENTS {
-                let ty = spec.pointer("/strategy/type").and_then(Value::as_str).unwrap_or("RollingUpdate");
+                let ty = spec
+                    .pointer("/strategy/type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("RollingUpdate");
                 if ty != "RollingUpdate" && ty != "Recreate" {
-                    errs.push(FieldError::not_supported("spec.strategy.type", ty, &["Recreate", "RollingUpdate"]));
+                    errs.push(FieldError::not_supported(
+                        "spec.strategy.type",
+                        ty,
+                        &["Recreate", "RollingUpdate"],
+                    ));
                 }
             }
         }
@@ -206,7 +249,11 @@ fn replicas(spec: &Value, errs: &mut Vec<FieldError>) {
     if let Some(n) = spec.get("replicas").and_then(Value::as_i64)
         && n < 0
     {
-        errs.push(FieldError::invalid("spec.replicas", n, "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            n,
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
@@ -228,7 +275,13 @@ pub fn pod_spec(path: &str, spec: &Value, in_template: bool, errs: &mut Vec<Fiel
     }
     let mut names: Vec<&str> = Vec::new();
     for list in ["initContainers", "containers"] {
-        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let cpath = format!("{path}.{list}[{i}]");
             match str_of(c, "name") {
                 None | Some("") => errs.push(FieldError::required(format!("{cpath}.name"), "")),
@@ -243,13 +296,21 @@ pub fn pod_spec(path: &str, spec: &Value, in_template: bool, errs: &mut Vec<Fiel
             if str_of(c, "image").is_none_or(|s| s.trim().is_empty()) {
                 errs.push(FieldError::required(format!("{cpath}.image"), ""));
             }
-            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let ppath = format!("{cpath}.ports[{j}]");
                 match p.get("containerPort").and_then(Value::as_i64) {
                     None => errs.push(FieldError::required(format!("{ppath}.containerPort"), "")),
-                    Some(n) if !(1..=65535).contains(&n) => {
-                        errs.push(FieldError::invalid(format!("{ppath}.containerPort"), n, PORT_RANGE_MSG))
-                    }
+                    Some(n) if !(1..=65535).contains(&n) => errs.push(FieldError::invalid(
+                        format!("{ppath}.containerPort"),
+                        n,
+                        PORT_RANGE_MSG,
+                    )),
                     _ => {}
                 }
                 protocol(&format!("{ppath}.protocol"), p, errs);
@@ -267,15 +328,27 @@ pub fn pod_spec(path: &str, spec: &Value, in_template: bool, errs: &mut Vec<Fiel
     }
     if let Some(policy) = str_of(spec, "restartPolicy") {
         if in_template && policy != "Always" {
-            errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), policy, &["Always"]));
+            errs.push(FieldError::not_supported(
+                format!("{path}.restartPolicy"),
+                policy,
+                &["Always"],
+            ));
         } else if !["Always", "OnFailure", "Never"].contains(&policy) {
-            errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+            errs.push(FieldError::not_supported(
+                format!("{path}.restartPolicy"),
+                policy,
+                &["Always", "OnFailure", "Never"],
+            ));
         }
     }
     if let Some(policy) = str_of(spec, "dnsPolicy") {
         let ok = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
         if !ok.contains(&policy) {
-            errs.push(FieldError::not_supported(format!("{path}.dnsPolicy"), policy, &ok));
+            errs.push(FieldError::not_supported(
+                format!("{path}.dnsPolicy"),
+                policy,
+                &ok,
+            ));
         }
     }
 }
@@ -295,7 +368,12 @@ fn pod_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
         let mut s = spec.cloned().unwrap_or(Value::Null);
         if let Some(m) = s.as_object_mut() {
             for list in ["containers", "initContainers"] {
-                for c in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                for c in m
+                    .get_mut(list)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(c) = c.as_object_mut() {
                         c.remove("image");
                     }
@@ -323,7 +401,11 @@ fn service(spec: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::not_supported("spec.type", ty, SERVICE_TYPES));
     }
     let headless = str_of(spec, "clusterIP") == Some("None");
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if ports.is_empty() && ty != "ExternalName" && !headless {
         errs.push(FieldError::required("spec.ports", ""));
     }
@@ -334,7 +416,9 @@ fn service(spec: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
     for (i, p) in ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         match str_of(p, "name") {
-            None | Some("") if ports.len() > 1 => errs.push(FieldError::required(format!("{path}.name"), "")),
+            None | Some("") if ports.len() > 1 => {
+                errs.push(FieldError::required(format!("{path}.name"), ""))
+            }
             None | Some("") => {}
             Some(n) => {
                 check_label(&format!("{path}.name"), n, errs);
@@ -346,7 +430,11 @@ fn service(spec: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
         }
         match p.get("port").and_then(Value::as_i64) {
             None => errs.push(FieldError::required(format!("{path}.port"), "")),
-            Some(n) if !(1..=65535).contains(&n) => errs.push(FieldError::invalid(format!("{path}.port"), n, PORT_RANGE_MSG)),
+            Some(n) if !(1..=65535).contains(&n) => errs.push(FieldError::invalid(
+                format!("{path}.port"),
+                n,
+                PORT_RANGE_MSG,
+            )),
             _ => {}
         }
         protocol(&format!("{path}.protocol"), p, errs);
@@ -354,7 +442,11 @@ fn service(spec: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
             Some(Value::Number(n)) => {
                 let n = n.as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    errs.push(FieldError::invalid(format!("{path}.targetPort"), n, PORT_RANGE_MSG));
+                    errs.push(FieldError::invalid(
+                        format!("{path}.targetPort"),
+                        n,
+                        PORT_RANGE_MSG,
+                    ));
                 }
             }
             Some(Value::String(s)) if s.is_empty() || s.len() > 15 || !is_label(s) => {
@@ -380,10 +472,17 @@ fn service(spec: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
     if let Some(affinity) = str_of(spec, "sessionAffinity")
         && !["ClientIP", "None"].contains(&affinity)
     {
-        errs.push(FieldError::not_supported("spec.sessionAffinity", affinity, &["ClientIP", "None"]));
+        errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            affinity,
+            &["ClientIP", "None"],
+        ));
     }
     if let Some(old) = old {
-        let old_ip = old.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default();
+        let old_ip = old
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let new_ip = str_of(spec, "clusterIP").unwrap_or_default();
         let from_or_to_external = ty == "ExternalName"
             || old.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
@@ -412,8 +511,15 @@ mod tests {
 
     fn messages(rt: usize, kind: &str, obj: Value, old: Option<Value>) -> String {
         let errs = validate(rt, &obj, old.as_ref());
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-        if errs.is_empty() { "ok".into() } else { ApiError::invalid(kind, "", name, &errs).message }
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if errs.is_empty() {
+            "ok".into()
+        } else {
+            ApiError::invalid(kind, "", name, &errs).message
+        }
     }
 
     #[test]

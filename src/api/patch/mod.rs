@@ -23,9 +23,9 @@ impl PatchType {
             "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
             "application/merge-patch+json" => Ok(PatchType::Merge),
             "application/json-patch+json" => Ok(PatchType::Json),
-            "application/apply-patch+yaml" | "application/apply-patch+json" | "application/apply-patch+cbor" => {
-                Ok(PatchType::Apply)
-            }
+            "application/apply-patch+yaml"
+            | "application/apply-patch+json"
+            | "application/apply-patch+cbor" => Ok(PatchType::Apply),
             _ => Err(ApiError::unsupported_media_type(ct)),
         }
     }
@@ -36,32 +36,46 @@ pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
         Err(json_err) => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request(format!("the request body is not JSON: {json_err}")))?;
-            serde_saphyr::from_str::<Value>(text)
-                .map_err(|yaml_err| ApiError::bad_request(format!("error decoding the body as JSON ({json_err}) or YAML ({yaml_err})")))
+            let text = std::str::from_utf8(body).map_err(|_| {
+                ApiError::bad_request(format!("the request body is not JSON: {json_err}"))
+            })?;
+            serde_saphyr::from_str::<Value>(text).map_err(|yaml_err| {
+                ApiError::bad_request(format!(
+                    "error decoding the body as JSON ({json_err}) or YAML ({yaml_err})"
+                ))
+            })
         }
     }
 }
 
 /// Apply a non-apply patch of type `ty` to `target` (the kind picks the merge keys).
-pub fn apply_patch(ty: PatchType, kind: &str, target: &Value, patch: &Value) -> Result<Value, ApiError> {
+pub fn apply_patch(
+    ty: PatchType,
+    kind: &str,
+    target: &Value,
+    patch: &Value,
+) -> Result<Value, ApiError> {
     let mut out = target.clone();
     match ty {
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request("merge patch body must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "merge patch body must be a JSON object",
+                ));
             }
             json_patch::merge(&mut out, patch);
         }
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is invalid: {e}")))?;
-            json_patch::patch(&mut out, &ops.0).map_err(|e| ApiError::invalid_json_patch(&e.to_string()))?;
+            json_patch::patch(&mut out, &ops.0)
+                .map_err(|e| ApiError::invalid_json_patch(&e.to_string()))?;
         }
         PatchType::Strategic | PatchType::Apply => {
             let Some(p) = patch.as_object() else {
-                return Err(ApiError::bad_request("strategic merge patch body must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "strategic merge patch body must be a JSON object",
+                ));
             };
             strategic::merge(kind, &mut out, p).map_err(ApiError::bad_request)?;
         }
@@ -72,7 +86,14 @@ pub fn apply_patch(ty: PatchType, kind: &str, target: &Value, patch: &Value) -> 
 impl ApiError {
     /// A JSON patch that cannot be applied (422, like the real server).
     pub fn invalid_json_patch(why: &str) -> ApiError {
-        ApiError { code: 422, reason: "Invalid", message: format!("the server rejected our request due to an error in our request: {why}"), details: None }
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: format!(
+                "the server rejected our request due to an error in our request: {why}"
+            ),
+            details: None,
+        }
     }
 }
 
@@ -99,7 +120,13 @@ mod tests {
                     {"op": "remove", "path": "/metadata/labels/b"}, {"op": "test", "path": "/spec/replicas", "value": 5}]),
         )
         .unwrap();
-        let bad = apply_patch(PatchType::Json, "Pod", &target, &json!([{"op": "remove", "path": "/nope"}])).unwrap_err();
+        let bad = apply_patch(
+            PatchType::Json,
+            "Pod",
+            &target,
+            &json!([{"op": "remove", "path": "/nope"}]),
+        )
+        .unwrap_err();
         let out = format!(
             "merge: {}\njson: {}\nbad: {} {}\nct: {:?}",
             merged,

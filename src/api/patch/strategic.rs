@@ -25,11 +25,15 @@ const CONTAINER_LISTS: &[&str] = &["containers", "initContainers", "ephemeralCon
 /// The merge strategy of the list at `path` (field names from the object root, no indices).
 pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
     use ListStrategy::*;
-    let Some((field, parents)) = path.split_last() else { return Replace };
+    let Some((field, parents)) = path.split_last() else {
+        return Replace;
+    };
     let parent = parents.last().copied().unwrap_or_default();
     match *field {
         "containers" | "initContainers" | "ephemeralContainers" => MergeByKey("name"),
-        "env" | "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims" => MergeByKey("name"),
+        "env" | "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims" => {
+            MergeByKey("name")
+        }
         "volumeMounts" => MergeByKey("mountPath"),
         "volumeDevices" => MergeByKey("devicePath"),
         "ports" if CONTAINER_LISTS.contains(&parent) => MergeByKey("containerPort"),
@@ -85,12 +89,16 @@ fn merge_map<'a>(
             continue;
         }
         if let Some(field) = key.strip_prefix("$setElementOrder/") {
-            let list = value.as_array().ok_or_else(|| format!("{key} must be a list"))?;
+            let list = value
+                .as_array()
+                .ok_or_else(|| format!("{key} must be a list"))?;
             orders.push((field, list));
             continue;
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            let remove = value.as_array().ok_or_else(|| format!("{key} must be a list"))?;
+            let remove = value
+                .as_array()
+                .ok_or_else(|| format!("{key} must be a list"))?;
             if let Some(Value::Array(list)) = target.get_mut(field) {
                 list.retain(|v| !remove.contains(v));
             }
@@ -102,7 +110,9 @@ fn merge_map<'a>(
                 target.remove(key);
             }
             Value::Object(sub) => {
-                let entry = target.entry(key.clone()).or_insert_with(|| Value::Object(Map::new()));
+                let entry = target
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
                 if !entry.is_object() {
                     *entry = Value::Object(Map::new());
                 }
@@ -148,7 +158,9 @@ fn merge_list<'a>(
     mut current: Vec<Value>,
     patch: &'a [Value],
 ) -> Result<Vec<Value>, String> {
-    let replace_all = patch.iter().any(|v| v.get("$patch").and_then(Value::as_str) == Some("replace"));
+    let replace_all = patch
+        .iter()
+        .any(|v| v.get("$patch").and_then(Value::as_str) == Some("replace"));
     match strategy {
         ListStrategy::Replace => Ok(patch.iter().map(strip_directives).collect()),
         _ if replace_all => Ok(patch
@@ -173,7 +185,8 @@ fn merge_list<'a>(
                     continue;
                 };
                 let key_value = item_map.get(merge_key);
-                let position = key_value.and_then(|kv| current.iter().position(|c| c.get(merge_key) == Some(kv)));
+                let position = key_value
+                    .and_then(|kv| current.iter().position(|c| c.get(merge_key) == Some(kv)));
                 if item_map.get("$patch").and_then(Value::as_str) == Some("delete") {
                     if let Some(kv) = key_value {
                         current.retain(|c| c.get(merge_key) != Some(kv));
@@ -182,7 +195,9 @@ fn merge_list<'a>(
                 }
                 match position {
                     Some(i) => {
-                        let existing = current[i].as_object_mut().ok_or("list element is not an object")?;
+                        let existing = current[i]
+                            .as_object_mut()
+                            .ok_or("list element is not an object")?;
                         if let MapOutcome::Delete = merge_map(kind, path, existing, item_map)? {
                             current.remove(i);
                         }
@@ -284,7 +299,10 @@ mod tests {
         ];
         let mut out = String::new();
         for patch in cases {
-            out.push_str(&format!("--- {patch}\n{}\n", run("Deployment", deployment(), patch.clone())));
+            out.push_str(&format!(
+                "--- {patch}\n{}\n",
+                run("Deployment", deployment(), patch.clone())
+            ));
         }
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(out));
     }
@@ -301,10 +319,25 @@ mod tests {
 
     #[test]
     fn strategies() {
-        assert_eq!(list_strategy("Pod", &["spec", "containers", "ports"]), ListStrategy::MergeByKey("containerPort"));
-        assert_eq!(list_strategy("Service", &["spec", "ports"]), ListStrategy::MergeByKey("port"));
-        assert_eq!(list_strategy("EndpointSlice", &["ports"]), ListStrategy::Replace);
-        assert_eq!(list_strategy("Pod", &["spec", "containers", "args"]), ListStrategy::Replace);
-        assert_eq!(list_strategy("Node", &["status", "conditions"]), ListStrategy::MergeByKey("type"));
+        assert_eq!(
+            list_strategy("Pod", &["spec", "containers", "ports"]),
+            ListStrategy::MergeByKey("containerPort")
+        );
+        assert_eq!(
+            list_strategy("Service", &["spec", "ports"]),
+            ListStrategy::MergeByKey("port")
+        );
+        assert_eq!(
+            list_strategy("EndpointSlice", &["ports"]),
+            ListStrategy::Replace
+        );
+        assert_eq!(
+            list_strategy("Pod", &["spec", "containers", "args"]),
+            ListStrategy::Replace
+        );
+        assert_eq!(
+            list_strategy("Node", &["status", "conditions"]),
+            ListStrategy::MergeByKey("type")
+        );
     }
 }

@@ -75,10 +75,22 @@ impl LogStore {
     /// Open (creating) the store in `dir`.
     pub fn open(dir: &Path, fsync: bool) -> io::Result<LogStore> {
         fs::create_dir_all(dir)?;
-        let log = OpenOptions::new().create(true).read(true).append(true).open(dir.join("log.jsonl"))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(dir.join("log.jsonl"))?;
         let log_bytes = log.metadata()?.len();
-        let snapshot_bytes = fs::metadata(dir.join("snapshot.json")).map(|m| m.len()).unwrap_or(0);
-        Ok(LogStore { dir: dir.to_path_buf(), log, log_bytes, snapshot_bytes, fsync })
+        let snapshot_bytes = fs::metadata(dir.join("snapshot.json"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(LogStore {
+            dir: dir.to_path_buf(),
+            log,
+            log_bytes,
+            snapshot_bytes,
+            fsync,
+        })
     }
 
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
@@ -135,7 +147,9 @@ impl Store for LogStore {
             if !chunk.ends_with(b"\n") {
                 break;
             }
-            let Ok(line) = std::str::from_utf8(chunk) else { break };
+            let Ok(line) = std::str::from_utf8(chunk) else {
+                break;
+            };
             if apply_line(&mut state, &mut rv, line.trim_end(), snapshot_rv).is_err() {
                 break;
             }
@@ -158,7 +172,11 @@ impl Store for LogStore {
         let mut line = Vec::with_capacity(128);
         match mutation {
             Mutation::Put { rv, resource, json } => {
-                write!(line, "{{\"rv\":{rv},\"r\":{},\"o\":", serde_json::to_string(resource)?)?;
+                write!(
+                    line,
+                    "{{\"rv\":{rv},\"r\":{},\"o\":",
+                    serde_json::to_string(resource)?
+                )?;
                 line.extend_from_slice(json);
                 line.extend_from_slice(b"}\n");
             }
@@ -178,7 +196,11 @@ impl Store for LogStore {
         self.log_bytes > MIN_COMPACTION_BYTES.max(2 * self.snapshot_bytes)
     }
 
-    fn compact(&mut self, rv: u64, objects: &mut dyn Iterator<Item = (&str, &[u8])>) -> io::Result<()> {
+    fn compact(
+        &mut self,
+        rv: u64,
+        objects: &mut dyn Iterator<Item = (&str, &[u8])>,
+    ) -> io::Result<()> {
         let tmp = self.dir.join("snapshot.json.tmp");
         let mut out = io::BufWriter::new(File::create(&tmp)?);
         writeln!(out, "{{\"rv\":{rv}}}")?;
@@ -204,7 +226,11 @@ mod tests {
     use super::*;
 
     fn put<'a>(rv: u64, json: &'a str) -> Mutation<'a> {
-        Mutation::Put { rv, resource: "pods", json: json.as_bytes() }
+        Mutation::Put {
+            rv,
+            resource: "pods",
+            json: json.as_bytes(),
+        }
     }
 
     #[test]
@@ -213,9 +239,16 @@ mod tests {
         {
             let mut s = LogStore::open(dir.path(), false).unwrap();
             assert_eq!(s.load().unwrap().rv, 0);
-            s.append(put(1, r#"{"metadata":{"name":"a","namespace":"d"}}"#)).unwrap();
-            s.append(put(2, r#"{"metadata":{"name":"b","namespace":"d"}}"#)).unwrap();
-            s.append(Mutation::Delete { rv: 3, resource: "pods", key: "d/a" }).unwrap();
+            s.append(put(1, r#"{"metadata":{"name":"a","namespace":"d"}}"#))
+                .unwrap();
+            s.append(put(2, r#"{"metadata":{"name":"b","namespace":"d"}}"#))
+                .unwrap();
+            s.append(Mutation::Delete {
+                rv: 3,
+                resource: "pods",
+                key: "d/a",
+            })
+            .unwrap();
         }
         let mut s = LogStore::open(dir.path(), false).unwrap();
         let loaded = s.load().unwrap();
@@ -223,18 +256,37 @@ mod tests {
         assert_eq!(loaded.objects.len(), 1);
         // Compact, then add more; a reload sees both.
         let objs = loaded.objects.clone();
-        s.compact(3, &mut objs.iter().map(|(r, j)| (r.as_str(), j.as_slice()))).unwrap();
-        s.append(put(4, r#"{"metadata":{"name":"c","namespace":"d"}}"#)).unwrap();
+        s.compact(3, &mut objs.iter().map(|(r, j)| (r.as_str(), j.as_slice())))
+            .unwrap();
+        s.append(put(4, r#"{"metadata":{"name":"c","namespace":"d"}}"#))
+            .unwrap();
         drop(s);
         // A torn tail is dropped.
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("log.jsonl")).unwrap();
-        f.write_all(br#"{"rv":5,"r":"pods","o":{"metadata""#).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("log.jsonl"))
+            .unwrap();
+        f.write_all(br#"{"rv":5,"r":"pods","o":{"metadata""#)
+            .unwrap();
         let mut s = LogStore::open(dir.path(), false).unwrap();
         let loaded = s.load().unwrap();
         assert_eq!(loaded.rv, 4);
-        let names: Vec<String> = loaded.objects.iter().map(|(_, j)| key_of(std::str::from_utf8(j).unwrap()).unwrap()).collect();
+        let names: Vec<String> = loaded
+            .objects
+            .iter()
+            .map(|(_, j)| key_of(std::str::from_utf8(j).unwrap()).unwrap())
+            .collect();
         assert_eq!(names, vec!["d/b", "d/c"]);
-        s.append(put(5, r#"{"metadata":{"name":"e","namespace":"d"}}"#)).unwrap();
-        assert_eq!(LogStore::open(dir.path(), false).unwrap().load().unwrap().objects.len(), 3);
+        s.append(put(5, r#"{"metadata":{"name":"e","namespace":"d"}}"#))
+            .unwrap();
+        assert_eq!(
+            LogStore::open(dir.path(), false)
+                .unwrap()
+                .load()
+                .unwrap()
+                .objects
+                .len(),
+            3
+        );
     }
 }

@@ -18,7 +18,11 @@ impl Store for MemoryStore {
     fn wants_compaction(&self) -> bool {
         false
     }
-    fn compact(&mut self, _rv: u64, _objects: &mut dyn Iterator<Item = (&str, &[u8])>) -> io::Result<()> {
+    fn compact(
+        &mut self,
+        _rv: u64,
+        _objects: &mut dyn Iterator<Item = (&str, &[u8])>,
+    ) -> io::Result<()> {
         Ok(())
     }
 }

@@ -14,9 +14,17 @@ use std::io;
 #[derive(Debug, Clone, Copy)]
 pub enum Mutation<'a> {
     /// Create or replace the object (`json` carries its namespace and name).
-    Put { rv: u64, resource: &'a str, json: &'a [u8] },
+    Put {
+        rv: u64,
+        resource: &'a str,
+        json: &'a [u8],
+    },
     /// Remove the object `namespace/name` (`name` alone for cluster-scoped ones).
-    Delete { rv: u64, resource: &'a str, key: &'a str },
+    Delete {
+        rv: u64,
+        resource: &'a str,
+        key: &'a str,
+    },
 }
 
 /// Everything a store holds at start-up.
@@ -37,10 +45,18 @@ pub trait Store: Send {
     /// Whether the store would like [`Store::compact`] to be called.
     fn wants_compaction(&self) -> bool;
     /// Replace the history with the current state (`objects` = every live object).
-    fn compact(&mut self, rv: u64, objects: &mut dyn Iterator<Item = (&str, &[u8])>) -> io::Result<()>;
+    fn compact(
+        &mut self,
+        rv: u64,
+        objects: &mut dyn Iterator<Item = (&str, &[u8])>,
+    ) -> io::Result<()>;
 }
 
 /// `namespace/name`, or `name` for cluster-scoped objects: the key a [`Mutation::Delete`] names.
 pub fn object_key(namespace: &str, name: &str) -> String {
-    if namespace.is_empty() { name.to_string() } else { format!("{namespace}/{name}") }
+    if namespace.is_empty() {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
 }

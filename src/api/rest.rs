@@ -267,6 +267,21 @@ async fn read_bytes(req: Request) -> ApiResult<bytes::Bytes> {
 }
 
 async fn read_json(req: Request) -> ApiResult<Value> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!(
+                "kemu accepts JSON and YAML request bodies only (got {content_type}); use a manifest with `kubectl create -f`"
+            ),
+            details: None,
+        });
+    }
     let bytes = read_bytes(req).await?;
     patch::parse_body(&bytes)
 }

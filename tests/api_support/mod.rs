@@ -17,11 +17,16 @@ pub struct Server {
 impl Server {
     /// Start the server on `127.0.0.1:0` with `data_dir`, seed 7 and the seed scenario's range.
     pub fn start(data_dir: &Path) -> Server {
+        Self::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// Start on a given `listen` address (a restart reuses the old port).
+    pub fn start_on(data_dir: &Path, listen: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kemu"))
             .args([
                 "apiserver",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--service-cluster-ip-range",
                 "192.168.3.0/24",
             ])

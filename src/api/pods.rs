@@ -161,6 +161,8 @@ pub async fn logs(api: &Api, t: &Target, q: &Query) -> ApiResult<Response> {
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response())
 }
 
+const NORMAL_CLOSURE: u16 = 1000;
+
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 /// `GET pods/NAME/exec` with a WebSocket upgrade (kubectl 1.30+). SPDY is not served.
@@ -212,20 +214,35 @@ async fn relay(client: WebSocket, kubelet: KubeletSocket) {
         let _ = kubelet_tx.send(tungstenite::Message::Close(None)).await;
     };
     let downstream = async {
+        let mut close_code = NORMAL_CLOSURE;
         while let Some(Ok(msg)) = kubelet_rx.next().await {
             let out = match msg {
                 tungstenite::Message::Binary(b) => ws::Message::Binary(b),
                 tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
                 tungstenite::Message::Ping(p) => ws::Message::Ping(p),
                 tungstenite::Message::Pong(p) => ws::Message::Pong(p),
-                tungstenite::Message::Close(_) => break,
+                tungstenite::Message::Close(frame) => {
+                    close_code = frame.map(|f| u16::from(f.code)).unwrap_or(NORMAL_CLOSURE);
+                    break;
+                }
                 tungstenite::Message::Frame(_) => continue,
             };
             if client_tx.send(out).await.is_err() {
                 break;
             }
         }
-        let _ = client_tx.send(ws::Message::Close(None)).await;
+        // kubectl treats anything but a normal closure (1000) as an error of the session.
+        let code = if close_code == 1005 {
+            NORMAL_CLOSURE
+        } else {
+            close_code
+        };
+        let _ = client_tx
+            .send(ws::Message::Close(Some(ws::CloseFrame {
+                code,
+                reason: "".into(),
+            })))
+            .await;
     };
     // When the kubelet finishes, the session is over; when the client leaves, stop the kubelet side.
     tokio::select! {

@@ -167,7 +167,6 @@ fn run_scenario(kubectl: &Kubectl) -> String {
     let v = run(&["version", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v["serverVersion"]["gitVersion"], "v1.32.4");
-    drop(run);
 
     let mut stdin_run = |args: &[&str], input: &str| {
         let o = kubectl.with_stdin(args, input);
@@ -199,7 +198,6 @@ fn run_scenario(kubectl: &Kubectl) -> String {
         &["create", "-f", "-"],
         "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: 70000}]}\n",
     );
-    drop(stdin_run);
 
     let mut run = |args: &[&str]| {
         let o = kubectl.output(args);

@@ -610,10 +610,10 @@ fn create_in(
             meta.remove("generation");
         }
     }
-    if resets_status(t.id) {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if resets_status(t.id)
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     defaults::apply(t.id, &mut obj);
     defaults::initial_status(t.id, &mut obj);

@@ -5,6 +5,7 @@
 //! pure data) → `netns`/`netlink` (the thin layer that touches the kernel) → `lab` (up, down,
 //! state, supervisor). The agents that run inside the emulated hosts live in their own modules.
 
+pub mod api;
 pub mod cli;
 pub mod client;
 

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod apiserver;
 mod down;
 mod exec;
 mod flanneld;
@@ -36,6 +37,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
+    /// Run the kubectl-compatible Kubernetes API server (master host).
+    Apiserver(apiserver::Args),
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
     /// Run a lab's supervisor (started by `kemu up`).
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
     }

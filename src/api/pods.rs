@@ -1,0 +1,252 @@
+//! Pod subresources: `binding` (the scheduler's way to set `spec.nodeName`), `log` (streamed from
+//! the kubelet) and `exec` (a WebSocket relayed to the kubelet, `v5.channel.k8s.io` or v4).
+
+use std::sync::Arc;
+
+use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+use super::kubelet_client::{self, KubeletSocket};
+use super::object::str_at;
+use super::resources::id;
+use super::rest::{Query, Target, bind_in, success};
+use super::server::Api;
+use super::status::{ApiError, ApiResult};
+
+/// `POST pods/NAME/binding`.
+pub fn bind(api: &Api, t: &Target, body: &Value, q: &Query) -> ApiResult<Response> {
+    let node = str_at(body, "/target/name").to_string();
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            "Binding",
+            "",
+            t.name.as_deref().unwrap_or_default(),
+            &[super::status::FieldError::required("target.name", "")],
+        ));
+    }
+    api.registry.txn(|txn| bind_in(txn, t, &node, q))?;
+    Ok(success(json!({})))
+}
+
+/// The pod, the chosen container and the kubelet's address.
+struct PodTarget {
+    namespace: String,
+    pod: String,
+    container: String,
+    node: String,
+    addr: std::net::SocketAddr,
+}
+
+fn resolve(api: &Api, t: &Target, q: &Query) -> ApiResult<PodTarget> {
+    let name = t.name.clone().unwrap_or_default();
+    let namespace = t.namespace.clone().unwrap_or_default();
+    let pod = api
+        .registry
+        .get(id::PODS, &namespace, &name)
+        .ok_or_else(|| ApiError::not_found("pods", &name))?
+        .value();
+    let names = |list: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| str_at(c, "/name").to_string())
+            .collect()
+    };
+    let containers = names("containers");
+    let init = names("initContainers");
+    let ephemeral = names("ephemeralContainers");
+    let container = match q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) => c.to_string(),
+        None => {
+            let annotated = str_at(
+                &pod,
+                "/metadata/annotations/kubectl.kubernetes.io~1default-container",
+            );
+            if !annotated.is_empty() {
+                annotated.to_string()
+            } else if containers.len() == 1 {
+                containers[0].clone()
+            } else {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                )));
+            }
+        }
+    };
+    if !containers.contains(&container)
+        && !init.contains(&container)
+        && !ephemeral.contains(&container)
+    {
+        let mut msg = format!(
+            "container {container} is not valid for pod {name}, choose one of: [{}]",
+            containers.join(" ")
+        );
+        if !init.is_empty() {
+            msg.push_str(&format!(
+                " or one of the init containers: [{}]",
+                init.join(" ")
+            ));
+        }
+        return Err(ApiError::bad_request(msg));
+    }
+    let node = str_at(&pod, "/spec/nodeName").to_string();
+    if node.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let node_obj = api
+        .registry
+        .get(id::NODES, "", &node)
+        .ok_or_else(|| ApiError::not_found("nodes", &node))?
+        .value();
+    let addr = kubelet_client::kubelet_address(&node_obj)?;
+    Ok(PodTarget {
+        namespace,
+        pod: name,
+        container,
+        node,
+        addr,
+    })
+}
+
+fn forward_query(q: &Query, keys: &[&str]) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for key in keys {
+        for (k, v) in q_all(q, key) {
+            out.append_pair(k, v);
+        }
+    }
+    out.finish()
+}
+
+fn q_all<'a>(q: &'a Query, key: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    q.pairs().filter(move |(k, _)| *k == key)
+}
+
+impl Query {
+    /// Every `(key, value)` pair in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.raw().iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// `GET pods/NAME/log`.
+pub async fn logs(api: &Api, t: &Target, q: &Query) -> ApiResult<Response> {
+    let target = resolve(api, t, q)?;
+    let query = forward_query(
+        q,
+        &[
+            "follow",
+            "tailLines",
+            "timestamps",
+            "previous",
+            "sinceSeconds",
+            "sinceTime",
+            "limitBytes",
+        ],
+    );
+    let path = format!(
+        "/containerLogs/{}/{}/{}?{query}",
+        target.namespace, target.pod, target.container
+    );
+    let body = kubelet_client::container_logs(&target.node, target.addr, &path).await?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body).into_response())
+}
+
+const NORMAL_CLOSURE: u16 = 1000;
+
+const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// `GET pods/NAME/exec` with a WebSocket upgrade (kubectl 1.30+). SPDY is not served.
+pub async fn exec(api: Arc<Api>, t: &Target, q: &Query, req: Request) -> ApiResult<Response> {
+    let target = resolve(&api, t, q)?;
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &api).await.map_err(|_| {
+        ApiError::bad_request(
+            "kemu serves exec over WebSockets only (v5.channel.k8s.io / v4.channel.k8s.io); SPDY (kubectl 1.29 and older) is not supported",
+        )
+    })?;
+    let upgrade = upgrade.protocols(PROTOCOLS);
+    let protocol = upgrade
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .map(String::from)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "exec needs one of the subprotocols {}",
+                PROTOCOLS.join(", ")
+            ))
+        })?;
+    let query = forward_query(q, &["command", "stdin", "stdout", "stderr", "tty"]);
+    let path = format!(
+        "/exec/{}/{}/{}?{query}",
+        target.namespace, target.pod, target.container
+    );
+    let kubelet = kubelet_client::exec(&target.node, target.addr, &path, &protocol).await?;
+    Ok(upgrade.on_upgrade(move |client| relay(client, kubelet)))
+}
+
+/// Copy frames both ways until either side closes.
+async fn relay(client: WebSocket, kubelet: KubeletSocket) {
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut kubelet_tx, mut kubelet_rx) = kubelet.split();
+    let upstream = async {
+        while let Some(Ok(msg)) = client_rx.next().await {
+            let out = match msg {
+                ws::Message::Binary(b) => tungstenite::Message::Binary(b),
+                ws::Message::Text(t) => tungstenite::Message::Text(t.as_str().into()),
+                ws::Message::Ping(p) => tungstenite::Message::Ping(p),
+                ws::Message::Pong(p) => tungstenite::Message::Pong(p),
+                ws::Message::Close(_) => break,
+            };
+            if kubelet_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = kubelet_tx.send(tungstenite::Message::Close(None)).await;
+    };
+    let downstream = async {
+        let mut close_code = NORMAL_CLOSURE;
+        while let Some(Ok(msg)) = kubelet_rx.next().await {
+            let out = match msg {
+                tungstenite::Message::Binary(b) => ws::Message::Binary(b),
+                tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
+                tungstenite::Message::Ping(p) => ws::Message::Ping(p),
+                tungstenite::Message::Pong(p) => ws::Message::Pong(p),
+                tungstenite::Message::Close(frame) => {
+                    close_code = frame.map(|f| u16::from(f.code)).unwrap_or(NORMAL_CLOSURE);
+                    break;
+                }
+                tungstenite::Message::Frame(_) => continue,
+            };
+            if client_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        // kubectl treats anything but a normal closure (1000) as an error of the session.
+        let code = if close_code == 1005 {
+            NORMAL_CLOSURE
+        } else {
+            close_code
+        };
+        let _ = client_tx
+            .send(ws::Message::Close(Some(ws::CloseFrame {
+                code,
+                reason: "".into(),
+            })))
+            .await;
+    };
+    // When the kubelet finishes, the session is over; when the client leaves, stop the kubelet side.
+    tokio::select! {
+        _ = downstream => {}
+        _ = upstream => {}
+    }
+}

@@ -1,0 +1,312 @@
+//! The HTTP server: configuration, start-up (store, allocators, built-in objects) and routing.
+//! Fixed paths (`/version`, discovery, OpenAPI, health) have their own routes; everything under
+//! `/api/v1` and `/apis/<g>/<v>` goes to the one generic resource handler in `rest`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ipnet::Ipv4Net;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+use super::alloc::{Allocators, IpAllocator, PortAllocator};
+use super::discovery;
+use super::object::{new_uid, now_rfc3339, str_at};
+use super::openapi;
+use super::registry::Registry;
+use super::resources::{RESOURCES, id};
+use super::service;
+use super::status::ApiError;
+use super::store::{Store, log::LogStore, memory::MemoryStore};
+
+/// How the server is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Where the store lives; `None` keeps everything in memory only.
+    pub data_dir: Option<PathBuf>,
+    pub service_cidr: Ipv4Net,
+    pub node_port_range: (u16, u16),
+    /// Seed for uids, generated names and allocations (random when `None`).
+    pub seed: Option<u64>,
+    /// The master's address: the `kubernetes` Service's endpoints point at it.
+    pub advertise_address: Option<Ipv4Addr>,
+    /// Sync each write to disk (survives power loss, not only process crashes).
+    pub fsync: bool,
+    /// Watch events kept per resource for resuming watches.
+    pub watch_history: usize,
+}
+
+/// Shared state of all handlers.
+pub struct Api {
+    pub registry: Registry,
+    pub config: Config,
+    /// The address and port actually bound (the port may have been 0).
+    pub bound: SocketAddr,
+}
+
+impl Api {
+    /// Open the store, rebuild allocations and reconcile the built-in objects.
+    pub fn open(config: Config, bound: SocketAddr) -> anyhow::Result<Api> {
+        let store: Box<dyn Store> = match &config.data_dir {
+            Some(dir) => Box::new(
+                LogStore::open(dir, config.fsync)
+                    .with_context(|| format!("opening the store in {}", dir.display()))?,
+            ),
+            None => Box::new(MemoryStore),
+        };
+        let alloc = Allocators {
+            ips: IpAllocator::new(config.service_cidr),
+            ports: PortAllocator::new(config.node_port_range.0, config.node_port_range.1),
+        };
+        let rng = match config.seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        let registry = Registry::open(store, alloc, rng, config.watch_history)?;
+        let api = Api {
+            registry,
+            config,
+            bound,
+        };
+        api.bootstrap()
+            .map_err(|e| anyhow::anyhow!("creating the built-in objects: {e}"))?;
+        Ok(api)
+    }
+
+    /// The address other hosts reach this server at.
+    pub fn advertise_address(&self) -> Ipv4Addr {
+        if let Some(ip) = self.config.advertise_address {
+            return ip;
+        }
+        match self.bound.ip() {
+            IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+            _ => Ipv4Addr::LOCALHOST,
+        }
+    }
+
+    /// Rebuild the allocators from stored Services; create the namespaces and the `kubernetes`
+    /// Service with its Endpoints and EndpointSlice (updated when the address or port changed).
+    fn bootstrap(&self) -> Result<(), ApiError> {
+        let advertise = self.advertise_address().to_string();
+        let port = self.bound.port();
+        self.registry.txn(|txn| {
+            for svc in txn.list(id::SERVICES, None) {
+                let value = svc.value();
+                service::restore(txn.alloc(), &value);
+            }
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                if txn.get(id::NAMESPACES, "", ns).is_none() {
+                    let uid = new_uid(txn.rng());
+                    txn.put(
+                        id::NAMESPACES,
+                        json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {
+                            "name": ns, "uid": uid, "creationTimestamp": now_rfc3339(),
+                            "labels": {"kubernetes.io/metadata.name": ns}},
+                            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+                    )?;
+                }
+            }
+            if txn.get(id::SERVICES, "default", "kubernetes").is_none() {
+                let first = txn.alloc().ips.first();
+                if let Err(e) = txn.alloc().ips.allocate_specific(first) {
+                    tracing::warn!("the kubernetes service address {first} is taken: {e:?}");
+                }
+                let uid = new_uid(txn.rng());
+                txn.put(
+                    id::SERVICES,
+                    json!({"kind": "Service", "apiVersion": "v1", "metadata": {
+                        "name": "kubernetes", "namespace": "default", "uid": uid, "creationTimestamp": now_rfc3339(),
+                        "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                        "spec": {"type": "ClusterIP", "clusterIP": first.to_string(), "clusterIPs": [first.to_string()],
+                            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                            "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                            "internalTrafficPolicy": "Cluster"},
+                        "status": {"loadBalancer": {}}}),
+                )?;
+            } else {
+                // Keep the target port in step with where this server listens now.
+                let svc = txn.get(id::SERVICES, "default", "kubernetes").expect("checked above");
+                let mut value = svc.value();
+                if value.pointer("/spec/ports/0/targetPort") != Some(&json!(port)) {
+                    value["spec"]["ports"][0]["targetPort"] = json!(port);
+                    txn.put(id::SERVICES, value)?;
+                }
+            }
+            let endpoints = json!({"kind": "Endpoints", "apiVersion": "v1",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": advertise}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+            reconcile(txn, id::ENDPOINTS, endpoints, "/subsets")?;
+            let slice = json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"}, "generation": 1},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [advertise], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+            reconcile(txn, id::ENDPOINT_SLICES, slice, "/endpoints")?;
+            Ok(())
+        })
+    }
+}
+
+/// Create `desired` or bring its content (at `content`, plus ports) up to date.
+fn reconcile(
+    txn: &mut super::registry::Txn<'_>,
+    rt: usize,
+    mut desired: Value,
+    content: &str,
+) -> Result<(), ApiError> {
+    let name = str_at(&desired, "/metadata/name").to_string();
+    match txn.get(rt, "default", &name) {
+        None => {
+            let uid = new_uid(txn.rng());
+            desired["metadata"]["uid"] = json!(uid);
+            desired["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+            txn.put(rt, desired)?;
+        }
+        Some(current) => {
+            let current = current.value();
+            if current.pointer(content) != desired.pointer(content)
+                || current.get("ports") != desired.get("ports")
+            {
+                let mut updated = current.clone();
+                updated[&content[1..]] = desired[&content[1..]].clone();
+                if desired.get("ports").is_some() {
+                    updated["ports"] = desired["ports"].clone();
+                }
+                txn.put(rt, updated)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The router of the whole API.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { axum::Json(discovery::version()) }),
+        )
+        .route(
+            "/version/",
+            get(|| async { axum::Json(discovery::version()) }),
+        )
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/api", get(core_discovery))
+        .route("/api/", get(core_discovery))
+        .route("/apis", get(groups_discovery))
+        .route("/apis/", get(groups_discovery))
+        .route("/openapi/v3", get(|| async { axum::Json(openapi::root()) }))
+        .route("/openapi/v3/{*gv}", get(openapi_document))
+        .fallback(super::rest::handle)
+        .with_state(api)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+fn accept(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// A JSON answer with an explicit Content-Type.
+pub fn json_with_type(status: StatusCode, content_type: &str, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("serialisable");
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::VARY, "Accept".to_string()),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+async fn core_discovery(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    match discovery::negotiate_aggregated(accept(&headers)) {
+        Some(v) => json_with_type(
+            StatusCode::OK,
+            &discovery::aggregated_content_type(v),
+            &discovery::aggregated(true, v),
+        ),
+        None => json_with_type(
+            StatusCode::OK,
+            "application/json",
+            &discovery::api_versions(&format!("{}:{}", api.advertise_address(), api.bound.port())),
+        ),
+    }
+}
+
+async fn groups_discovery(headers: HeaderMap) -> Response {
+    match discovery::negotiate_aggregated(accept(&headers)) {
+        Some(v) => json_with_type(
+            StatusCode::OK,
+            &discovery::aggregated_content_type(v),
+            &discovery::aggregated(false, v),
+        ),
+        None => json_with_type(
+            StatusCode::OK,
+            "application/json",
+            &discovery::api_group_list(),
+        ),
+    }
+}
+
+async fn openapi_document(Path(gv): Path<String>) -> Response {
+    let parts: Vec<&str> = gv.trim_end_matches('/').split('/').collect();
+    let doc = match parts.as_slice() {
+        ["api", v] => openapi::group_version_document("", v),
+        ["apis", g, v] => openapi::group_version_document(g, v),
+        _ => None,
+    };
+    match doc {
+        Some(doc) => json_with_type(StatusCode::OK, "application/json", &doc),
+        None => ApiError::path_not_found().into_response(),
+    }
+}
+
+/// Serve until the process ends.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let api = Arc::new(Api::open(config, bound)?);
+    tracing::info!(
+        "kemu apiserver listening on http://{bound} ({} objects, resourceVersion {})",
+        RESOURCES
+            .iter()
+            .enumerate()
+            .map(|(i, _)| api.registry.list(i, None).0.len())
+            .sum::<usize>(),
+        api.registry.rv()
+    );
+    // Tests and `kemu up` wait for this line to know the port.
+    println!("listening on http://{bound}");
+    axum::serve(listener, router(api))
+        .await
+        .context("serving the API")?;
+    Ok(())
+}
+
+/// Used by the generic handler for requests that are not under a served group-version.
+pub fn not_found(_req: &Request) -> Response {
+    ApiError::path_not_found().into_response()
+}

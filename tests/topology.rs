@@ -34,7 +34,11 @@ fn bad_topologies_name_file_line_column_and_field() {
 
 fn dry_run(file: &str) -> String {
     let topo = kemu::topology::Topology::load(Path::new(file)).unwrap();
-    let plan = kemu::plan::plan(&topo, Path::new("/run/kemu").join(&topo.name).as_path());
+    let plan = kemu::plan::plan(
+        &topo,
+        Path::new("/run/kemu").join(&topo.name).as_path(),
+        kemu::plan::OverlayBy::Launcher,
+    );
     format!("{plan}")
 }
 

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::lab::state::LabDir;
 use crate::lab::{UpOptions, up};
-use crate::plan::plan;
+use crate::plan::{OverlayBy, plan};
 use crate::topology::{ProxyMode, Topology};
 
 /// Build a lab: namespaces, underlay, overlay, then the agents.
@@ -77,7 +77,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let topo = load(&args)?;
     let dir = LabDir::new(&topo.name);
     if args.dry_run {
-        let plan = plan(&topo, &dir.root);
+        let agents = crate::lab::agents::agent_specs(&topo, &dir);
+        let overlay_by = if args.network_only || agents.is_empty() {
+            OverlayBy::Launcher
+        } else {
+            OverlayBy::Agents
+        };
+        let plan = plan(&topo, &dir.root, overlay_by);
         println!(
             "# kemu up {}: lab {} ({} namespaces, {} kernel operations)",
             args.file.display(),
@@ -86,7 +92,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             plan.operation_count()
         );
         print!("{plan}");
-        let agents = crate::lab::agents::agent_specs(&topo, &dir);
         if !agents.is_empty() && !args.network_only {
             println!("# agents (started by `kemu supervise {}`)", topo.name);
             for a in agents {

@@ -40,10 +40,52 @@ impl AgentSpec {
     }
 }
 
-/// Every process of a lab, in start order (control plane first, then node agents, then user
-/// daemons).
-pub fn agent_specs(topo: &Topology, _dir: &LabDir) -> Vec<AgentSpec> {
+/// Every process of a lab, in start order: the control plane on the master (the API server
+/// first; the others retry until it answers), the node agents on every minion, then the user's
+/// daemons. Agents reach the API server over the underlay at `http://<master-ip>:8080`.
+pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
     let mut specs = Vec::new();
+    let master = topo.master();
+    let api = format!("http://{}:{}", master.ip, super::forward::API_PORT);
+    let seed: Vec<String> = topo
+        .control_plane
+        .seed
+        .map(|s| vec!["--seed".to_string(), s.to_string()])
+        .unwrap_or_default();
+    let kemu = |host: &crate::topology::Host, name: &str, args: Vec<String>| AgentSpec {
+        host: host.name.clone(),
+        namespace: topo.host_namespace(host),
+        name: name.to_string(),
+        args: std::iter::once(name.to_string()).chain(args).collect(),
+        kemu: true,
+    };
+    let mut apiserver = vec![
+        format!("--listen={}:{}", master.ip, super::forward::API_PORT),
+        format!("--advertise-address={}", master.ip),
+        format!("--data-dir={}", dir.root.join("apiserver").display()),
+        format!("--service-cluster-ip-range={}", topo.service_cidr),
+        format!("--service-node-port-range={}", topo.node_port_range),
+    ];
+    apiserver.extend(seed.iter().cloned());
+    specs.push(kemu(master, "apiserver", apiserver));
+    for host in topo.minions() {
+        specs.push(kemu(
+            host,
+            "flanneld",
+            vec![
+                format!("--kube-api-url={api}"),
+                format!("--node-name={}", host.name),
+                format!("--public-ip={}", host.ip),
+                format!("--net-conf={}", dir.root.join("net-conf.json").display()),
+                format!(
+                    "--subnet-file={}",
+                    dir.host_dir(&host.name).join("subnet.env").display()
+                ),
+                "--ip-masq".to_string(),
+                format!("--mtu={}", topo.mtu),
+            ],
+        ));
+    }
     for host in &topo.hosts {
         for daemon in &host.daemons {
             specs.push(AgentSpec {

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod build;
 pub mod exec;
 pub mod forward;
+pub mod health;
 pub mod kubeconfig;
 pub mod state;
 pub mod supervisor;

@@ -11,7 +11,7 @@ use super::agents::agent_specs;
 use super::build::{BuildReport, build};
 use super::state::{Journal, LabDir, LabRecord, ProcessRecord};
 use super::teardown::teardown;
-use crate::plan::plan;
+use crate::plan::{OverlayBy, plan};
 use crate::topology::Topology;
 
 /// How `up` was asked to run.
@@ -31,7 +31,15 @@ pub struct UpReport {
     pub build: BuildReport,
     pub total: Duration,
     pub supervisor: Option<i32>,
+    /// The forwarded API port on 127.0.0.1, once the API server answered.
+    pub api_port: Option<u16>,
+    /// The nodes as `validate-cluster` found them.
+    pub nodes: Vec<super::health::NodeRow>,
 }
+
+/// How long `up` waits for the API server, then for the nodes.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+const NODES_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Build the lab of `topo`.
 pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
@@ -51,7 +59,13 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         ),
         Err(e) => return Err(e).with_context(|| format!("create {}", dir.root.display())),
     }
-    let plan = plan(topo, &dir.root);
+    let with_agents = !opts.network_only && !agent_specs(topo, &dir).is_empty();
+    let overlay_by = if with_agents {
+        OverlayBy::Agents
+    } else {
+        OverlayBy::Launcher
+    };
+    let plan = plan(topo, &dir.root, overlay_by);
     let existing: Vec<&str> = plan
         .namespaces
         .iter()
@@ -82,7 +96,8 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         record.save(&dir).context("write lab.json")?;
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
         let build = build(&plan, &mut journal)?;
-        let supervisor = if opts.network_only || agent_specs(topo, &dir).is_empty() {
+        let mut nodes = Vec::new();
+        let supervisor = if !with_agents {
             None
         } else {
             let pid = start_supervisor(&dir, &record)?;
@@ -98,6 +113,13 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                     record.kubeconfig = Some(path.clone());
                 }
                 record.save(&dir).context("write lab.json")?;
+                let apiserver_log = dir.logs().join(&topo.master().name).join("apiserver.log");
+                super::health::wait_api(port, API_TIMEOUT)
+                    .with_context(|| format!("see {}", apiserver_log.display()))?;
+                if agent_specs(topo, &dir).iter().any(|a| a.name == "kubelet") {
+                    let expected: Vec<String> = topo.minions().map(|h| h.name.clone()).collect();
+                    nodes = super::health::wait_nodes(port, &expected, NODES_TIMEOUT)?;
+                }
             }
             Some(pid)
         };
@@ -105,6 +127,8 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             build,
             total: started.elapsed(),
             supervisor,
+            api_port: record.api_port,
+            nodes,
         })
     })();
     match result {

@@ -175,8 +175,17 @@ pub fn leases(topo: &Topology) -> Vec<Lease> {
         .collect()
 }
 
+/// Who programs the pod overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayBy {
+    /// The launcher, while building the lab (`--network-only`).
+    Launcher,
+    /// Each minion's `kemu flanneld`, from the leases on the Node objects.
+    Agents,
+}
+
 /// Build the plan of a topology. `state_dir` is `/run/kemu/<lab>`.
-pub fn plan(topo: &Topology, state_dir: &Path) -> Plan {
+pub fn plan(topo: &Topology, state_dir: &Path, overlay_by: OverlayBy) -> Plan {
     let lab = &topo.name;
     let mut namespaces = vec![NamespaceSpec {
         name: topo.fabric_namespace(),
@@ -301,6 +310,9 @@ pub fn plan(topo: &Topology, state_dir: &Path) -> Plan {
             dev: POD_BRIDGE.into(),
             addr: overlay::pod_gateway(subnet),
         }));
+        if overlay_by == OverlayBy::Agents {
+            continue;
+        }
         let local = leases
             .iter()
             .position(|l| l.host == host.name)
@@ -324,7 +336,7 @@ pub fn plan(topo: &Topology, state_dir: &Path) -> Plan {
             path: dir.join("hosts"),
             contents: hosts_file.clone(),
         });
-        if let Some(subnet) = host.subnet {
+        if let (Some(subnet), OverlayBy::Launcher) = (host.subnet, overlay_by) {
             steps.push(Step::File {
                 path: dir.join("subnet.env"),
                 contents: overlay::subnet_env(
@@ -336,6 +348,13 @@ pub fn plan(topo: &Topology, state_dir: &Path) -> Plan {
             });
         }
     }
+    steps.push(Step::File {
+        path: state_dir.join("net-conf.json"),
+        contents: crate::flannel::NetConf::render(
+            topo.cluster_network.network,
+            topo.cluster_network.backend,
+        ),
+    });
     Plan {
         lab: lab.clone(),
         state_dir: state_dir.to_path_buf(),
@@ -444,7 +463,7 @@ mod tests {
             "name: hg\nsegments: [{name: lan, cidr: 10.1.0.0/24}]\nhosts:\n  - {name: a, ip: 10.1.0.10, roles: [master, minion]}\n  - {name: b, ip: 10.1.0.11, roles: [minion]}\nclusterNetwork: {network: 10.244.0.0/16, backend: host-gw}\n",
         )
         .unwrap();
-        let plan = plan(&topo, Path::new("/run/kemu/hg"));
+        let plan = plan(&topo, Path::new("/run/kemu/hg"), OverlayBy::Launcher);
         let text = plan.to_string();
         assert!(!text.contains("vxlan"));
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(text));

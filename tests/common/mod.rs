@@ -50,6 +50,10 @@ impl Lab {
     pub fn up(file: &str, prefix: &str, extra: &[&str]) -> Lab {
         let name = unique_name(prefix);
         let mut args = vec!["up", file, "--name", &name];
+        // Never touch the user's kubeconfig from tests unless a test asks for a file.
+        if !extra.iter().any(|a| a.starts_with("--kubeconfig")) {
+            args.push("--no-kubeconfig");
+        }
         args.extend_from_slice(extra);
         let up_output = run_kemu(&args);
         Lab { name, up_output }

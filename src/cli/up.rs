@@ -130,11 +130,87 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             println!("  {phase:<14} {:.3}s", t.as_secs_f64());
         }
     }
+    if let Some(port) = report.api_port {
+        print!(
+            "{}",
+            cluster_summary(&topo, port, &report.nodes, args.no_kubeconfig)
+        );
+    }
+    println!();
     println!(
-        "  kemu status {}        # hosts, subnets, agents",
+        "  kemu status {}                   # hosts, subnets, agents",
         topo.name
     );
-    println!("  kemu exec {} HOST -- COMMAND", topo.name);
+    println!(
+        "  kemu exec {} HOST -- COMMAND     # run a command on a host",
+        topo.name
+    );
     println!("  kemu down {}", topo.name);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The end of the seed's `kube-up.sh`: where the master is, `validate-cluster`'s node list
+/// and verdict, and how to reach the API server from here and from inside the lab.
+fn cluster_summary(
+    topo: &Topology,
+    port: u16,
+    nodes: &[crate::lab::health::NodeRow],
+    no_kubeconfig: bool,
+) -> String {
+    use std::fmt::Write;
+    let master = format!(
+        "http://{}:{}",
+        topo.master().ip,
+        crate::lab::forward::API_PORT
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nKubernetes cluster is running. The master is running at:\n\n  {master}\n"
+    );
+    if !nodes.is_empty() {
+        let _ = writeln!(out, "... calling validate-cluster");
+        let _ = writeln!(out, "Found {} nodes.", nodes.len());
+        let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4) + 3;
+        let _ = writeln!(
+            out,
+            "{:<width$}{:<9}{:<16}VERSION",
+            "NAME", "STATUS", "ROLES"
+        );
+        for n in nodes {
+            let _ = writeln!(
+                out,
+                "{:<width$}{:<9}{:<16}{}",
+                n.name, n.ready, n.roles, n.version
+            );
+        }
+        let _ = writeln!(out, "Validate output:");
+        let _ = writeln!(out, "Cluster validation succeeded");
+    }
+    let _ = writeln!(out, "Done, listing cluster services:\n");
+    let _ = writeln!(out, "Kubernetes master is running at {master}\n");
+    let local = format!("http://127.0.0.1:{port}");
+    if no_kubeconfig {
+        let _ = writeln!(
+            out,
+            "From this machine: kubectl --kubeconfig /run/kemu/{}/kubeconfig get nodes   ({local})",
+            topo.name
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "From this machine: kubectl get nodes   (context kemu-{}, {local})",
+            topo.name
+        );
+    }
+    let host = topo
+        .minions()
+        .find(|h| !h.is_master())
+        .unwrap_or(topo.master());
+    let _ = writeln!(
+        out,
+        "From a host:       kemu exec {} {} -- kubectl -s {master} get pods",
+        topo.name, host.name
+    );
+    out
 }

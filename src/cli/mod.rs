@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod proxy;
+
 /// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
 #[derive(Debug, Parser)]
 #[command(name = "kemu", version, about, long_about = None)]
@@ -18,7 +20,10 @@ pub struct Cli {
 
 /// The subcommands. Launcher commands first, then the agents that `kemu up` starts.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The service proxy (`render` prints a node's rules for given objects).
+    Proxy(proxy::ProxyArgs),
+}
 
 /// Initialise tracing on stderr with the filter given by `--log` / `KEMU_LOG`.
 pub fn init_tracing(cli: &Cli) {
@@ -32,5 +37,7 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Run the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Proxy(args) => proxy::run(args),
+    }
 }

@@ -285,20 +285,33 @@ fn clean_nft_line(line: &str) -> String {
         line.truncate(pos);
     }
     let words: Vec<&str> = line.split(' ').collect();
-    let mut out: Vec<&str> = Vec::with_capacity(words.len());
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
     let mut i = 0;
     while i < words.len() {
-        match words[i] {
+        let skip = match words[i] {
             "counter" if words.get(i + 1) == Some(&"packets") => {
-                out.push("counter");
-                i += 5; // counter packets N bytes M
+                out.push("counter".to_owned());
+                5 // counter packets N bytes M
             }
-            "expires" => i += 2,
-            _ => {
-                out.push(words[i]);
-                i += 1;
-            }
+            "expires" => 2,
+            _ => 0,
+        };
+        if skip == 0 {
+            out.push(words[i].to_owned());
+            i += 1;
+            continue;
         }
+        // Keep list punctuation that was glued to the dropped value (`… expires 2h,`).
+        let last = words.get(i + skip - 1).copied().unwrap_or("");
+        let glued: String = last
+            .chars()
+            .rev()
+            .take_while(|c| matches!(c, ',' | '}'))
+            .collect();
+        if let Some(prev) = out.last_mut() {
+            prev.extend(glued.chars().rev());
+        }
+        i += skip;
     }
     out.join(" ")
 }
@@ -425,6 +438,110 @@ pub fn nft_ruleset(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIVE_SAVE: &str =
+        include_str!("../../tests/fixtures/proxy/live/live-iptables-save-c.txt");
+    const LIVE_NFT: &str = include_str!("../../tests/fixtures/proxy/live/live-nft-ruleset-a.txt");
+
+    #[test]
+    fn iptables_save_drops_counters_and_dates_and_orders_chains() {
+        let out = iptables_save(LIVE_SAVE);
+        assert!(
+            !out.contains('#') && !out.contains("[0:0]") && !out.contains(" -c "),
+            "{out}"
+        );
+        assert!(
+            out.starts_with("*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n"),
+            "{out}"
+        );
+        assert_eq!(
+            iptables_save(&out),
+            out,
+            "normalising twice changes nothing"
+        );
+        // Reversing the order of the tables in the input changes nothing.
+        let tables: Vec<&str> = LIVE_SAVE.split_inclusive("COMMIT\n").collect();
+        let reversed: String = tables.iter().rev().copied().collect();
+        assert_eq!(iptables_save(&reversed), out);
+        // Rules keep their order inside a chain (the prepended portal hook stays first).
+        let prerouting: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("-A PREROUTING"))
+            .collect();
+        assert!(
+            prerouting[0].ends_with("-j KUBE-PORTALS-CONTAINER"),
+            "{prerouting:?}"
+        );
+        assert!(
+            prerouting[1].ends_with("-j KUBE-SERVICES"),
+            "{prerouting:?}"
+        );
+        crate::testing::snapshot_settings()
+            .bind(|| insta::assert_snapshot!("live_iptables_save", out));
+    }
+
+    #[test]
+    fn restore_counters_are_stripped_too() {
+        let text = "*nat\n:KUBE-X - [5:6]\n-A KUBE-X -c 10 20 -j RETURN\nCOMMIT\n";
+        assert_eq!(
+            iptables_save(text),
+            "*nat\n:KUBE-X -\n-A KUBE-X -j RETURN\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn nft_ruleset_drops_handles_counters_and_timers() {
+        let out = nft_ruleset(LIVE_NFT);
+        for noise in ["handle", "counter packets", "expires", "# Warning"] {
+            assert!(!out.contains(noise), "{noise} left in:\n{out}");
+        }
+        assert!(
+            out.contains("\t\telements = {\n\t\t\t10.9.9.1,\n\t\t\t10.9.9.9,\n\t\t}\n"),
+            "{out}"
+        );
+        assert!(out.contains("ip daddr 1.2.3.4 counter accept"), "{out}");
+        assert_eq!(nft_ruleset(&out), out, "normalising twice changes nothing");
+        crate::testing::snapshot_settings()
+            .bind(|| insta::assert_snapshot!("live_nft_ruleset", out));
+    }
+
+    #[test]
+    fn nft_elements_are_sorted_whatever_the_listing_order() {
+        let a = "table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.2, 10.0.0.1 }\n\t}\n}\n";
+        let b = "table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1,\n\t\t\t     10.0.0.2 }\n\t}\n}\n";
+        assert_eq!(nft_ruleset(a), nft_ruleset(b));
+    }
+
+    #[test]
+    fn sort_by_service_matches_upstream_example() {
+        // TestSortIPTablesRules, "correctly match same service name in different styles of comments".
+        let input = "*filter\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n\
+-A KUBE-SERVICES -m comment --comment \"ns2/svc2:p80 cluster IP\" svc2 line 1\n\
+-A KUBE-SERVICES -m comment --comment ns2/svc2 svc2 line 2\n\
+-A KUBE-SERVICES -m comment --comment \"ns2/svc2 blah\" svc2 line 3\n\
+-A KUBE-SERVICES -m comment --comment \"ns1/svc1:p80 cluster IP\" svc1 line 1\n\
+-A KUBE-SERVICES -m comment --comment ns1/svc1 svc1 line 2\n\
+-A KUBE-SERVICES -m comment --comment \"ns1/svc1 blah\" svc1 line 3\n\
+COMMIT\n";
+        let want = "*filter\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n\
+-A KUBE-SERVICES -m comment --comment \"ns1/svc1:p80 cluster IP\" svc1 line 1\n\
+-A KUBE-SERVICES -m comment --comment ns1/svc1 svc1 line 2\n\
+-A KUBE-SERVICES -m comment --comment \"ns1/svc1 blah\" svc1 line 3\n\
+-A KUBE-SERVICES -m comment --comment \"ns2/svc2:p80 cluster IP\" svc2 line 1\n\
+-A KUBE-SERVICES -m comment --comment ns2/svc2 svc2 line 2\n\
+-A KUBE-SERVICES -m comment --comment \"ns2/svc2 blah\" svc2 line 3\n\
+COMMIT\n";
+        assert_eq!(sort_iptables_by_service(input), want);
+    }
+
+    #[test]
+    fn nft_transaction_sort_keeps_rule_order() {
+        let tx = "add rule ip kube-proxy b x\nadd chain ip kube-proxy b\n# c\n\nadd rule ip kube-proxy a y\nadd rule ip kube-proxy b w\n";
+        assert_eq!(
+            sort_nft_transaction(tx),
+            "add chain ip kube-proxy b\nadd rule ip kube-proxy a y\nadd rule ip kube-proxy b x\nadd rule ip kube-proxy b w\n"
+        );
+    }
 
     #[test]
     fn quoting_follows_iptables_save() {

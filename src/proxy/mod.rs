@@ -169,3 +169,27 @@ pub fn jump_rules(mode: ProxyMode) -> Vec<JumpRule> {
         ProxyMode::Nftables => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_use_lowercase_names() {
+        for mode in [
+            ProxyMode::Userspace,
+            ProxyMode::Iptables,
+            ProxyMode::Nftables,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&mode).unwrap(),
+                format!("\"{}\"", mode.as_str())
+            );
+            assert_eq!(
+                serde_json::from_str::<ProxyMode>(&format!("\"{}\"", mode.as_str())).unwrap(),
+                mode
+            );
+        }
+        assert!(jump_rules(ProxyMode::Nftables).is_empty());
+    }
+}

@@ -643,6 +643,138 @@ mod tests {
         assert_eq!(named.to_string(), "ns1/svc1:p80");
     }
 
+    fn slice(yaml: &str) -> EndpointSlice {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn endpoints_are_matched_by_port_name_deduplicated_and_sorted() {
+        let a = slice(
+            "metadata: {name: a-1, namespace: ns, labels: {kubernetes.io/service-name: a}}\n\
+             addressType: IPv4\nports: [{name: http, port: 8080}, {name: dns, port: 53, protocol: UDP}]\n\
+             endpoints: [{addresses: [10.0.0.10]}, {addresses: [10.0.0.9], nodeName: me}]\n",
+        );
+        // The same address in a second slice, this time local: the local copy wins.
+        let b = slice(
+            "metadata: {name: a-2, namespace: ns, labels: {kubernetes.io/service-name: a}}\n\
+             addressType: IPv4\nports: [{name: http, port: 8080}]\n\
+             endpoints: [{addresses: [10.0.0.10], nodeName: me}, {addresses: [fd00::1]}]\n",
+        );
+        let map = endpoints_map(&[a, b], "me", IpFamily::V4);
+        let http = &map[&ServicePortName::new("ns", "a", "http", Protocol::Tcp)];
+        let addrs: Vec<&str> = http.iter().map(|e| e.addr.as_str()).collect();
+        assert_eq!(
+            addrs,
+            ["10.0.0.10:8080", "10.0.0.9:8080"],
+            "sorted as strings, like kube-proxy"
+        );
+        assert!(http.iter().all(|e| e.is_local));
+        let dns = &map[&ServicePortName::new("ns", "a", "dns", Protocol::Udp)];
+        assert_eq!(dns.len(), 2);
+        assert!(!map.contains_key(&ServicePortName::new("ns", "a", "http", Protocol::Udp)));
+    }
+
+    fn port(external_local: bool, internal_local: bool, node_port: u16) -> ServicePort {
+        ServicePort {
+            name: ServicePortName::new("ns", "s", "", Protocol::Tcp),
+            cluster_ip: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            node_port,
+            external_ips: vec![],
+            load_balancer_vips: vec![],
+            load_balancer_source_ranges: vec![],
+            session_affinity: SessionAffinity::None,
+            external_policy_local: external_local,
+            internal_policy_local: internal_local,
+            health_check_node_port: 0,
+        }
+    }
+
+    fn ep(ip: &str, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        let mut e = Endpoint::new(ip.parse().unwrap(), 80);
+        e.is_local = local;
+        e.ready = ready;
+        e.serving = serving;
+        e.terminating = terminating;
+        e
+    }
+
+    #[test]
+    fn categorize_follows_kube_proxy() {
+        let eps = [
+            ep("10.0.0.1", false, true, true, false),
+            ep("10.0.0.2", true, false, true, true),
+        ];
+        // Cluster policy: only the ready endpoint.
+        let c = categorize(&eps, &port(false, false, 0));
+        assert_eq!(
+            (
+                c.cluster.as_slice(),
+                c.local.as_slice(),
+                c.reachable.as_slice(),
+                c.has_any
+            ),
+            (&[0][..], &[][..], &[0][..], true)
+        );
+        // eTP Local on a NodePort: no ready local endpoint, so the serving+terminating local one
+        // is used for Local, and the reachable set is the union.
+        let c = categorize(&eps, &port(true, false, 30000));
+        assert_eq!(
+            (
+                c.cluster.as_slice(),
+                c.local.as_slice(),
+                c.reachable.as_slice()
+            ),
+            (&[0][..], &[1][..], &[0, 1][..])
+        );
+        // iTP Local on a ClusterIP-only port never uses cluster endpoints.
+        let c = categorize(&eps, &port(false, true, 0));
+        assert_eq!(
+            (
+                c.cluster.as_slice(),
+                c.local.as_slice(),
+                c.reachable.as_slice(),
+                c.has_any
+            ),
+            (&[][..], &[1][..], &[1][..], true)
+        );
+        // Nothing ready or serving: no endpoints anywhere.
+        let none = [ep("10.0.0.3", true, false, false, true)];
+        assert!(!categorize(&none, &port(false, false, 0)).has_any);
+    }
+
+    #[test]
+    fn services_skip_headless_and_apply_defaults() {
+        let svc: Service = serde_saphyr::from_str(
+            "metadata: {name: s, namespace: ns}\n\
+             spec: {type: LoadBalancer, clusterIP: 10.96.0.5, externalTrafficPolicy: Local, healthCheckNodePort: 31000,\n\
+               sessionAffinity: ClientIP, ports: [{port: 80, nodePort: 30080}, {name: u, port: 53, protocol: UDP}]}\n\
+             status: {loadBalancer: {ingress: [{ip: 1.2.3.4}, {ip: 5.6.7.8, ipMode: Proxy}, {hostname: lb.example}]}}\n",
+        )
+        .unwrap();
+        let ports = service_ports(&svc, IpFamily::V4);
+        assert_eq!(ports.len(), 2);
+        assert_eq!(
+            ports[0].session_affinity,
+            SessionAffinity::ClientIp {
+                timeout_seconds: 10800
+            }
+        );
+        assert_eq!(
+            ports[0].load_balancer_vips,
+            vec!["1.2.3.4".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(ports[0].health_check_node_port, 31000);
+        assert!(ports[0].external_policy_local);
+        assert_eq!(ports[1].name.protocol, Protocol::Udp);
+        assert!(service_ports(&svc, IpFamily::V6).is_empty());
+        let headless: Service = serde_saphyr::from_str(
+            "metadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 1}]}\n",
+        )
+        .unwrap();
+        assert!(service_ports(&headless, IpFamily::V4).is_empty());
+    }
+
     #[test]
     fn masquerade_mark_is_formatted_like_go() {
         let node = NodeContext::new("n", vec!["10.0.0.1".parse().unwrap()]);

@@ -73,6 +73,12 @@ impl Tx {
         }
     }
 
+    /// A per-service chain: its name embeds the service (and endpoint), so it is unique and
+    /// needs no bookkeeping.
+    fn service_chain(&mut self, name: &str) {
+        self.line("chain", format_args!("{name}"));
+    }
+
     fn rule(&mut self, chain: &str, rule: std::fmt::Arguments<'_>) {
         self.line("rule", format_args!("{chain} {rule}"));
     }
@@ -287,7 +293,7 @@ impl Ctx<'_> {
         let mut ep_bases: Vec<Option<String>> = vec![None; endpoints.len()];
         for &i in &cat.reachable {
             let ep_base = nft_endpoint_chain_base(&svc.name, &endpoints[i]);
-            tx.chain(&format!("endpoint-{ep_base}"));
+            tx.line("chain", format_args!("endpoint-{ep_base}"));
             ep_bases[i] = Some(ep_base);
         }
         let ep_base = |i: usize| {
@@ -298,11 +304,11 @@ impl Ctx<'_> {
 
         let uses_cluster_chain = !cat.cluster.is_empty() && svc.uses_cluster_endpoints();
         if uses_cluster_chain {
-            tx.chain(&cluster_chain);
+            tx.service_chain(&cluster_chain);
         }
         let uses_local_chain = !cat.local.is_empty() && svc.uses_local_endpoints();
         if uses_local_chain {
-            tx.chain(&local_chain);
+            tx.service_chain(&local_chain);
         }
         let (internal_chain, has_internal) = if svc.internal_policy_local {
             (&local_chain, has_endpoints && !cat.local.is_empty())
@@ -316,7 +322,7 @@ impl Ctx<'_> {
         };
         let uses_external_chain = has_endpoints && svc.externally_accessible();
         if uses_external_chain {
-            tx.chain(&external_chain);
+            tx.service_chain(&external_chain);
         }
         let (internal_verdict, external_verdict) = if has_endpoints {
             ("drop", "drop")
@@ -359,7 +365,7 @@ impl Ctx<'_> {
         let uses_fw_chain =
             !svc.load_balancer_vips.is_empty() && !svc.load_balancer_source_ranges.is_empty();
         if uses_fw_chain {
-            tx.chain(&fw_chain);
+            tx.service_chain(&fw_chain);
         }
         for lbip in &svc.load_balancer_vips {
             if has_endpoints {

@@ -8,6 +8,16 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod firewall;
+pub mod flannel;
+pub mod kubelet;
+pub mod lab;
+pub mod netlink;
+pub mod netns;
+pub mod overlay;
+pub mod plan;
+pub mod proxy;
+pub mod topology;
 
 /// Helpers shared by the unit tests of every module.
 #[cfg(test)]
@@ -21,12 +31,3 @@ pub(crate) mod testing {
         settings
     }
 }
-pub mod firewall;
-pub mod flannel;
-pub mod kubelet;
-pub mod lab;
-pub mod netlink;
-pub mod netns;
-pub mod overlay;
-pub mod plan;
-pub mod topology;

@@ -9,6 +9,7 @@ mod down;
 mod exec;
 mod flanneld;
 mod generate;
+pub mod proxy;
 mod status;
 mod up;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Apiserver(apiserver::Args),
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
+    /// The service proxy (`render` prints a node's rules for given objects).
+    Proxy(proxy::ProxyArgs),
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(args),
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
     }
 }

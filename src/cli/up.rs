@@ -22,7 +22,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Override the proxy mode of every host.
-    #[arg(long, value_parser = clap::value_parser!(ProxyMode))]
+    #[arg(long, value_enum)]
     pub proxy_mode: Option<ProxyMode>,
     /// Seed of the random source (ClusterIPs, NodePorts, name suffixes, proxy ports).
     #[arg(long)]
@@ -39,13 +39,6 @@ pub struct UpArgs {
     /// Print per-phase timings.
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-impl clap::builder::ValueParserFactory for ProxyMode {
-    type Parser = clap::builder::ValueParser;
-    fn value_parser() -> Self::Parser {
-        clap::builder::ValueParser::new(|s: &str| s.parse::<ProxyMode>())
-    }
 }
 
 /// Load the topology and apply command-line overrides.

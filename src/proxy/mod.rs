@@ -46,6 +46,12 @@ pub enum ProxyMode {
     Nftables,
 }
 
+impl std::fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ProxyMode {
     pub fn as_str(self) -> &'static str {
         match self {

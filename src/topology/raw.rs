@@ -76,41 +76,7 @@ pub enum Role {
     Client,
 }
 
-/// The service proxy's mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyMode {
-    /// The 2015 kube-proxy: iptables redirects to a userspace forwarder.
-    Userspace,
-    /// Today's kube-proxy iptables mode.
-    Iptables,
-    /// Today's kube-proxy nftables mode.
-    Nftables,
-}
-
-impl std::fmt::Display for ProxyMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ProxyMode::Userspace => "userspace",
-            ProxyMode::Iptables => "iptables",
-            ProxyMode::Nftables => "nftables",
-        })
-    }
-}
-
-impl std::str::FromStr for ProxyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "userspace" => Ok(ProxyMode::Userspace),
-            "iptables" => Ok(ProxyMode::Iptables),
-            "nftables" => Ok(ProxyMode::Nftables),
-            other => Err(format!(
-                "unknown proxy mode {other:?}: expected userspace, iptables or nftables"
-            )),
-        }
-    }
-}
+pub use crate::proxy::ProxyMode;
 
 /// `services:` block.
 #[derive(Debug, Deserialize)]

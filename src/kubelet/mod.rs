@@ -2,5 +2,8 @@
 //! pods bound to it: a network sandbox per pod (`sandbox`, addresses from `ipam`), then the
 //! containers through the runtime.
 
+pub mod env;
 pub mod ipam;
+pub mod node;
 pub mod sandbox;
+pub mod status;

@@ -102,9 +102,8 @@ pub fn environment(
                     return Err(EnvError(format!("configmap {:?} not found", r.name)));
                 } else if let Some(r) = &from.secret_key_ref {
                     return Err(EnvError(format!("secret {:?} not found", r.name)));
-                } else if from.resource_field_ref.is_some() {
-                    String::new()
                 } else {
+                    // resourceFieldRef: kemu sets no resource limits, so there is nothing to read.
                     String::new()
                 }
             }

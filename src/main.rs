@@ -10,6 +10,14 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Labs open many namespaces, sockets and watches: use the whole allowance of file
+    // descriptors the administrator granted (the soft limit is often far below the hard one).
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let cli = kemu::cli::Cli::parse();
     kemu::cli::init_tracing(&cli);
     match kemu::cli::run(cli) {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod firewall;
 pub mod flannel;
+pub mod images;
 pub mod kubelet;
 pub mod lab;
 pub mod netlink;

@@ -44,6 +44,15 @@ pub enum Command {
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy (`render` prints a node's rules for given objects).
     Proxy(proxy::ProxyArgs),
+    /// Run a built-in container image's program (started inside containers by the kubelet).
+    #[command(hide = true)]
+    Image {
+        /// `nginx`, `agnhost` or `pause`.
+        name: String,
+        /// The image's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -73,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Image { name, args } => crate::images::run(&name, args),
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
     }
 }

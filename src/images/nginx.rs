@@ -140,7 +140,7 @@ impl Nginx {
         };
         let page_exists = path == "/" || path == "/index.html";
         let keep_alive = request.keep_alive();
-        let mut response = if !get_or_head && !(request.method == "POST" && !page_exists) {
+        let mut response = if !get_or_head && (request.method != "POST" || page_exists) {
             // nginx's static module allows GET, HEAD and POST; POST to a file is refused too.
             self.error_page(405, now, keep_alive)
         } else if !page_exists {

@@ -74,6 +74,18 @@ pub fn exists(name: &str) -> bool {
 fn prepare_netns_dir() -> Result<(), NetNsError> {
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(|e| io_err("prepare", NETNS_DIR, e))?;
+    // Several kemu processes may get here at once; without a lock each would see "not a mount
+    // point yet" and stack its own bind mount.
+    std::fs::create_dir_all("/run/kemu").map_err(|e| io_err("prepare", NETNS_DIR, e))?;
+    let lock_path = Path::new("/run/kemu/.netns.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|e| io_err("lock", NETNS_DIR, e))?;
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_err("lock", NETNS_DIR, e))?;
     let shared = || {
         mount(
             None::<&str>,

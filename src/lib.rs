@@ -18,6 +18,7 @@ pub mod netns;
 pub mod overlay;
 pub mod plan;
 pub mod proxy;
+pub mod runtime;
 pub mod topology;
 
 /// Helpers shared by the unit tests of every module.

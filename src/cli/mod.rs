@@ -53,6 +53,26 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run one container (started by the kubelet's process runtime).
+    #[command(hide = true)]
+    ContainerShim {
+        /// The container's spec.json.
+        #[arg(long)]
+        spec: std::path::PathBuf,
+    },
+    /// Run a command inside a running container (used by `kubectl exec`).
+    #[command(hide = true)]
+    ContainerExec {
+        /// Host PID of the container's first process.
+        #[arg(long)]
+        pid: i32,
+        /// Stdin is a terminal: make it the controlling terminal.
+        #[arg(long)]
+        tty: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -83,6 +103,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Image { name, args } => crate::images::run(&name, args),
+        Command::ContainerShim { spec } => {
+            crate::runtime::shim::run(&spec).map(|_| ExitCode::SUCCESS)
+        }
+        Command::ContainerExec { pid, tty, command } => {
+            crate::runtime::shim::exec(pid, tty, &command).map(|code| ExitCode::from(code as u8))
+        }
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
     }
 }

@@ -9,6 +9,7 @@ mod down;
 mod exec;
 mod flanneld;
 mod generate;
+mod kubelet;
 pub mod proxy;
 mod status;
 mod up;
@@ -40,6 +41,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Run the kubectl-compatible Kubernetes API server (master host).
     Apiserver(apiserver::Args),
+    /// The node agent of a minion: registers the Node and runs its pods.
+    Kubelet(kubelet::KubeletArgs),
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy (`render` prints a node's rules for given objects).
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(args),
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
+        Command::Kubelet(args) => kubelet::run_cli(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Image { name, args } => crate::images::run(&name, args),
         Command::ContainerShim { spec } => {

@@ -69,6 +69,31 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
     apiserver.extend(seed.iter().cloned());
     specs.push(kemu(master, "apiserver", apiserver));
     for host in topo.minions() {
+        let host_dir = dir.host_dir(&host.name);
+        let mut kubelet = vec![
+            format!("--api-server={api}"),
+            format!("--node-name={}", host.name),
+            format!("--node-ip={}", host.ip),
+            format!(
+                "--pod-cidr={}",
+                host.subnet.expect("validated: minions have a subnet")
+            ),
+            format!("--root-dir={}", host_dir.join("kubelet").display()),
+            format!("--pod-mtu={}", topo.pod_mtu()),
+            format!(
+                "--network-ready-file={}",
+                host_dir.join("subnet.env").display()
+            ),
+            format!(
+                "--restart-backoff={}ms",
+                topo.kubelet.restart_back_off.as_millis()
+            ),
+            format!("--max-pods={}", topo.kubelet.max_pods),
+        ];
+        if host.is_master() {
+            kubelet.push("--node-labels=node-role.kubernetes.io/control-plane=".to_string());
+        }
+        specs.push(kemu(host, "kubelet", kubelet));
         specs.push(kemu(
             host,
             "flanneld",

@@ -20,6 +20,12 @@ pub use error::{Problem, TopologyError};
 pub use raw::{Backend, ProxyMode, Role};
 pub use resolve::{parse, parse_duration};
 
+/// `parse_duration` for clap: `8s`, `500ms`, `2m`.
+pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 8s or 2m"))
+}
+
 /// A validated, resolved lab description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +40,25 @@ pub struct Topology {
     pub proxy_mode: ProxyMode,
     pub mtu: u32,
     pub control_plane: ControlPlane,
+    #[serde(default)]
+    pub kubelet: KubeletSettings,
+}
+
+/// Settings of every minion's kubelet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletSettings {
+    pub restart_back_off: Duration,
+    pub max_pods: u32,
+}
+
+impl Default for KubeletSettings {
+    fn default() -> Self {
+        KubeletSettings {
+            restart_back_off: Duration::from_secs(10),
+            max_pods: 110,
+        }
+    }
 }
 
 /// An L2 segment of the underlay.

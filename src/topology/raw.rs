@@ -27,6 +27,18 @@ pub struct RawTopology {
     pub mtu: Option<Spanned<u32>>,
     /// Control-plane settings.
     pub control_plane: Option<RawControlPlane>,
+    /// Settings of every minion's kubelet.
+    pub kubelet: Option<RawKubelet>,
+}
+
+/// `kubelet:` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKubelet {
+    /// First delay of the container restart back-off (the kubelet's is 10s; doubles to 5m).
+    pub restart_back_off: Option<Spanned<String>>,
+    /// Pods a node accepts (110 like a real kubelet).
+    pub max_pods: Option<Spanned<u32>>,
 }
 
 /// One L2 segment: a bridge in the fabric namespace.

@@ -649,6 +649,23 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         .and_then(|d| c.duration(d, "controlPlane.podEvictionTimeout"))
         .unwrap_or(Duration::from_secs(5));
     let seed = cp.and_then(|p| p.seed.as_ref()).map(|s| s.value);
+    let kubelet_raw = raw.kubelet.as_ref();
+    let restart_back_off = kubelet_raw
+        .and_then(|k| k.restart_back_off.as_ref())
+        .and_then(|d| c.duration(d, "kubelet.restartBackOff"))
+        .unwrap_or(Duration::from_secs(10));
+    let max_pods = match kubelet_raw.and_then(|k| k.max_pods.as_ref()) {
+        Some(m) if m.value == 0 => {
+            c.report(
+                m.referenced,
+                "kubelet.maxPods",
+                "maxPods must be at least 1",
+            );
+            110
+        }
+        Some(m) => m.value,
+        None => 110,
+    };
 
     if !c.problems.is_empty() {
         c.problems.sort_by_key(|p| (p.line, p.column));
@@ -671,6 +688,10 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             node_monitor_grace_period: grace,
             pod_eviction_timeout: eviction,
             seed,
+        },
+        kubelet: super::KubeletSettings {
+            restart_back_off,
+            max_pods,
         },
     })
 }

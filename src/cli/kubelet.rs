@@ -1,0 +1,76 @@
+//! `kemu kubelet`: the node agent of a minion (started by the supervisor).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ipnet::Ipv4Net;
+
+use crate::kubelet::{Config, run};
+
+/// Registers the Node, heartbeats, runs the pods bound to it.
+#[derive(Debug, Args)]
+pub struct KubeletArgs {
+    /// API server URL, e.g. http://192.168.0.201:8080.
+    #[arg(long)]
+    pub api_server: String,
+    /// This node's name.
+    #[arg(long)]
+    pub node_name: String,
+    /// This node's underlay address (the Node's InternalIP; the server listens on it).
+    #[arg(long)]
+    pub node_ip: Ipv4Addr,
+    /// The pod subnet leased to this host.
+    #[arg(long)]
+    pub pod_cidr: Ipv4Net,
+    /// Lab name (pod namespaces are kemu-<lab>-pod-<id>).
+    #[arg(long, env = "KEMU_LAB")]
+    pub lab: String,
+    /// State directory (containers, IP allocations).
+    #[arg(long)]
+    pub root_dir: PathBuf,
+    /// MTU of pod interfaces.
+    #[arg(long, default_value_t = 1450)]
+    pub pod_mtu: u32,
+    /// Port of the kubelet's server (logs, exec).
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// The node is Ready once this file exists (flanneld's subnet.env).
+    #[arg(long)]
+    pub network_ready_file: Option<PathBuf>,
+    /// Extra node labels, key=value,...
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// First delay of the container restart back-off (doubles up to 5m).
+    #[arg(long, default_value = "10s", value_parser = crate::topology::parse_duration_arg)]
+    pub restart_backoff: std::time::Duration,
+    /// Pod capacity.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+}
+
+pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
+    let mut labels = BTreeMap::new();
+    for l in &args.node_labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let cfg = Config {
+        api_server: args.api_server,
+        node_name: args.node_name,
+        node_ip: args.node_ip,
+        pod_cidr: args.pod_cidr,
+        lab: args.lab,
+        root_dir: args.root_dir,
+        pod_mtu: args.pod_mtu,
+        port: args.port,
+        network_ready_file: args.network_ready_file,
+        labels,
+        restart_backoff: args.restart_backoff,
+        max_pods: args.max_pods,
+    };
+    crate::client::agent_runtime()?.block_on(run(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,924 @@
+//! One task per pod: it makes the pod's sandbox, runs its init containers in order and then its
+//! containers, restarts them by the restart policy with the kubelet's exponential back-off
+//! (CrashLoopBackOff), runs probes, reports status when it changes, and on deletion stops the
+//! containers gracefully (SIGTERM, grace period, SIGKILL), removes the sandbox and finally
+//! deletes the pod object.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use tokio::sync::watch;
+
+use super::events::Recorder;
+use super::ipam::Ipam;
+use super::probes::{self, Outcome, ProbeState};
+use super::sandbox::{self, PodNetConfig, PodNetwork};
+use super::status::{ContainerView, PodView, RunState, pod_status};
+use crate::lab::state::LabDir;
+use crate::netlink::Netlink;
+use crate::runtime::{
+    ContainerConfig, ContainerId, ContainerState, Runtime, RuntimeError, SandboxInfo,
+};
+
+/// The longest back-off between restarts, as the kubelet's.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long has its back-off reset.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often a pod's containers are checked when nothing else wakes the worker.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Which container instances a pod has, for `logs` and `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct PodEntry {
+    pub uid: String,
+    /// Container name → (current instance, previous instance).
+    pub containers: BTreeMap<String, (Option<ContainerId>, Option<ContainerId>)>,
+}
+
+/// Pods by (namespace, name).
+pub type Registry = Arc<Mutex<BTreeMap<(String, String), PodEntry>>>;
+
+/// What every pod worker shares.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub runtime: Arc<dyn Runtime>,
+    pub node_name: String,
+    pub node_ip: String,
+    pub lab_dir: LabDir,
+    pub net: PodNetConfig,
+    pub ipam: Ipam,
+    pub host: Netlink,
+    pub events: Recorder,
+    pub registry: Registry,
+    /// First delay of the restart back-off (10 s in the kubelet).
+    pub restart_backoff: Duration,
+    /// Service-link variables every container gets (the `kubernetes` Service's).
+    pub base_env: Mutex<Vec<(String, String)>>,
+}
+
+/// One container of the pod spec, as the worker tracks it.
+struct Slot {
+    spec: Container,
+    init: bool,
+    id: Option<ContainerId>,
+    previous: Option<ContainerId>,
+    attempt: u32,
+    restart_count: i32,
+    state: RunState,
+    last_termination: Option<RunState>,
+    exit_seen: bool,
+    /// No (re)start before this.
+    not_before: Option<Instant>,
+    backoff: Duration,
+    started: Option<Instant>,
+    readiness: Option<ProbeState>,
+    liveness: Option<ProbeState>,
+}
+
+impl Slot {
+    fn new(spec: &Container, init: bool) -> Slot {
+        Slot {
+            spec: spec.clone(),
+            init,
+            id: None,
+            previous: None,
+            attempt: 0,
+            restart_count: 0,
+            state: RunState::Waiting {
+                reason: if init {
+                    "PodInitializing"
+                } else {
+                    "ContainerCreating"
+                }
+                .into(),
+                message: None,
+            },
+            last_termination: None,
+            exit_seen: false,
+            not_before: None,
+            backoff: Duration::ZERO,
+            started: None,
+            readiness: None,
+            liveness: None,
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.state, RunState::Running { .. })
+    }
+
+    fn succeeded(&self) -> bool {
+        matches!(self.state, RunState::Terminated { exit_code: 0, .. })
+            || (self.id.is_none()
+                && matches!(
+                    self.last_termination,
+                    Some(RunState::Terminated { exit_code: 0, .. })
+                )
+                && self.init)
+    }
+
+    fn view(&self, runtime: &str) -> ContainerView {
+        ContainerView {
+            name: self.spec.name.clone(),
+            image: self.spec.image.clone().unwrap_or_default(),
+            container_id: self
+                .id
+                .as_ref()
+                .or(self.previous.as_ref())
+                .map(|id| format!("{runtime}://{id}")),
+            state: self.state.clone(),
+            last_state: self.last_termination.clone(),
+            ready: self.running() && self.readiness.as_ref().is_none_or(|r| r.passing),
+            restart_count: self.restart_count,
+        }
+    }
+}
+
+/// A pod's worker.
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    uid: String,
+    net: Option<PodNetwork>,
+    slots: Vec<Slot>,
+    start_time: Option<Timestamp>,
+    reported: Option<PodStatus>,
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into())
+}
+
+fn label(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+impl Worker {
+    /// A worker for `pod`; `adopted` are containers of it found on disk (after a restart).
+    pub fn new(ctx: Arc<Ctx>, pod: &Pod, adopted: Vec<crate::runtime::ContainerInfo>) -> Worker {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut slots: Vec<Slot> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| Slot::new(c, true))
+            .collect();
+        slots.extend(spec.containers.iter().map(|c| Slot::new(c, false)));
+        // Adopt what an earlier kubelet started: the newest instance of each container is
+        // current, the one before it is "previous".
+        for slot in &mut slots {
+            let mut mine: Vec<&crate::runtime::ContainerInfo> = adopted
+                .iter()
+                .filter(|c| c.name == slot.spec.name)
+                .collect();
+            mine.sort_by_key(|c| c.attempt);
+            if let Some(last) = mine.last() {
+                slot.id = Some(last.id.clone());
+                slot.attempt = last.attempt + 1;
+                slot.restart_count = last.attempt as i32;
+                slot.previous = mine.iter().rev().nth(1).map(|c| c.id.clone());
+                slot.started = Some(Instant::now());
+            }
+        }
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0);
+        let reported = pod.status.clone();
+        Worker {
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            ctx,
+            net: None,
+            slots,
+            start_time,
+            reported,
+        }
+    }
+
+    /// Run until the pod is gone. `rx` carries the pod's latest version; `None` means it was
+    /// removed from the API (force deletion).
+    pub async fn run(mut self, mut rx: watch::Receiver<Option<Pod>>) {
+        loop {
+            let pod = rx.borrow_and_update().clone();
+            let Some(pod) = pod else {
+                self.terminate(None, Duration::ZERO).await;
+                return;
+            };
+            if pod.metadata.deletion_timestamp.is_some() {
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or_else(|| {
+                        pod.spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                    })
+                    .unwrap_or(30)
+                    .max(0);
+                self.terminate(Some(&pod), Duration::from_secs(grace as u64))
+                    .await;
+                return;
+            }
+            let wake = self.sync(&pod).await;
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return; // the kubelet is shutting down: leave the pod running
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    fn publish(&self, pod: &Pod) {
+        let mut registry = self.ctx.registry.lock().expect("registry");
+        let entry = registry
+            .entry((
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            ))
+            .or_default();
+        entry.uid = self.uid.clone();
+        entry.containers = self
+            .slots
+            .iter()
+            .map(|s| (s.spec.name.clone(), (s.id.clone(), s.previous.clone())))
+            .collect();
+    }
+
+    /// One pass over the pod; returns when to look again.
+    async fn sync(&mut self, pod: &Pod) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + POLL;
+        if self.start_time.is_none() {
+            self.start_time = Some(Timestamp::now());
+        }
+        if self.net.is_none() {
+            match self.ensure_sandbox(pod).await {
+                Ok(net) => self.net = Some(net),
+                Err(e) => {
+                    self.ctx
+                        .events
+                        .pod(
+                            pod,
+                            None,
+                            "Warning",
+                            "FailedCreatePodSandBox",
+                            format!("Failed to create pod sandbox: {e:#}"),
+                        )
+                        .await;
+                    self.report(pod).await;
+                    return now + Duration::from_secs(2);
+                }
+            }
+        }
+        let policy = restart_policy(pod);
+        for i in 0..self.slots.len() {
+            self.observe(pod, i, &policy).await;
+        }
+        // Init containers run one at a time, each to completion, before the others.
+        let first_unfinished_init = self.slots.iter().position(|s| s.init && !s.succeeded());
+        let runnable: Vec<usize> = match first_unfinished_init {
+            Some(i) => vec![i],
+            None => (0..self.slots.len())
+                .filter(|i| !self.slots[*i].init)
+                .collect(),
+        };
+        for i in runnable {
+            if let Some(at) = self.maybe_start(pod, i, &policy).await {
+                wake = wake.min(at);
+            }
+        }
+        self.publish(pod);
+        for i in 0..self.slots.len() {
+            if let Some(at) = self.probe(pod, i).await {
+                wake = wake.min(at);
+            }
+        }
+        self.report(pod).await;
+        wake.max(Instant::now() + Duration::from_millis(20))
+    }
+
+    async fn ensure_sandbox(&self, pod: &Pod) -> anyhow::Result<PodNetwork> {
+        if let Some(existing) = sandbox::existing(&self.ctx.net, &self.ctx.ipam, &self.uid) {
+            return Ok(existing);
+        }
+        sandbox::create(
+            &self.ctx.host,
+            &self.ctx.lab_dir,
+            &self.ctx.net,
+            &self.ctx.ipam,
+            &self.uid,
+            &label(pod),
+        )
+        .await
+    }
+
+    /// Learn what a started container is doing; handle its exit.
+    async fn observe(&mut self, pod: &Pod, i: usize, policy: &str) {
+        let Some(id) = self.slots[i].id.clone() else {
+            return;
+        };
+        let runtime = self.ctx.runtime.clone();
+        let state = tokio::task::spawn_blocking(move || runtime.state(&id))
+            .await
+            .unwrap_or(ContainerState::Created);
+        let slot = &mut self.slots[i];
+        match state {
+            ContainerState::Created => {}
+            ContainerState::Running { started_at, .. } => {
+                slot.state = RunState::Running { started_at };
+                if slot.started.is_none() {
+                    slot.started = Some(Instant::now());
+                }
+            }
+            ContainerState::Exited {
+                exit_code,
+                signal,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => {
+                if slot.exit_seen {
+                    return;
+                }
+                slot.exit_seen = true;
+                let terminated = RunState::Terminated {
+                    exit_code,
+                    signal,
+                    reason: reason.unwrap_or_else(|| {
+                        if exit_code == 0 { "Completed" } else { "Error" }.into()
+                    }),
+                    message,
+                    started_at,
+                    finished_at,
+                };
+                slot.readiness = None;
+                slot.liveness = None;
+                let restart = match policy {
+                    "Always" => !slot.init || exit_code != 0,
+                    "OnFailure" => exit_code != 0,
+                    _ => false,
+                };
+                if !restart {
+                    slot.state = terminated;
+                    return;
+                }
+                slot.last_termination = Some(terminated);
+                if slot.started.is_some_and(|s| s.elapsed() >= BACKOFF_RESET) {
+                    slot.backoff = Duration::ZERO;
+                }
+                let delay = slot.backoff;
+                slot.backoff = if delay.is_zero() {
+                    self.ctx.restart_backoff
+                } else {
+                    (delay * 2).min(MAX_BACKOFF)
+                };
+                slot.not_before = Some(Instant::now() + delay);
+                slot.previous = slot.id.take();
+                if !delay.is_zero() {
+                    let name = slot.spec.name.clone();
+                    slot.state = RunState::Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: Some(format!(
+                            "back-off {} restarting failed container={name} pod={}_{}({})",
+                            go_duration(delay),
+                            pod.metadata.name.as_deref().unwrap_or(""),
+                            pod.metadata.namespace.as_deref().unwrap_or(""),
+                            self.uid
+                        )),
+                    };
+                    self.ctx
+                        .events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            "Warning",
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {name} in pod {}_{}({})",
+                                pod.metadata.name.as_deref().unwrap_or(""),
+                                pod.metadata.namespace.as_deref().unwrap_or(""),
+                                self.uid
+                            ),
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Start a container that should run and may; returns when to try again.
+    async fn maybe_start(&mut self, pod: &Pod, i: usize, policy: &str) -> Option<Instant> {
+        let slot = &self.slots[i];
+        if slot.id.is_some() {
+            return None;
+        }
+        let finished_for_good = matches!(slot.state, RunState::Terminated { .. });
+        if finished_for_good {
+            return None;
+        }
+        if let Some(at) = slot.not_before
+            && Instant::now() < at
+        {
+            return Some(at);
+        }
+        let _ = policy;
+        let container = slot.spec.clone();
+        let image = container.image.clone().unwrap_or_default();
+        let name = container.name.clone();
+        let config = match self.container_config(pod, &container, slot.attempt) {
+            Ok(c) => c,
+            Err(e) => {
+                let slot = &mut self.slots[i];
+                slot.state = RunState::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(e.to_string()),
+                };
+                self.ctx
+                    .events
+                    .pod(pod, Some(&name), "Warning", "Failed", format!("Error: {e}"))
+                    .await;
+                return Some(Instant::now() + Duration::from_secs(2));
+            }
+        };
+        let sandbox = self.sandbox_info(pod);
+        let runtime = self.ctx.runtime.clone();
+        let result = tokio::task::spawn_blocking(move || runtime.start(&sandbox, &config))
+            .await
+            .unwrap_or_else(|e| {
+                Err(RuntimeError::Other(anyhow::anyhow!(
+                    "runtime task failed: {e}"
+                )))
+            });
+        let slot = &mut self.slots[i];
+        match result {
+            Ok(id) => {
+                slot.restart_count = slot.attempt as i32;
+                slot.attempt += 1;
+                slot.id = Some(id);
+                slot.exit_seen = false;
+                slot.not_before = None;
+                slot.started = Some(Instant::now());
+                slot.state = RunState::Running {
+                    started_at: Timestamp::now(),
+                };
+                let started = Instant::now();
+                slot.readiness = container
+                    .readiness_probe
+                    .as_ref()
+                    .map(|p| ProbeState::new(p, started, false));
+                slot.liveness = container
+                    .liveness_probe
+                    .as_ref()
+                    .map(|p| ProbeState::new(p, started, true));
+                // Keep one previous instance for `logs --previous`.
+                if slot.attempt >= 3 {
+                    let old = ContainerId(format!("{}/{}/{}", self.uid, name, slot.attempt - 3));
+                    self.ctx.runtime.remove(&old);
+                }
+                let events = &self.ctx.events;
+                events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        "Normal",
+                        "Pulled",
+                        format!("Container image \"{image}\" already present on machine"),
+                    )
+                    .await;
+                events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        "Normal",
+                        "Created",
+                        format!("Created container: {name}"),
+                    )
+                    .await;
+                events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        "Normal",
+                        "Started",
+                        format!("Started container {name}"),
+                    )
+                    .await;
+                None
+            }
+            Err(RuntimeError::ImageNotFound { .. }) => {
+                let first = slot.backoff.is_zero();
+                let delay = slot.backoff;
+                slot.backoff = if first {
+                    self.ctx.restart_backoff
+                } else {
+                    (delay * 2).min(MAX_BACKOFF)
+                };
+                slot.not_before = Some(Instant::now() + slot.backoff);
+                let err = RuntimeError::ImageNotFound {
+                    image: image.clone(),
+                    builtin: crate::images::builtin_list(),
+                };
+                let (reason, message) = if first {
+                    ("ErrImagePull", err.to_string())
+                } else {
+                    (
+                        "ImagePullBackOff",
+                        format!("Back-off pulling image \"{image}\": {err}"),
+                    )
+                };
+                slot.state = RunState::Waiting {
+                    reason: reason.into(),
+                    message: Some(message),
+                };
+                let events = &self.ctx.events;
+                if first {
+                    events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            "Warning",
+                            "Failed",
+                            format!("Failed to pull image \"{image}\": {err}"),
+                        )
+                        .await;
+                    events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            "Warning",
+                            "Failed",
+                            "Error: ErrImagePull".into(),
+                        )
+                        .await;
+                } else {
+                    events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            "Normal",
+                            "BackOff",
+                            format!("Back-off pulling image \"{image}\""),
+                        )
+                        .await;
+                    events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            "Warning",
+                            "Failed",
+                            "Error: ImagePullBackOff".into(),
+                        )
+                        .await;
+                }
+                self.slots[i].not_before
+            }
+            Err(RuntimeError::Other(e)) => {
+                slot.state = RunState::Waiting {
+                    reason: "CreateContainerError".into(),
+                    message: Some(format!("{e:#}")),
+                };
+                self.ctx
+                    .events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        "Warning",
+                        "Failed",
+                        format!("Error: {e:#}"),
+                    )
+                    .await;
+                Some(Instant::now() + Duration::from_secs(2))
+            }
+        }
+    }
+
+    fn sandbox_info(&self, pod: &Pod) -> SandboxInfo {
+        let net = self
+            .net
+            .as_ref()
+            .expect("sandbox exists before containers start");
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone());
+        SandboxInfo {
+            pod_uid: self.uid.clone(),
+            pod_name: name,
+            pod_namespace: ns.clone(),
+            netns_path: crate::netns::path_of(&net.namespace),
+            hostname: hostname.clone(),
+            hosts: format!(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n",
+                net.ip
+            ),
+            resolv_conf: format!(
+                "search {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+            ),
+        }
+    }
+
+    fn container_config(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+    ) -> Result<ContainerConfig, super::env::EnvError> {
+        let downward = super::env::Downward {
+            pod_ip: self.net.as_ref().map(|n| n.ip.to_string()),
+            host_ip: Some(self.ctx.node_ip.clone()),
+        };
+        let base = self.ctx.base_env.lock().expect("env").clone();
+        let env = super::env::environment(pod, c, &base, &downward)?;
+        let expand = |list: &Option<Vec<String>>| -> Vec<String> {
+            list.iter()
+                .flatten()
+                .map(|a| super::env::expand(a, &env))
+                .collect()
+        };
+        let security =
+            |f: fn(&k8s_openapi::api::core::v1::SecurityContext) -> Option<i64>,
+             g: fn(&k8s_openapi::api::core::v1::PodSecurityContext) -> Option<i64>| {
+                c.security_context
+                    .as_ref()
+                    .and_then(f)
+                    .or_else(|| {
+                        pod.spec
+                            .as_ref()
+                            .and_then(|s| s.security_context.as_ref())
+                            .and_then(g)
+                    })
+                    .and_then(|v| u32::try_from(v).ok())
+            };
+        Ok(ContainerConfig {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            command: expand(&c.command),
+            args: expand(&c.args),
+            working_dir: c.working_dir.clone(),
+            ports: c
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| u16::try_from(p.container_port).ok())
+                .collect(),
+            run_as_user: security(|s| s.run_as_user, |s| s.run_as_user),
+            run_as_group: security(|s| s.run_as_group, |s| s.run_as_group),
+            env,
+            attempt,
+        })
+    }
+
+    /// Run due probes of container `i`; a liveness failure restarts it.
+    async fn probe(&mut self, pod: &Pod, i: usize) -> Option<Instant> {
+        let slot = &self.slots[i];
+        let (Some(id), Some(net)) = (slot.id.clone(), self.net.as_ref()) else {
+            return None;
+        };
+        if !slot.running() {
+            return None;
+        }
+        let pod_ip = IpAddr::V4(net.ip);
+        let container = slot.spec.clone();
+        let mut next: Option<Instant> = None;
+        for liveness in [false, true] {
+            let (probe, state) = if liveness {
+                (
+                    container.liveness_probe.as_ref(),
+                    self.slots[i].liveness.as_ref(),
+                )
+            } else {
+                (
+                    container.readiness_probe.as_ref(),
+                    self.slots[i].readiness.as_ref(),
+                )
+            };
+            let (Some(probe), Some(state)) = (probe, state) else {
+                continue;
+            };
+            let now = Instant::now();
+            if now < state.next {
+                next = Some(next.map_or(state.next, |n: Instant| n.min(state.next)));
+                continue;
+            }
+            let outcome = probes::run(probe, &container, pod_ip, &self.ctx.runtime, &id).await;
+            let slot = &mut self.slots[i];
+            let state = if liveness {
+                slot.liveness.as_mut()
+            } else {
+                slot.readiness.as_mut()
+            }
+            .expect("probe state");
+            state.record(probe, &outcome, Instant::now());
+            let (passing, due) = (state.passing, state.next);
+            next = Some(next.map_or(due, |n| n.min(due)));
+            if let Outcome::Failure(why) = &outcome {
+                let kind = if liveness { "Liveness" } else { "Readiness" };
+                self.ctx
+                    .events
+                    .pod(
+                        pod,
+                        Some(&container.name),
+                        "Warning",
+                        "Unhealthy",
+                        format!("{kind} probe failed: {why}"),
+                    )
+                    .await;
+            }
+            if liveness && !passing {
+                let grace = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                self.ctx
+                    .events
+                    .pod(
+                        pod,
+                        Some(&container.name),
+                        "Normal",
+                        "Killing",
+                        format!(
+                            "Container {} failed liveness probe, will be restarted",
+                            container.name
+                        ),
+                    )
+                    .await;
+                let runtime = self.ctx.runtime.clone();
+                let id = id.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    runtime.stop(&id, Duration::from_secs(grace))
+                })
+                .await;
+                return Some(Instant::now());
+            }
+        }
+        next
+    }
+
+    /// Write the pod's status if it changed.
+    async fn report(&mut self, pod: &Pod) {
+        let runtime = self.ctx.runtime.name();
+        let mut view = PodView {
+            pod_ip: self.net.as_ref().map(|n| n.ip.to_string()),
+            host_ip: Some(self.ctx.node_ip.clone()),
+            start_time: self.start_time,
+            sandbox_ready: self.net.is_some(),
+            ..Default::default()
+        };
+        for slot in &self.slots {
+            if slot.init {
+                view.init_containers.push(slot.view(runtime));
+            } else {
+                view.containers.push(slot.view(runtime));
+            }
+        }
+        let previous = self.reported.clone().or_else(|| pod.status.clone());
+        let status = pod_status(pod, &view, previous.as_ref(), Timestamp::now());
+        if Some(&status) == self.reported.as_ref() {
+            return;
+        }
+        let pods: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let patch = serde_json::json!({"status": status});
+        match pods
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.reported = Some(status),
+            Err(e) => tracing::warn!(pod = %label(pod), "update status: {e}"),
+        }
+    }
+
+    /// Stop everything of the pod; `pod` is the pod to delete afterwards (graceful deletion),
+    /// `None` when it is already gone from the API.
+    async fn terminate(&mut self, pod: Option<&Pod>, grace: Duration) {
+        let mut stops = Vec::new();
+        for slot in &self.slots {
+            let Some(id) = slot.id.clone() else { continue };
+            if let Some(pod) = pod
+                && matches!(self.ctx.runtime.state(&id), ContainerState::Running { .. })
+            {
+                self.ctx
+                    .events
+                    .pod(
+                        pod,
+                        Some(&slot.spec.name),
+                        "Normal",
+                        "Killing",
+                        format!("Stopping container {}", slot.spec.name),
+                    )
+                    .await;
+            }
+            let runtime = self.ctx.runtime.clone();
+            stops.push(tokio::task::spawn_blocking(move || {
+                runtime.stop(&id, grace)
+            }));
+        }
+        for stop in stops {
+            let _ = stop.await;
+        }
+        if let Err(e) =
+            sandbox::destroy(&self.ctx.host, &self.ctx.net, &self.ctx.ipam, &self.uid).await
+        {
+            tracing::warn!(uid = %self.uid, "remove the pod sandbox: {e:#}");
+        }
+        self.ctx.runtime.remove_pod(&self.uid);
+        self.ctx
+            .registry
+            .lock()
+            .expect("registry")
+            .retain(|_, e| e.uid != self.uid);
+        if let Some(pod) = pod {
+            let pods: Api<Pod> = Api::namespaced(
+                self.ctx.client.clone(),
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            if let Err(e) = pods
+                .delete(pod.metadata.name.as_deref().unwrap_or(""), &params)
+                .await
+            {
+                tracing::warn!(pod = %label(pod), "final delete: {e}");
+            }
+        }
+    }
+}
+
+/// A duration the way Go prints it (`10s`, `1m20s`, `5m0s`).
+pub fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Clean up a pod this kubelet no longer runs (found on disk after a restart): stop its
+/// containers, remove its sandbox and address.
+pub async fn clean_up_orphan(ctx: &Ctx, uid: &str) {
+    let ids: Vec<ContainerId> = ctx
+        .runtime
+        .list()
+        .into_iter()
+        .filter(|c| c.pod_uid == uid)
+        .map(|c| c.id)
+        .collect();
+    for id in ids {
+        let runtime = ctx.runtime.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || runtime.stop(&id, Duration::from_secs(2))).await;
+    }
+    if let Err(e) = sandbox::destroy(&ctx.host, &ctx.net, &ctx.ipam, uid).await {
+        tracing::warn!(%uid, "remove an orphaned sandbox: {e:#}");
+    }
+    ctx.runtime.remove_pod(uid);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_print_like_go() {
+        use std::time::Duration;
+        assert_eq!(super::go_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(super::go_duration(Duration::from_secs(80)), "1m20s");
+        assert_eq!(super::go_duration(Duration::from_secs(300)), "5m0s");
+    }
+}

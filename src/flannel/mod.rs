@@ -229,7 +229,7 @@ async fn wait_for_lease(nodes: &Api<Node>, name: &str) -> anyhow::Result<Node> {
             Err(e) => tracing::info!(node = name, "waiting for the API server: {e}"),
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        delay = (delay * 2).min(Duration::from_millis(200));
     }
 }
 

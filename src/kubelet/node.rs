@@ -258,12 +258,18 @@ pub async fn heartbeat(client: kube::Client, cfg: NodeConfig, node_uid: Option<S
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     let mut since = Timestamp::now();
     let mut last_ready = None;
-    let mut last_status = std::time::Instant::now() - STATUS_REFRESH;
-    let mut tick = tokio::time::interval(LEASE_RENEW);
+    let long_ago = std::time::Instant::now() - STATUS_REFRESH - LEASE_RENEW;
+    let (mut last_status, mut last_lease) = (long_ago, long_ago);
+    // A short tick notices network readiness at once; the Lease and the status keep their
+    // own periods.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        if let Err(e) = renew_lease(&leases, &cfg, node_uid.as_deref()).await {
-            tracing::warn!("renew lease: {e}");
+        if last_lease.elapsed() >= LEASE_RENEW {
+            match renew_lease(&leases, &cfg, node_uid.as_deref()).await {
+                Ok(()) => last_lease = std::time::Instant::now(),
+                Err(e) => tracing::warn!("renew lease: {e}"),
+            }
         }
         let ready = cfg.network_ready();
         if last_ready != Some(ready) {

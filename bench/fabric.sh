@@ -26,7 +26,7 @@ settle() {
     [ $(( (t1 - t0) / 1000000 )) -lt 15 ] && break
     sleep 0.05
   done
-  echo "scale=2; ($(date +%s%N) - $start) / 1000000000" | bc -l
+  printf "%.2f\n" "$(echo "($(date +%s%N) - $start) / 1000000000" | bc -l)"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -61,7 +61,7 @@ for _ in 1 2 3; do
   settle >/dev/null
 done
 mn100=$(echo $mn_runs | tr ' ' '\n' | median)
-kemu100=$(echo "$up100 + $down100" | bc -l)
+kemu100=$(printf "%.2f" "$(echo "$up100 + $down100" | bc -l)")
 ratio=$(echo "scale=1; $mn100 / $kemu100" | bc -l)
 
 section="$tmp/section.md"
@@ -75,9 +75,9 @@ peak memory is the launcher's maximum RSS. Measured $(date -u +%Y-%m-%d) on $(np
 
 | hosts | kernel operations | \`up\` wall | \`down\` wall | \`up\` peak memory | kernel cleanup after \`down\` |
 |---:|---:|---:|---:|---:|---:|
-| 3 | $($KEMU generate --hosts 3 > "$tmp/c.yaml"; $KEMU up --dry-run "$tmp/c.yaml" | head -1 | sed 's/.*, \([0-9]*\) kernel.*/\1/') | ${up3} s | ${down3} s | $((peak3 / 1024)) MiB | ${clean3} s |
-| 100 | $($KEMU generate --hosts 100 > "$tmp/c.yaml"; $KEMU up --dry-run "$tmp/c.yaml" | head -1 | sed 's/.*, \([0-9]*\) kernel.*/\1/') | ${up100} s | ${down100} s | $((peak100 / 1024)) MiB | ${clean100} s |
-| 500 | $($KEMU generate --hosts 500 > "$tmp/c.yaml"; $KEMU up --dry-run "$tmp/c.yaml" | head -1 | sed 's/.*, \([0-9]*\) kernel.*/\1/') | ${up500} s | ${down500} s | $((peak500 / 1024)) MiB | ${clean500} s |
+| 3 | $($KEMU generate --hosts 3 > "$tmp/c.yaml"; $KEMU up --dry-run --network-only "$tmp/c.yaml" | head -1 | sed 's/.*, \([0-9]*\) kernel.*/\1/') | ${up3} s | ${down3} s | $((peak3 / 1024)) MiB | ${clean3} s |
+| 100 | $($KEMU generate --hosts 100 > "$tmp/c.yaml"; $KEMU up --dry-run --network-only "$tmp/c.yaml" | head -1 | sed 's/.*, \([0-9]*\) kernel.*/\1/') | ${up100} s | ${down100} s | $((peak100 / 1024)) MiB | ${clean100} s |
+| 500 | $($KEMU generate --hosts 500 > "$tmp/c.yaml"; $KEMU up --dry-run --network-only "$tmp/c.yaml" | head -1 | sed 's/.*, \([0-9]*\) kernel.*/\1/') | ${up500} s | ${down500} s | $((peak500 / 1024)) MiB | ${clean500} s |
 
 Mininet on the same machine in the same run, \`mn --switch lxbr --controller none --topo
 single,100 --test none\` (build and tear down 100 hosts on one Linux bridge; median of 3):

@@ -215,3 +215,81 @@ pub fn counters(ns: &str, dev: &str) -> kemu::netlink::LinkCounters {
         nl.counters(dev).await.unwrap().expect("interface exists")
     })
 }
+
+impl Lab {
+    /// Run the real kubectl against the lab (through the supervisor's forwarded port).
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(format!("/run/kemu/{}/kubeconfig", self.name))
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` of a manifest.
+    pub fn apply(&self, manifest: &str) {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(format!("/run/kemu/{}/kubeconfig", self.name))
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A field of an object through jsonpath, e.g. `("pod/web", "{.status.podIP}")`.
+    pub fn jsonpath(&self, object: &str, path: &str) -> String {
+        self.kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")])
+    }
+
+    /// The network namespace of a pod.
+    pub fn pod_ns(&self, pod: &str) -> String {
+        kemu::kubelet::sandbox::pod_namespace(
+            &self.name,
+            &self.jsonpath(&format!("pod/{pod}"), "{.metadata.uid}"),
+        )
+    }
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod events;
 pub mod firewall;
 pub mod flannel;
 pub mod images;

@@ -8,7 +8,6 @@
 //! of pods that are gone, so no namespace, address or process leaks.
 
 pub mod env;
-pub mod events;
 pub mod ipam;
 pub mod node;
 pub mod probes;
@@ -104,7 +103,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         ipam,
         host,
-        events: events::Recorder::new(client.clone(), &cfg.node_name),
+        events: crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
         registry: Arc::new(Mutex::new(BTreeMap::new())),
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),

@@ -14,11 +14,11 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 
-use super::events::Recorder;
 use super::ipam::Ipam;
 use super::probes::{self, Outcome, ProbeState};
 use super::sandbox::{self, PodNetConfig, PodNetwork};
 use super::status::{ContainerView, PodView, RunState, pod_status};
+use crate::events::Recorder;
 use crate::lab::state::LabDir;
 use crate::netlink::Netlink;
 use crate::runtime::{

@@ -20,6 +20,7 @@ pub mod overlay;
 pub mod plan;
 pub mod proxy;
 pub mod runtime;
+pub mod scheduler;
 pub mod topology;
 
 /// Helpers shared by the unit tests of every module.

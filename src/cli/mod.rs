@@ -11,6 +11,7 @@ mod flanneld;
 mod generate;
 mod kubelet;
 pub mod proxy;
+mod scheduler;
 mod status;
 mod up;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Run the kubectl-compatible Kubernetes API server (master host).
     Apiserver(apiserver::Args),
+    /// The pod scheduler of the master.
+    Scheduler(scheduler::SchedulerArgs),
     /// The node agent of a minion: registers the Node and runs its pods.
     Kubelet(kubelet::KubeletArgs),
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Kubelet(args) => kubelet::run_cli(args),
+        Command::Scheduler(args) => scheduler::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Image { name, args } => crate::images::run(&name, args),
         Command::ContainerShim { spec } => {

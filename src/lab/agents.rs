@@ -68,6 +68,9 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
     ];
     apiserver.extend(seed.iter().cloned());
     specs.push(kemu(master, "apiserver", apiserver));
+    let mut scheduler = vec![format!("--master={api}")];
+    scheduler.extend(seed.iter().cloned());
+    specs.push(kemu(master, "scheduler", scheduler));
     for host in topo.minions() {
         let host_dir = dir.host_dir(&host.name);
         let mut kubelet = vec![

@@ -1,0 +1,219 @@
+//! The scheduling decision, pure: which nodes can take a pod (kube-scheduler's filters that
+//! matter in a lab: readiness and taints, `spec.unschedulable`, `nodeSelector`, pod capacity)
+//! and which of them is best (spread the replicas of one owner, then the pods overall), plus
+//! the FailedScheduling message in kube-scheduler's words.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+
+/// Why a node cannot take a pod, as kube-scheduler words it (after "N node(s) ...").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unfit {
+    Unschedulable,
+    Selector,
+    Taint(String, String),
+    TooManyPods,
+}
+
+impl std::fmt::Display for Unfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfit::Unschedulable => f.write_str("node(s) were unschedulable"),
+            Unfit::Selector => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Unfit::Taint(key, value) => {
+                write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
+            }
+            Unfit::TooManyPods => f.write_str("Too many pods"),
+        }
+    }
+}
+
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Whether `node` (running `pods_on_node` pods) can take `pod`.
+pub fn fits(pod: &Pod, node: &Node, pods_on_node: usize) -> Result<(), Unfit> {
+    let spec = pod.spec.as_ref();
+    let node_spec = node.spec.as_ref();
+    if node_spec.and_then(|s| s.unschedulable) == Some(true) {
+        let tolerated = spec.and_then(|s| s.tolerations.as_ref()).is_some_and(|ts| {
+            tolerates(
+                ts,
+                &Taint {
+                    key: "node.kubernetes.io/unschedulable".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                },
+            )
+        });
+        if !tolerated {
+            return Err(Unfit::Unschedulable);
+        }
+    }
+    let tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let mut taints: Vec<Taint> = node_spec.and_then(|s| s.taints.clone()).unwrap_or_default();
+    // A node that is not Ready but not tainted yet (the lifecycle controller has not caught up)
+    // is treated as tainted not-ready, which is what it will be.
+    if !ready(node)
+        && !taints
+            .iter()
+            .any(|t| t.key.starts_with("node.kubernetes.io/"))
+    {
+        taints.push(Taint {
+            key: "node.kubernetes.io/not-ready".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+    }
+    for taint in taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+    {
+        if !tolerates(&tolerations, taint) {
+            return Err(Unfit::Taint(
+                taint.key.clone(),
+                taint.value.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    if let Some(selector) = spec.and_then(|s| s.node_selector.as_ref()) {
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            return Err(Unfit::Selector);
+        }
+    }
+    let capacity = node
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| a.get("pods"))
+        .and_then(|q| q.0.parse::<usize>().ok())
+        .unwrap_or(110);
+    if pods_on_node >= capacity {
+        return Err(Unfit::TooManyPods);
+    }
+    Ok(())
+}
+
+/// kube-scheduler's message when no node fits: the reasons counted and sorted.
+pub fn failed_message(total: usize, unfit: &[Unfit]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for u in unfit {
+        *counts.entry(u.to_string()).or_default() += 1;
+    }
+    let mut reasons: Vec<String> = counts
+        .into_iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect();
+    reasons.sort();
+    format!(
+        "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
+        reasons.join(", ")
+    )
+}
+
+/// Among fitting nodes (name, pods of the pod's owner there, all pods there), the best:
+/// fewest of the owner's pods, then fewest pods; `tie` picks among equals.
+pub fn pick<'a>(
+    candidates: &[(&'a str, usize, usize)],
+    tie: impl FnOnce(usize) -> usize,
+) -> Option<&'a str> {
+    let best = candidates.iter().map(|(_, own, all)| (*own, *all)).min()?;
+    let equal: Vec<&str> = candidates
+        .iter()
+        .filter(|(_, own, all)| (*own, *all) == best)
+        .map(|(n, _, _)| *n)
+        .collect();
+    Some(equal[tie(equal.len()) % equal.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, extra: serde_json::Value) -> Node {
+        let mut v = serde_json::json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "allocatable": {"pods": "110"}}
+        });
+        json_patch::merge(&mut v, &extra);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pod(extra: serde_json::Value) -> Pod {
+        let mut v = serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "nginx"}],
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]}});
+        json_patch::merge(&mut v, &extra);
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn filters_and_message() {
+        let p = pod(serde_json::json!({"spec": {"nodeSelector": {"disk": "ssd"}}}));
+        let ssd = node(
+            "a",
+            serde_json::json!({"metadata": {"labels": {"disk": "ssd"}}}),
+        );
+        assert_eq!(fits(&p, &ssd, 0), Ok(()));
+        assert_eq!(
+            fits(&p, &node("b", serde_json::json!({})), 0),
+            Err(Unfit::Selector)
+        );
+        let unreachable = node(
+            "c",
+            serde_json::json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}),
+        );
+        let err = fits(&p, &unreachable, 0).unwrap_err();
+        assert_eq!(
+            err,
+            Unfit::Taint("node.kubernetes.io/unreachable".into(), String::new())
+        );
+        let cordoned = node("d", serde_json::json!({"spec": {"unschedulable": true}}));
+        assert_eq!(fits(&p, &cordoned, 0), Err(Unfit::Unschedulable));
+        assert_eq!(
+            fits(&pod(serde_json::json!({})), &ssd, 110),
+            Err(Unfit::TooManyPods)
+        );
+        assert_eq!(
+            failed_message(3, &[Unfit::Selector, err, Unfit::Selector]),
+            "0/3 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+        );
+    }
+
+    #[test]
+    fn spreads_an_owner_before_balancing() {
+        let candidates = [("a", 1, 1), ("b", 0, 5), ("c", 0, 2)];
+        assert_eq!(pick(&candidates, |_| 0), Some("c"));
+        let equal = [("a", 0, 0), ("b", 0, 0)];
+        assert_eq!(pick(&equal, |n| n - 1), Some("b"));
+        assert_eq!(pick(&[], |_| 0), None);
+    }
+}

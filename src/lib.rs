@@ -6,6 +6,7 @@
 //! state, supervisor). The agents that run inside the emulated hosts live in their own modules.
 
 pub mod cli;
+pub mod images;
 
 /// Helpers shared by the unit tests of every module.
 #[cfg(test)]

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod image;
+
 /// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
 #[derive(Debug, Parser)]
 #[command(name = "kemu", version, about, long_about = None)]
@@ -18,7 +20,11 @@ pub struct Cli {
 
 /// The subcommands. Launcher commands first, then the agents that `kemu up` starts.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run a built-in container image (started inside containers by the process runtime).
+    #[command(hide = true)]
+    Image(image::ImageArgs),
+}
 
 /// Initialise tracing on stderr with the filter given by `--log` / `KEMU_LOG`.
 pub fn init_tracing(cli: &Cli) {
@@ -32,5 +38,7 @@ pub fn init_tracing(cli: &Cli) {
 
 /// Run the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Image(args) => image::run(args),
+    }
 }

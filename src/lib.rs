@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod images;
+pub mod runtime;
 
 /// Helpers shared by the unit tests of every module.
 #[cfg(test)]

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod container_exec;
+mod container_shim;
 mod image;
 
 /// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
@@ -24,6 +26,12 @@ pub enum Command {
     /// Run a built-in container image (started inside containers by the process runtime).
     #[command(hide = true)]
     Image(image::ImageArgs),
+    /// Own one container of the process runtime (started by the kubelet).
+    #[command(hide = true)]
+    ContainerShim(container_shim::ContainerShimArgs),
+    /// Run a command in a running container (started by the kubelet for `kubectl exec`).
+    #[command(hide = true)]
+    ContainerExec(container_exec::ContainerExecArgs),
 }
 
 /// Initialise tracing on stderr with the filter given by `--log` / `KEMU_LOG`.
@@ -40,5 +48,7 @@ pub fn init_tracing(cli: &Cli) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Image(args) => image::run(args),
+        Command::ContainerShim(args) => container_shim::run(args),
+        Command::ContainerExec(args) => container_exec::run(args),
     }
 }

@@ -9,7 +9,8 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::{ExitCode, Stdio};
@@ -120,6 +121,7 @@ pub fn start(
     kemu_exe: &Path,
     dir: &Path,
     id: &str,
+    container_pid: u32,
     request: ExecRequest,
 ) -> Result<ExecSession, RuntimeError> {
     let io_err = |action| {
@@ -137,16 +139,14 @@ pub fn start(
     command.arg("--").args(&request.command).env_clear();
 
     if request.tty {
-        let pty =
-            nix::pty::openpty(None, None).map_err(|e| io_err("allocate a terminal")(e.into()))?;
-        let slave: OwnedFd = pty.slave;
+        let (master, slave) =
+            container_terminal(container_pid).map_err(io_err("allocate a terminal"))?;
         let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
         command
             .stdin(dup(&slave).map_err(io_err("allocate a terminal"))?)
             .stdout(dup(&slave).map_err(io_err("allocate a terminal"))?)
             .stderr(Stdio::from(slave));
         let mut child = command.spawn().map_err(io_err("exec in"))?;
-        let master = pty.master;
         let reader =
             Pty::new(master.try_clone().map_err(io_err("exec in"))?).map_err(io_err("exec in"))?;
         let writer =
@@ -199,6 +199,32 @@ async fn wait(child: &mut tokio::process::Child, id: &str) -> Result<i32, Runtim
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255))
+}
+
+/// A terminal from the container's own devpts (through `/proc/<pid>/root`), so that `tty`
+/// inside shows a `/dev/pts/N` the container can see: (master, slave).
+fn container_terminal(container_pid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/{container_pid}/root/dev/ptmx"))?
+        .into();
+    // SAFETY: unlockpt and TIOCGPTPEER on a terminal master we own; the new fd is owned below.
+    unsafe {
+        if libc::unlockpt(master.as_raw_fd()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((master, OwnedFd::from_raw_fd(slave)))
+    }
 }
 
 fn resize(master: &OwnedFd, size: TerminalSize) -> io::Result<()> {

@@ -446,7 +446,10 @@ impl ContainerRuntime for ProcessRuntime {
                     why: "a command is required",
                 });
             }
-            exec::start(&self.kemu_exe, &self.container_dir(id), &id.0, request)
+            let pid = status
+                .pid
+                .ok_or_else(|| RuntimeError::NotRunning(id.clone()))?;
+            exec::start(&self.kemu_exe, &self.container_dir(id), &id.0, pid, request)
         })
     }
 }

@@ -358,10 +358,10 @@ impl ContainerRuntime for ProcessRuntime {
             if layout::parse_id(&id.0).is_none() || !dir.exists() {
                 return Ok(());
             }
-            if let Ok(status) = self.status_of(id)
-                && matches!(status.state, ContainerState::Running { .. })
-            {
-                self.stop_container(id, Duration::ZERO).await?;
+            // Kills what still runs, even a container whose shim was killed.
+            match self.stop_container(id, Duration::ZERO).await {
+                Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

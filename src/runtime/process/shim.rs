@@ -52,17 +52,16 @@ pub fn main(spec_path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    // From here on the shim's own output goes to shim.log; the runtime's pipe closes.
-    if let Ok(log) = std::fs::OpenOptions::new()
+    let _ = writeln!(ready, "ok");
+    let _ = ready.flush();
+    // From here on the shim's own output goes to shim.log, which closes the runtime's pipe.
+    let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(spec.dir.join(layout::SHIM_LOG))
-    {
-        let _ = writeln!(ready, "ok");
-        let _ = ready.flush();
-        let _ = nix::unistd::dup2_stdout(&log);
-        let _ = nix::unistd::dup2_stderr(&log);
-    }
+        .or_else(|_| File::options().write(true).open("/dev/null"))?;
+    nix::unistd::dup2_stdout(&log)?;
+    nix::unistd::dup2_stderr(&log)?;
     let exit = supervise(&spec, started);
     layout::write_json(&spec.dir.join(layout::EXIT), &exit)?;
     Ok(ExitCode::SUCCESS)

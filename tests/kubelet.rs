@@ -238,7 +238,7 @@ fn unknown_images_need_a_command() {
         (reason == "ErrImagePull" || reason == "ImagePullBackOff").then_some(message)
     });
     assert!(
-        message.contains("the built-in images are nginx, registry.k8s.io/e2e-test-images/agnhost"),
+        message.contains("nginx, registry.k8s.io/e2e-test-images/agnhost"),
         "{message}"
     );
 }

@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod apiserver;
+mod container_exec;
+mod container_shim;
 mod down;
 mod exec;
 mod flanneld;
 mod generate;
+mod image;
 mod kubelet;
 pub mod proxy;
 mod scheduler;
@@ -50,35 +53,15 @@ pub enum Command {
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy (`render` prints a node's rules for given objects).
     Proxy(proxy::ProxyArgs),
-    /// Run a built-in container image's program (started inside containers by the kubelet).
+    /// Run a built-in container image (started inside containers by the process runtime).
     #[command(hide = true)]
-    Image {
-        /// `nginx`, `agnhost` or `pause`.
-        name: String,
-        /// The image's arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Run one container (started by the kubelet's process runtime).
+    Image(image::ImageArgs),
+    /// Own one container of the process runtime (started by the kubelet).
     #[command(hide = true)]
-    ContainerShim {
-        /// The container's spec.json.
-        #[arg(long)]
-        spec: std::path::PathBuf,
-    },
-    /// Run a command inside a running container (used by `kubectl exec`).
+    ContainerShim(container_shim::ContainerShimArgs),
+    /// Run a command in a running container (started by the kubelet for `kubectl exec`).
     #[command(hide = true)]
-    ContainerExec {
-        /// Host PID of the container's first process.
-        #[arg(long)]
-        pid: i32,
-        /// Stdin is a terminal: make it the controlling terminal.
-        #[arg(long)]
-        tty: bool,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
+    ContainerExec(container_exec::ContainerExecArgs),
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -110,13 +93,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kubelet(args) => kubelet::run_cli(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Proxy(args) => proxy::run(args),
-        Command::Image { name, args } => crate::images::run(&name, args),
-        Command::ContainerShim { spec } => {
-            crate::runtime::shim::run(&spec).map(|_| ExitCode::SUCCESS)
-        }
-        Command::ContainerExec { pid, tty, command } => {
-            crate::runtime::shim::exec(pid, tty, &command).map(|code| ExitCode::from(code as u8))
-        }
+        Command::Image(args) => image::run(args),
+        Command::ContainerShim(args) => container_shim::run(args),
+        Command::ContainerExec(args) => container_exec::run(args),
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),
     }
 }

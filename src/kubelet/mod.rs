@@ -31,7 +31,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::lab::state::LabDir;
-use crate::runtime::Runtime;
+use crate::runtime::ContainerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use worker::{Ctx, Worker};
 
@@ -57,7 +57,8 @@ pub struct Config {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client = crate::client::connect(&cfg.api_server)?;
     let kemu = std::env::current_exe().context("locate the kemu binary")?;
-    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(&cfg.root_dir, &kemu));
+    let runtime: Arc<dyn ContainerRuntime> =
+        Arc::new(ProcessRuntime::new(cfg.root_dir.join("runtime"), kemu));
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =
@@ -105,6 +106,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         host,
         events: crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
         registry: Arc::new(Mutex::new(BTreeMap::new())),
+        pods_dir: cfg.root_dir.join("pods"),
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),
     });
@@ -189,6 +191,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             let adopted: Vec<_> = runtime
                 .list()
+                .await
+                .unwrap_or_default()
                 .into_iter()
                 .filter(|c| c.pod_uid == uid)
                 .collect();
@@ -206,7 +210,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// After a restart: remove containers, sandboxes and addresses of pods no longer bound here.
 async fn collect_garbage(ctx: &Ctx, present: &HashSet<String>) {
-    let mut orphans: HashSet<String> = ctx.runtime.list().into_iter().map(|c| c.pod_uid).collect();
+    let mut orphans: HashSet<String> = ctx
+        .runtime
+        .list()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.pod_uid)
+        .collect();
     orphans.extend(ctx.ipam.allocations().into_iter().map(|(_, owner)| owner));
     for uid in orphans.difference(present) {
         tracing::info!(%uid, "removing the remains of a pod that is gone");

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::{ContainerId, Runtime};
+use crate::runtime::{ContainerId, ContainerRuntime, ExecRequest};
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub async fn run(
     probe: &Probe,
     container: &Container,
     pod_ip: IpAddr,
-    runtime: &std::sync::Arc<dyn Runtime>,
+    runtime: &std::sync::Arc<dyn ContainerRuntime>,
     id: &ContainerId,
 ) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
@@ -150,24 +150,27 @@ pub async fn run(
         };
     }
     if let Some(exec) = &probe.exec {
-        let cmd = exec.command.clone().unwrap_or_default();
-        let command = match runtime.exec_command(id, &cmd, false) {
-            Ok(c) => c,
-            Err(e) => return Outcome::Failure(e.to_string()),
+        let command = exec.command.clone().unwrap_or_default();
+        let request = ExecRequest {
+            command: command.clone(),
+            tty: false,
+            stdin: false,
         };
-        let mut command = tokio::process::Command::from(command);
-        command
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        return match tokio::time::timeout(timeout, command.output()).await {
-            Ok(Ok(out)) if out.status.success() => Outcome::Success,
-            Ok(Ok(out)) => {
-                let text = String::from_utf8_lossy(&out.stdout).to_string()
-                    + &String::from_utf8_lossy(&out.stderr);
-                Outcome::Failure(text.trim().to_string())
+        let run = async {
+            let mut session = runtime.exec(id, request).await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            let _ = session.stdout.read_to_end(&mut out).await;
+            if let Some(err) = session.stderr.as_mut() {
+                let _ = err.read_to_end(&mut out).await;
             }
-            Ok(Err(e)) => Outcome::Failure(e.to_string()),
-            Err(_) => Outcome::Failure(format!("command {cmd:?} timed out")),
+            let code = session.exit.await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((code, String::from_utf8_lossy(&out).trim().to_string()))
+        };
+        return match tokio::time::timeout(timeout, run).await {
+            Ok(Ok((0, _))) => Outcome::Success,
+            Ok(Ok((_, text))) => Outcome::Failure(text),
+            Ok(Err(e)) => Outcome::Failure(e),
+            Err(_) => Outcome::Failure(format!("command {command:?} timed out")),
         };
     }
     Outcome::Failure("the probe has no handler (exec, httpGet or tcpSocket)".into())

@@ -2,13 +2,11 @@
 //! uses for `kubectl logs` and `kubectl exec` (documented in `crate::api::kubelet_client`):
 //! `GET /containerLogs/{namespace}/{pod}/{container}` and the WebSocket
 //! `GET /exec/{namespace}/{pod}/{container}` (channel protocol v5/v4), plus `/healthz`.
+//! The runtime does the work (`logs`, `exec`); this module translates.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -17,12 +15,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use jiff::Timestamp;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::worker::Ctx;
-use crate::runtime::logs::{parse_line, render, render_line};
-use crate::runtime::{ContainerId, ContainerState};
+use crate::runtime::{ContainerId, ExecRequest, LogOptions, RuntimeError, TerminalSize};
 
 /// The router of the kubelet's server.
 pub fn router(ctx: Arc<Ctx>) -> axum::Router {
@@ -50,20 +46,14 @@ fn flag(q: &HashMap<String, Vec<String>>, key: &str) -> bool {
 /// An error answer: status and text.
 type Refusal = (StatusCode, String);
 
-/// The container instance a request means.
-fn find(
-    ctx: &Ctx,
-    ns: &str,
-    pod: &str,
-    container: &str,
-    previous: bool,
-) -> Result<ContainerId, Refusal> {
+/// The latest instance of a pod's container.
+fn find(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Result<ContainerId, Refusal> {
     let registry = ctx.registry.lock().expect("registry");
     let Some(entry) = registry.get(&(ns.to_string(), pod.to_string())) else {
         let text = format!("pod {ns}/{pod} is not running on node {}", ctx.node_name);
         return Err((StatusCode::NOT_FOUND, text));
     };
-    let Some((current, prev)) = entry.containers.get(container) else {
+    let Some(latest) = entry.containers.get(container) else {
         let names: Vec<&str> = entry.containers.keys().map(String::as_str).collect();
         let text = format!(
             "container {container} is not valid for pod {pod}; choose one of: [{}]",
@@ -71,15 +61,23 @@ fn find(
         );
         return Err((StatusCode::BAD_REQUEST, text));
     };
-    let id = if previous { prev } else { current };
-    id.clone().ok_or_else(|| {
-        let text = if previous {
-            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
-        } else {
-            format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
-        };
-        (StatusCode::BAD_REQUEST, text)
+    latest.clone().ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start"),
+        )
     })
+}
+
+fn refusal(e: RuntimeError) -> Refusal {
+    let code = match e {
+        RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
+        RuntimeError::NoPrevious { .. }
+        | RuntimeError::NotRunning(_)
+        | RuntimeError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, e.to_string())
 }
 
 async fn logs(
@@ -88,8 +86,7 @@ async fn logs(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q = query(raw);
-    let previous = flag(&q, "previous");
-    let id = match find(&ctx, &ns, &pod, &container, previous) {
+    let id = match find(&ctx, &ns, &pod, &container) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
@@ -98,78 +95,30 @@ async fn logs(
             .and_then(|v| v.first())
             .and_then(|v| v.parse::<i64>().ok())
     };
-    let tail = number("tailLines").filter(|n| *n >= 0).map(|n| n as usize);
-    let timestamps = flag(&q, "timestamps");
-    let limit = number("limitBytes").filter(|n| *n > 0).map(|n| n as usize);
     let since = number("sinceSeconds")
-        .and_then(|s| {
-            Timestamp::now()
-                .checked_sub(jiff::SignedDuration::from_secs(s))
-                .ok()
-        })
+        .filter(|s| *s >= 0)
+        .and_then(|s| SystemTime::now().checked_sub(Duration::from_secs(s as u64)))
         .or_else(|| {
             q.get("sinceTime")
                 .and_then(|v| v.first())
-                .and_then(|t| t.parse().ok())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(SystemTime::from)
         });
-    let path = ctx.runtime.log_path(&id);
-    let mut file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(_) => return (StatusCode::OK, String::new()).into_response(),
+    let options = LogOptions {
+        previous: flag(&q, "previous"),
+        follow: flag(&q, "follow"),
+        tail_lines: number("tailLines").filter(|n| *n >= 0).map(|n| n as u64),
+        timestamps: flag(&q, "timestamps"),
+        since,
+        limit_bytes: number("limitBytes").filter(|n| *n > 0).map(|n| n as u64),
     };
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    let first = render(&text, since, tail, timestamps, limit);
-    if !flag(&q, "follow") || previous {
-        return (StatusCode::OK, [("content-type", "text/plain")], first).into_response();
+    match ctx.runtime.logs(&id, options).await {
+        Ok(stream) => Response::builder()
+            .header("content-type", "text/plain")
+            .body(Body::from_stream(stream))
+            .expect("response"),
+        Err(e) => refusal(e).into_response(),
     }
-    // Follow: send what is there, then new lines as they are written, until the container ends.
-    let offset = text.len() as u64;
-    let runtime = ctx.runtime.clone();
-    let stream = futures::stream::unfold(
-        (Some(first), file, offset, String::new(), false),
-        move |(first, mut file, mut offset, mut partial, done)| {
-            let runtime = runtime.clone();
-            let id = id.clone();
-            async move {
-                if let Some(first) = first {
-                    return Some((
-                        Ok::<_, std::io::Error>(first),
-                        (None, file, offset, partial, done),
-                    ));
-                }
-                if done {
-                    return None;
-                }
-                loop {
-                    let mut chunk = String::new();
-                    let _ = file.seek(SeekFrom::Start(offset));
-                    let n = file.read_to_string(&mut chunk).unwrap_or(0);
-                    offset += n as u64;
-                    partial.push_str(&chunk);
-                    let mut out = String::new();
-                    while let Some(i) = partial.find('\n') {
-                        let line: String = partial.drain(..=i).collect();
-                        if let Some(l) = parse_line(&line) {
-                            out.push_str(&render_line(&l, timestamps));
-                        }
-                    }
-                    let exited = matches!(runtime.state(&id), ContainerState::Exited { .. });
-                    if !out.is_empty() {
-                        return Some((Ok(out), (None, file, offset, partial, exited && n == 0)));
-                    }
-                    if exited {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        },
-    );
-    Response::builder()
-        .header("content-type", "text/plain")
-        .body(Body::from_stream(stream))
-        .expect("response")
 }
 
 async fn exec(
@@ -179,7 +128,7 @@ async fn exec(
     ws: WebSocketUpgrade,
 ) -> Response {
     let q = query(raw);
-    let id = match find(&ctx, &ns, &pod, &container, false) {
+    let id = match find(&ctx, &ns, &pod, &container) {
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
@@ -191,14 +140,17 @@ async fn exec(
         )
             .into_response();
     }
-    let tty = flag(&q, "tty");
-    let stdin = flag(&q, "stdin");
-    let cmd = match ctx.runtime.exec_command(&id, &command, tty) {
-        Ok(c) => c,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e:#}")).into_response(),
+    let request = ExecRequest {
+        command,
+        tty: flag(&q, "tty"),
+        stdin: flag(&q, "stdin"),
+    };
+    let session = match ctx.runtime.exec(&id, request).await {
+        Ok(s) => s,
+        Err(e) => return refusal(e).into_response(),
     };
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
-        .on_upgrade(move |socket| run_exec(socket, cmd, tty, stdin))
+        .on_upgrade(move |socket| run_exec(socket, session))
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -208,99 +160,52 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(v.into())
 }
 
-/// Pump a process's stdio over the channel protocol; end with its status on channel 3.
-async fn run_exec(socket: WebSocket, cmd: std::process::Command, tty: bool, want_stdin: bool) {
+/// Pump an exec session over the channel protocol; end with its status on channel 3.
+async fn run_exec(socket: WebSocket, session: crate::runtime::ExecSession) {
+    let crate::runtime::ExecSession {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+        exit,
+    } = session;
     let (mut sink, mut source) = socket.split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(64);
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let mut master: Option<tokio::fs::File> = None;
-    let mut master_fd = None;
-    if tty {
-        let Ok(pty) = nix::pty::openpty(None, None) else {
-            let _ = sink
-                .send(frame(
-                    3,
-                    br#"{"metadata":{},"status":"Failure","message":"cannot allocate a terminal"}"#,
-                ))
-                .await;
-            return;
-        };
-        let slave: OwnedFd = pty.slave;
-        cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
-            .stdout(Stdio::from(slave.try_clone().expect("dup")))
-            .stderr(Stdio::from(slave));
-        master_fd = Some(pty.master.as_raw_fd());
-        master = Some(tokio::fs::File::from_std(std::fs::File::from(pty.master)));
-    } else {
-        cmd.stdin(if want_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let status = serde_json::json!({"metadata": {}, "status": "Failure", "message": format!("exec failed: {e}")});
-            let _ = sink.send(frame(3, status.to_string().as_bytes())).await;
-            return;
-        }
-    };
-    let mut readers = Vec::new();
-    let mut stdin_writer: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
-    if let Some(master) = master {
-        let (r, w) = tokio::io::split(master);
-        stdin_writer = Some(Box::new(w));
-        readers.push(tokio::spawn(pump(Box::new(r), 1, out_tx.clone())));
-    } else {
-        if let Some(stdin) = child.stdin.take() {
-            stdin_writer = Some(Box::new(stdin));
-        }
-        if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(pump(Box::new(out), 1, out_tx.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(pump(Box::new(err), 2, out_tx.clone())));
-        }
+    let mut readers = vec![tokio::spawn(pump(stdout, 1, out_tx.clone()))];
+    if let Some(err) = stderr {
+        readers.push(tokio::spawn(pump(err, 2, out_tx.clone())));
     }
     drop(out_tx);
     let input = tokio::spawn(async move {
+        let mut stdin = stdin;
         while let Some(Ok(msg)) = source.next().await {
-            let Message::Binary(data) = msg else {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-                continue;
+            let data = match msg {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
             };
             match data.first() {
                 Some(0) => {
-                    if let Some(w) = stdin_writer.as_mut()
+                    if let Some(w) = stdin.as_mut()
                         && w.write_all(&data[1..]).await.is_err()
                     {
-                        stdin_writer = None;
+                        stdin = None;
                     }
                 }
                 Some(4) => {
-                    if let (Some(fd), Ok(size)) = (
-                        master_fd,
+                    if let (Some(resize), Ok(size)) = (
+                        resize.as_ref(),
                         serde_json::from_slice::<serde_json::Value>(&data[1..]),
                     ) {
-                        let ws = libc::winsize {
-                            ws_row: size["Height"].as_u64().unwrap_or(24) as u16,
-                            ws_col: size["Width"].as_u64().unwrap_or(80) as u16,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        };
-                        // SAFETY: TIOCSWINSZ on the pty master we own.
-                        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+                        let _ = resize(TerminalSize {
+                            width: size["Width"].as_u64().unwrap_or(80) as u16,
+                            height: size["Height"].as_u64().unwrap_or(24) as u16,
+                        });
                     }
                 }
                 // v5: [255, 0] closes stdin.
                 Some(255) if data.get(1) == Some(&0) => {
-                    if let Some(mut w) = stdin_writer.take() {
+                    if let Some(mut w) = stdin.take() {
                         let _ = w.shutdown().await;
                     }
                 }
@@ -308,18 +213,18 @@ async fn run_exec(socket: WebSocket, cmd: std::process::Command, tty: bool, want
             }
         }
     });
-    let mut wait = Box::pin(child.wait());
-    let status = loop {
+    let mut exit = exit;
+    let code = loop {
         tokio::select! {
             Some(msg) = out_rx.recv() => {
                 if sink.send(msg).await.is_err() {
                     break None;
                 }
             }
-            status = &mut wait => break status.ok(),
+            code = &mut exit => break code.ok(),
         }
     };
-    // Drain what the process wrote before it ended.
+    // Send what the command wrote before it ended.
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
     }
@@ -327,7 +232,7 @@ async fn run_exec(socket: WebSocket, cmd: std::process::Command, tty: bool, want
         let _ = sink.send(msg).await;
     }
     input.abort();
-    let code = status.and_then(|s| s.code()).unwrap_or(1);
+    let code = code.unwrap_or(1);
     let status = if code == 0 {
         serde_json::json!({"metadata": {}, "status": "Success"})
     } else {
@@ -345,7 +250,7 @@ async fn run_exec(socket: WebSocket, cmd: std::process::Command, tty: bool, want
 }
 
 async fn pump(
-    mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    mut reader: std::pin::Pin<Box<dyn AsyncRead + Send>>,
     channel: u8,
     tx: tokio::sync::mpsc::Sender<Message>,
 ) {

@@ -22,7 +22,8 @@ use crate::events::Recorder;
 use crate::lab::state::LabDir;
 use crate::netlink::Netlink;
 use crate::runtime::{
-    ContainerConfig, ContainerId, ContainerState, Runtime, RuntimeError, SandboxInfo,
+    ContainerConfig, ContainerId, ContainerPort, ContainerRuntime, ContainerState, ContainerStatus,
+    RuntimeError, SandboxInfo, SecurityContext,
 };
 
 /// The longest back-off between restarts, as the kubelet's.
@@ -36,8 +37,8 @@ const POLL: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Default)]
 pub struct PodEntry {
     pub uid: String,
-    /// Container name → (current instance, previous instance).
-    pub containers: BTreeMap<String, (Option<ContainerId>, Option<ContainerId>)>,
+    /// Container name → its latest instance (running, or the last that ran).
+    pub containers: BTreeMap<String, Option<ContainerId>>,
 }
 
 /// Pods by (namespace, name).
@@ -46,7 +47,9 @@ pub type Registry = Arc<Mutex<BTreeMap<(String, String), PodEntry>>>;
 /// What every pod worker shares.
 pub struct Ctx {
     pub client: kube::Client,
-    pub runtime: Arc<dyn Runtime>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Where pods' files go (`<kubelet root>/pods/<uid>`).
+    pub pods_dir: std::path::PathBuf,
     pub node_name: String,
     pub node_ip: String,
     pub lab_dir: LabDir,
@@ -66,8 +69,8 @@ struct Slot {
     spec: Container,
     init: bool,
     id: Option<ContainerId>,
-    previous: Option<ContainerId>,
-    attempt: u32,
+    /// The latest instance, kept after it exits (for logs).
+    latest: Option<ContainerId>,
     restart_count: i32,
     state: RunState,
     last_termination: Option<RunState>,
@@ -86,8 +89,7 @@ impl Slot {
             spec: spec.clone(),
             init,
             id: None,
-            previous: None,
-            attempt: 0,
+            latest: None,
             restart_count: 0,
             state: RunState::Waiting {
                 reason: if init {
@@ -129,7 +131,7 @@ impl Slot {
             container_id: self
                 .id
                 .as_ref()
-                .or(self.previous.as_ref())
+                .or(self.latest.as_ref())
                 .map(|id| format!("{runtime}://{id}")),
             state: self.state.clone(),
             last_state: self.last_termination.clone(),
@@ -166,7 +168,7 @@ fn label(pod: &Pod) -> String {
 
 impl Worker {
     /// A worker for `pod`; `adopted` are containers of it found on disk (after a restart).
-    pub fn new(ctx: Arc<Ctx>, pod: &Pod, adopted: Vec<crate::runtime::ContainerInfo>) -> Worker {
+    pub fn new(ctx: Arc<Ctx>, pod: &Pod, adopted: Vec<ContainerStatus>) -> Worker {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut slots: Vec<Slot> = spec
             .init_containers
@@ -175,19 +177,16 @@ impl Worker {
             .map(|c| Slot::new(c, true))
             .collect();
         slots.extend(spec.containers.iter().map(|c| Slot::new(c, false)));
-        // Adopt what an earlier kubelet started: the newest instance of each container is
-        // current, the one before it is "previous".
+        // Adopt what an earlier kubelet started: the newest instance of each container.
         for slot in &mut slots {
-            let mut mine: Vec<&crate::runtime::ContainerInfo> = adopted
+            if let Some(last) = adopted
                 .iter()
-                .filter(|c| c.name == slot.spec.name)
-                .collect();
-            mine.sort_by_key(|c| c.attempt);
-            if let Some(last) = mine.last() {
+                .filter(|c| c.container_name == slot.spec.name)
+                .max_by_key(|c| c.attempt)
+            {
                 slot.id = Some(last.id.clone());
-                slot.attempt = last.attempt + 1;
+                slot.latest = Some(last.id.clone());
                 slot.restart_count = last.attempt as i32;
-                slot.previous = mine.iter().rev().nth(1).map(|c| c.id.clone());
                 slot.started = Some(Instant::now());
             }
         }
@@ -255,7 +254,7 @@ impl Worker {
         entry.containers = self
             .slots
             .iter()
-            .map(|s| (s.spec.name.clone(), (s.id.clone(), s.previous.clone())))
+            .map(|s| (s.spec.name.clone(), s.latest.clone()))
             .collect();
     }
 
@@ -332,14 +331,26 @@ impl Worker {
         let Some(id) = self.slots[i].id.clone() else {
             return;
         };
-        let runtime = self.ctx.runtime.clone();
-        let state = tokio::task::spawn_blocking(move || runtime.state(&id))
-            .await
-            .unwrap_or(ContainerState::Created);
+        let state = match self.ctx.runtime.status(&id).await {
+            Ok(status) => status.state,
+            Err(RuntimeError::NotFound(_)) => ContainerState::Exited {
+                exit_code: 137,
+                signal: None,
+                started_at: jiff::Timestamp::now(),
+                finished_at: jiff::Timestamp::now(),
+                reason: "ContainerStatusUnknown".into(),
+                message: Some(
+                    "The container could not be located when the pod was terminated".into(),
+                ),
+            },
+            Err(e) => {
+                tracing::warn!(%id, "container status: {e}");
+                return;
+            }
+        };
         let slot = &mut self.slots[i];
         match state {
-            ContainerState::Created => {}
-            ContainerState::Running { started_at, .. } => {
+            ContainerState::Running { started_at } => {
                 slot.state = RunState::Running { started_at };
                 if slot.started.is_none() {
                     slot.started = Some(Instant::now());
@@ -360,11 +371,9 @@ impl Worker {
                 let terminated = RunState::Terminated {
                     exit_code,
                     signal,
-                    reason: reason.unwrap_or_else(|| {
-                        if exit_code == 0 { "Completed" } else { "Error" }.into()
-                    }),
+                    reason,
                     message,
-                    started_at,
+                    started_at: Some(started_at),
                     finished_at,
                 };
                 slot.readiness = None;
@@ -389,7 +398,7 @@ impl Worker {
                     (delay * 2).min(MAX_BACKOFF)
                 };
                 slot.not_before = Some(Instant::now() + delay);
-                slot.previous = slot.id.take();
+                slot.id = None;
                 if !delay.is_zero() {
                     let name = slot.spec.name.clone();
                     slot.state = RunState::Waiting {
@@ -441,7 +450,7 @@ impl Worker {
         let container = slot.spec.clone();
         let image = container.image.clone().unwrap_or_default();
         let name = container.name.clone();
-        let config = match self.container_config(pod, &container, slot.attempt) {
+        let config = match self.container_config(pod, &container) {
             Ok(c) => c,
             Err(e) => {
                 let slot = &mut self.slots[i];
@@ -457,19 +466,22 @@ impl Worker {
             }
         };
         let sandbox = self.sandbox_info(pod);
-        let runtime = self.ctx.runtime.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.start(&sandbox, &config))
-            .await
-            .unwrap_or_else(|e| {
-                Err(RuntimeError::Other(anyhow::anyhow!(
-                    "runtime task failed: {e}"
-                )))
-            });
+        let result = self.ctx.runtime.create_and_start(&sandbox, &config).await;
+        let attempt = match &result {
+            Ok(id) => self
+                .ctx
+                .runtime
+                .status(id)
+                .await
+                .map(|st| st.attempt)
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
         let slot = &mut self.slots[i];
         match result {
             Ok(id) => {
-                slot.restart_count = slot.attempt as i32;
-                slot.attempt += 1;
+                slot.restart_count = attempt as i32;
+                slot.latest = Some(id.clone());
                 slot.id = Some(id);
                 slot.exit_seen = false;
                 slot.not_before = None;
@@ -486,11 +498,6 @@ impl Worker {
                     .liveness_probe
                     .as_ref()
                     .map(|p| ProbeState::new(p, started, true));
-                // Keep one previous instance for `logs --previous`.
-                if slot.attempt >= 3 {
-                    let old = ContainerId(format!("{}/{}/{}", self.uid, name, slot.attempt - 3));
-                    self.ctx.runtime.remove(&old);
-                }
                 let events = &self.ctx.events;
                 events
                     .pod(
@@ -521,7 +528,7 @@ impl Worker {
                     .await;
                 None
             }
-            Err(RuntimeError::ImageNotFound { .. }) => {
+            Err(err @ RuntimeError::ImageNotAvailable { .. }) => {
                 let first = slot.backoff.is_zero();
                 let delay = slot.backoff;
                 slot.backoff = if first {
@@ -530,10 +537,6 @@ impl Worker {
                     (delay * 2).min(MAX_BACKOFF)
                 };
                 slot.not_before = Some(Instant::now() + slot.backoff);
-                let err = RuntimeError::ImageNotFound {
-                    image: image.clone(),
-                    builtin: crate::images::builtin_list(),
-                };
                 let (reason, message) = if first {
                     ("ErrImagePull", err.to_string())
                 } else {
@@ -588,9 +591,17 @@ impl Worker {
                 }
                 self.slots[i].not_before
             }
-            Err(RuntimeError::Other(e)) => {
+            Err(e) => {
+                // A command that cannot start fails like a crash: back off and retry.
+                let delay = slot.backoff;
+                slot.backoff = if delay.is_zero() {
+                    self.ctx.restart_backoff
+                } else {
+                    (delay * 2).min(MAX_BACKOFF)
+                };
+                slot.not_before = Some(Instant::now() + delay);
                 slot.state = RunState::Waiting {
-                    reason: "CreateContainerError".into(),
+                    reason: "RunContainerError".into(),
                     message: Some(format!("{e:#}")),
                 };
                 self.ctx
@@ -603,7 +614,7 @@ impl Worker {
                         format!("Error: {e:#}"),
                     )
                     .await;
-                Some(Instant::now() + Duration::from_secs(2))
+                self.slots[i].not_before
             }
         }
     }
@@ -627,10 +638,11 @@ impl Worker {
         SandboxInfo {
             pod_uid: self.uid.clone(),
             pod_name: name,
-            pod_namespace: ns.clone(),
+            namespace: ns.clone(),
             netns_path: crate::netns::path_of(&net.namespace),
             hostname: hostname.clone(),
-            hosts: format!(
+            pod_dir: self.ctx.pods_dir.join(&self.uid),
+            etc_hosts: format!(
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n",
                 net.ip
             ),
@@ -644,7 +656,6 @@ impl Worker {
         &self,
         pod: &Pod,
         c: &Container,
-        attempt: u32,
     ) -> Result<ContainerConfig, super::env::EnvError> {
         let downward = super::env::Downward {
             pod_ip: self.net.as_ref().map(|n| n.ip.to_string()),
@@ -658,20 +669,12 @@ impl Worker {
                 .map(|a| super::env::expand(a, &env))
                 .collect()
         };
-        let security =
-            |f: fn(&k8s_openapi::api::core::v1::SecurityContext) -> Option<i64>,
-             g: fn(&k8s_openapi::api::core::v1::PodSecurityContext) -> Option<i64>| {
-                c.security_context
-                    .as_ref()
-                    .and_then(f)
-                    .or_else(|| {
-                        pod.spec
-                            .as_ref()
-                            .and_then(|s| s.security_context.as_ref())
-                            .and_then(g)
-                    })
-                    .and_then(|v| u32::try_from(v).ok())
-            };
+        let pod_security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let own = c.security_context.as_ref();
+        let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+        let caps = |pick: fn(&k8s_openapi::api::core::v1::Capabilities) -> Option<&Vec<String>>| -> Vec<String> {
+            own.and_then(|s| s.capabilities.as_ref()).and_then(pick).cloned().unwrap_or_default()
+        };
         Ok(ContainerConfig {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
@@ -682,12 +685,32 @@ impl Worker {
                 .ports
                 .iter()
                 .flatten()
-                .filter_map(|p| u16::try_from(p.container_port).ok())
+                .filter_map(|p| {
+                    Some(ContainerPort {
+                        name: p.name.clone(),
+                        container_port: u16::try_from(p.container_port).ok()?,
+                        protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    })
+                })
                 .collect(),
-            run_as_user: security(|s| s.run_as_user, |s| s.run_as_user),
-            run_as_group: security(|s| s.run_as_group, |s| s.run_as_group),
+            security: SecurityContext {
+                run_as_user: id(own
+                    .and_then(|s| s.run_as_user)
+                    .or(pod_security.and_then(|s| s.run_as_user))),
+                run_as_group: id(own
+                    .and_then(|s| s.run_as_group)
+                    .or(pod_security.and_then(|s| s.run_as_group))),
+                supplemental_groups: pod_security
+                    .and_then(|s| s.supplemental_groups.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| u32::try_from(*g).ok())
+                    .collect(),
+                privileged: own.and_then(|s| s.privileged).unwrap_or(false),
+                capabilities_add: caps(|c| c.add.as_ref()),
+                capabilities_drop: caps(|c| c.drop.as_ref()),
+            },
             env,
-            attempt,
         })
     }
 
@@ -767,12 +790,9 @@ impl Worker {
                         ),
                     )
                     .await;
-                let runtime = self.ctx.runtime.clone();
-                let id = id.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    runtime.stop(&id, Duration::from_secs(grace))
-                })
-                .await;
+                if let Err(e) = self.ctx.runtime.stop(&id, Duration::from_secs(grace)).await {
+                    tracing::warn!(%id, "stop after a failed liveness probe: {e}");
+                }
                 return Some(Instant::now());
             }
         }
@@ -822,37 +842,25 @@ impl Worker {
     /// Stop everything of the pod; `pod` is the pod to delete afterwards (graceful deletion),
     /// `None` when it is already gone from the API.
     async fn terminate(&mut self, pod: Option<&Pod>, grace: Duration) {
-        let mut stops = Vec::new();
+        let mut running = Vec::new();
         for slot in &self.slots {
             let Some(id) = slot.id.clone() else { continue };
-            if let Some(pod) = pod
-                && matches!(self.ctx.runtime.state(&id), ContainerState::Running { .. })
-            {
+            let is_running = matches!(
+                self.ctx.runtime.status(&id).await.map(|s| s.state),
+                Ok(ContainerState::Running { .. })
+            );
+            if let (Some(pod), true) = (pod, is_running) {
+                let message = format!("Stopping container {}", slot.spec.name);
                 self.ctx
                     .events
-                    .pod(
-                        pod,
-                        Some(&slot.spec.name),
-                        "Normal",
-                        "Killing",
-                        format!("Stopping container {}", slot.spec.name),
-                    )
+                    .pod(pod, Some(&slot.spec.name), "Normal", "Killing", message)
                     .await;
             }
-            let runtime = self.ctx.runtime.clone();
-            stops.push(tokio::task::spawn_blocking(move || {
-                runtime.stop(&id, grace)
-            }));
+            running.push(id);
         }
-        for stop in stops {
-            let _ = stop.await;
-        }
-        if let Err(e) =
-            sandbox::destroy(&self.ctx.host, &self.ctx.net, &self.ctx.ipam, &self.uid).await
-        {
-            tracing::warn!(uid = %self.uid, "remove the pod sandbox: {e:#}");
-        }
-        self.ctx.runtime.remove_pod(&self.uid);
+        let runtime = &self.ctx.runtime;
+        futures::future::join_all(running.iter().map(|id| runtime.stop(id, grace))).await;
+        remove_pod(&self.ctx, &self.uid).await;
         self.ctx
             .registry
             .lock()
@@ -897,19 +905,38 @@ pub async fn clean_up_orphan(ctx: &Ctx, uid: &str) {
     let ids: Vec<ContainerId> = ctx
         .runtime
         .list()
+        .await
+        .unwrap_or_default()
         .into_iter()
         .filter(|c| c.pod_uid == uid)
         .map(|c| c.id)
         .collect();
-    for id in ids {
-        let runtime = ctx.runtime.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || runtime.stop(&id, Duration::from_secs(2))).await;
+    futures::future::join_all(
+        ids.iter()
+            .map(|id| ctx.runtime.stop(id, Duration::from_secs(2))),
+    )
+    .await;
+    remove_pod(ctx, uid).await;
+}
+
+/// Remove every container of a pod (stopped already), its sandbox and its address.
+async fn remove_pod(ctx: &Ctx, uid: &str) {
+    for c in ctx
+        .runtime
+        .list()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.pod_uid == uid)
+    {
+        if let Err(e) = ctx.runtime.remove(&c.id).await {
+            tracing::warn!(id = %c.id, "remove container: {e}");
+        }
     }
     if let Err(e) = sandbox::destroy(&ctx.host, &ctx.net, &ctx.ipam, uid).await {
-        tracing::warn!(%uid, "remove an orphaned sandbox: {e:#}");
+        tracing::warn!(%uid, "remove the pod sandbox: {e:#}");
     }
-    ctx.runtime.remove_pod(uid);
+    let _ = std::fs::remove_dir_all(ctx.pods_dir.join(uid));
 }
 
 #[cfg(test)]

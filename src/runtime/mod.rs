@@ -1,22 +1,30 @@
-//! Container runtimes: how the kubelet runs a pod's containers. One narrow trait; the `process`
-//! runtime (the default) runs each container as a process tree inside the pod's network
-//! namespace, with its own mount, UTS, IPC and PID namespaces (see `process`).
+//! The kubelet's container runtime: one narrow trait, `ContainerRuntime`, and its default
+//! implementation, the `process` runtime (`process::ProcessRuntime`).
 //!
-//! Containers are addressed by a `ContainerId` the runtime chooses; everything a restarted
-//! kubelet needs to find them again (`list`) and to learn how they ended while it was away
-//! (`state`) lives on disk, so runtimes survive kubelet restarts.
+//! The kubelet prepares a pod's sandbox itself (network namespace, veth, IP, `/etc/hosts`,
+//! `/etc/resolv.conf`) and then asks the runtime to start, watch, stop and remove the pod's
+//! containers, read their logs and run commands in them. Everything the kubelet resolves
+//! (env values, fieldRefs, the pod's hostname) reaches the runtime as plain data, so a second
+//! runtime (e.g. Docker) only has to implement these few methods.
+//!
+//! The trait is object-safe (`Arc<dyn ContainerRuntime>`): methods return boxed futures.
 
 pub mod logs;
 pub mod process;
-pub mod shim;
 
+use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+use futures::Stream;
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-/// A container, as the runtime names it (`<pod uid>/<container name>/<attempt>`).
+/// A container's id, unique on the node and stable across kubelet restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ContainerId(pub String);
 
@@ -26,132 +34,245 @@ impl std::fmt::Display for ContainerId {
     }
 }
 
-/// Where and as whom a pod's containers run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a pod's containers share, prepared by the kubelet before any container starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxInfo {
-    pub pod_uid: String,
     pub pod_name: String,
-    pub pod_namespace: String,
-    /// The pod's network namespace, e.g. `/run/netns/kemu-seed-pod-0a1b2c3d4e`.
+    pub namespace: String,
+    pub pod_uid: String,
+    /// The pod's network namespace, e.g. `/run/netns/kemu-<lab>-pod-<id>`.
     pub netns_path: PathBuf,
-    /// The pod's hostname (its name).
+    /// The hostname the containers see (the pod name unless `spec.hostname` says otherwise).
     pub hostname: String,
-    /// The pod's `/etc/hosts` and `/etc/resolv.conf`.
-    pub hosts: String,
+    /// The pod's directory under the kubelet's state dir (`<state>/pods/<uid>/`).
+    pub pod_dir: PathBuf,
+    /// The contents of the containers' `/etc/hosts`.
+    pub etc_hosts: String,
+    /// The contents of the containers' `/etc/resolv.conf`.
     pub resolv_conf: String,
 }
 
-/// One container to run.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One container of a pod, as the kubelet resolved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {
     pub name: String,
     pub image: String,
+    /// `command:` (replaces the image's entrypoint).
     pub command: Vec<String>,
+    /// `args:`.
     pub args: Vec<String>,
-    /// Already resolved (values, fieldRefs, `$(VAR)`).
+    /// Environment, in order, values already resolved.
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
-    /// Declared container ports (built-in images listen on them).
-    pub ports: Vec<u16>,
-    pub run_as_user: Option<u32>,
-    pub run_as_group: Option<u32>,
-    /// Which start of this container this is (0, then 1 after the first restart, ...).
-    pub attempt: u32,
+    pub ports: Vec<ContainerPort>,
+    pub security: SecurityContext,
 }
 
-/// What a container is doing.
+/// A declared container port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+/// The parts of the (pod and container) securityContext the runtime honours.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityContext {
+    /// Default: 65534 (nobody).
+    pub run_as_user: Option<u32>,
+    /// Default: 65534 when the user is defaulted too, else the user's group in the host's
+    /// `/etc/passwd`, else 0 (as container runtimes do).
+    pub run_as_group: Option<u32>,
+    pub supplemental_groups: Vec<u32>,
+    /// All capabilities, `/proc/sys` and `/sys` writable, no `no_new_privs`.
+    pub privileged: bool,
+    /// `capabilities.add` (`NET_ADMIN` or `CAP_NET_ADMIN`, `ALL`).
+    pub capabilities_add: Vec<String>,
+    /// `capabilities.drop`.
+    pub capabilities_drop: Vec<String>,
+}
+
+/// A container's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {
-    /// Still being started (the shim has not reported the process yet).
-    Created,
     Running {
-        pid: i32,
         started_at: Timestamp,
     },
     Exited {
+        /// The exit code; 128 + signal when a signal ended it.
         exit_code: i32,
         signal: Option<i32>,
-        /// `StartError` when the command could not be started, else empty.
-        reason: Option<String>,
-        message: Option<String>,
-        started_at: Option<Timestamp>,
+        started_at: Timestamp,
         finished_at: Timestamp,
+        /// `Completed`, `Error`, or `ContainerStatusUnknown` when the runtime lost track.
+        reason: String,
+        message: Option<String>,
     },
 }
 
-/// A container found on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerInfo {
+/// What `status` and `list` report about a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
     pub id: ContainerId,
     pub pod_uid: String,
-    pub name: String,
+    pub pod_name: String,
+    pub namespace: String,
+    pub container_name: String,
+    /// How many times this container name was started in this pod before (the restart count).
     pub attempt: u32,
+    pub image: String,
     pub state: ContainerState,
+    /// The container's main process on the host (its PID 1 inside), while it runs.
+    pub pid: Option<u32>,
 }
 
-/// Why a container could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// The image is not built in and the pod gave no command (the kubelet reports
-    /// `ErrImagePull` / `ImagePullBackOff`).
-    #[error(
-        "failed to pull image {image:?}: kemu pulls no images; the built-in images are {builtin}; any other image needs a `command:` that exists on the host"
-    )]
-    ImageNotFound { image: String, builtin: String },
-    #[error("{0:#}")]
-    Other(#[from] anyhow::Error),
-}
-
-/// Options of a log read (`kubectl logs`).
+/// How to read a container's log (the parameters of `GET .../pods/<name>/log`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogOptions {
+    /// The previous instance of the same container name in the pod.
     pub previous: bool,
-    pub tail_lines: Option<usize>,
-    pub timestamps: bool,
-    pub since: Option<Timestamp>,
-    pub limit_bytes: Option<usize>,
+    /// Keep streaming until the container exits.
     pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<u64>,
+    /// Prefix each line with its RFC 3339 timestamp.
+    pub timestamps: bool,
+    /// Only lines logged at or after this time (`sinceSeconds` = now - n).
+    pub since: Option<SystemTime>,
+    /// Stop after this many bytes.
+    pub limit_bytes: Option<u64>,
 }
 
-/// A container runtime.
-pub trait Runtime: Send + Sync {
-    /// The runtime's name, as in `containerID` (`kemu-process://...`).
+/// Log output: chunks of text as `kubectl logs` prints them.
+pub type LogStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A command to run in a running container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// Allocate a terminal (stdout and stderr are then one stream).
+    pub tty: bool,
+    /// Give the command a stdin (otherwise it reads /dev/null).
+    pub stdin: bool,
+}
+
+/// A terminal size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// A running exec: its standard streams, the terminal to resize, and its exit code.
+pub struct ExecSession {
+    /// Present when `ExecRequest::stdin` was set. Dropping it closes the command's stdin.
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// stdout, or the terminal's output with a tty.
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// stderr; `None` with a tty.
+    pub stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Resize the terminal (tty only).
+    pub resize: Option<Box<dyn Fn(TerminalSize) -> io::Result<()> + Send + Sync>>,
+    /// Resolves to the command's exit code (128 + signal when a signal ended it).
+    pub exit: BoxFuture<'static, Result<i32, RuntimeError>>,
+}
+
+/// Runtime errors. The kubelet maps them onto container states and API errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not built in and the container gave no command; the kubelet reports
+    /// `ErrImagePull` / `ImagePullBackOff` with this message.
+    #[error(
+        "image {image:?} of container {container:?} is not built into kemu and the container has no command: kemu pulls no images; use one of the built-in images ({builtin}) or give a `command:` that exists on the host"
+    )]
+    ImageNotAvailable {
+        image: String,
+        container: String,
+        builtin: String,
+    },
+    /// The container could not be started (bad command, namespace gone, ...); the kubelet
+    /// reports `RunContainerError` / `CrashLoopBackOff`.
+    #[error("start container {container:?} of pod {pod:?}: {message}")]
+    StartFailed {
+        pod: String,
+        container: String,
+        message: String,
+    },
+    #[error("container {0} not found")]
+    NotFound(ContainerId),
+    #[error("container {0} is not running")]
+    NotRunning(ContainerId),
+    /// `logs --previous` found no earlier instance.
+    #[error("previous terminated container {container:?} in pod {pod:?} not found")]
+    NoPrevious { pod: String, container: String },
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("{action} container {id}: {source}")]
+    Io {
+        action: &'static str,
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A container runtime as the kubelet uses it. Every method is idempotent where that makes
+/// sense and safe to call from a kubelet that restarted: containers outlive the kubelet.
+pub trait ContainerRuntime: Send + Sync {
+    /// The runtime's name, as reported in `node.status.nodeInfo.containerRuntimeVersion`
+    /// (`process://...`) and in container ids.
     fn name(&self) -> &'static str;
 
-    /// Create and start a container in a pod's sandbox.
-    fn start(
-        &self,
-        sandbox: &SandboxInfo,
-        container: &ContainerConfig,
-    ) -> Result<ContainerId, RuntimeError>;
+    /// Create and start one container in a prepared sandbox. Each call starts a new instance
+    /// (`attempt` one higher than the last instance of the same name in the pod); older
+    /// exited instances are removed except the latest one, kept for `logs --previous`.
+    /// Returns once the container's command has been executed (or failed to be).
+    fn create_and_start<'a>(
+        &'a self,
+        sandbox: &'a SandboxInfo,
+        container: &'a ContainerConfig,
+    ) -> BoxFuture<'a, Result<ContainerId, RuntimeError>>;
 
-    /// The container's current state (read from disk; works for containers started by an
-    /// earlier kubelet).
-    fn state(&self, id: &ContainerId) -> ContainerState;
+    /// Stop a container: SIGTERM, then SIGKILL once `grace` has passed. Returns when it has
+    /// exited and its exit status is recorded. Stopping an exited container does nothing.
+    fn stop<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
-    /// SIGTERM, wait up to `grace`, then SIGKILL; returns once the container has exited.
-    /// Blocking.
-    fn stop(&self, id: &ContainerId, grace: Duration);
+    /// The container's current state.
+    fn status<'a>(
+        &'a self,
+        id: &'a ContainerId,
+    ) -> BoxFuture<'a, Result<ContainerStatus, RuntimeError>>;
 
-    /// Forget a container that has exited (its files, except what `logs --previous` needs).
-    fn remove(&self, id: &ContainerId);
+    /// Remove a container and everything the runtime kept for it (its log included); a
+    /// running container is killed first. Removing a removed container does nothing.
+    fn remove<'a>(&'a self, id: &'a ContainerId) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
-    /// Every container on disk, running or not.
-    fn list(&self) -> Vec<ContainerInfo>;
+    /// Every container the runtime knows, running or exited: how a restarted kubelet adopts
+    /// the containers it started before.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerStatus>, RuntimeError>>;
 
-    /// Remove everything of a pod (after its containers have stopped).
-    fn remove_pod(&self, pod_uid: &str);
+    /// The container's log (or its previous instance's), as `kubectl logs` prints it.
+    fn logs<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        options: LogOptions,
+    ) -> BoxFuture<'a, Result<LogStream, RuntimeError>>;
 
-    /// The container's log file (CRI format), for `logs`.
-    fn log_path(&self, id: &ContainerId) -> PathBuf;
-
-    /// A command that runs `cmd` inside the running container (its namespaces, user and
-    /// environment); the caller wires its stdio (a pty for `tty`) and waits for it.
-    fn exec_command(
-        &self,
-        id: &ContainerId,
-        cmd: &[String],
-        tty: bool,
-    ) -> anyhow::Result<std::process::Command>;
+    /// Run a command in a running container, with the container's namespaces, user, env and
+    /// working directory.
+    fn exec<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        request: ExecRequest,
+    ) -> BoxFuture<'a, Result<ExecSession, RuntimeError>>;
 }

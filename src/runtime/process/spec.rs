@@ -1,0 +1,473 @@
+//! The shim spec: everything `kemu container-shim` needs to start one container, written as
+//! `spec.json` in the container's directory. `build_spec` makes it from the kubelet's
+//! sandbox and container description; it is pure, so what a container gets (program, argv,
+//! env, user, capabilities, mounts) is snapshot-tested.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::caps;
+use crate::images::{self, BuiltinImage};
+use crate::runtime::{ContainerConfig, RuntimeError, SandboxInfo};
+
+/// The user a container runs as when its securityContext names none.
+pub const DEFAULT_USER: u32 = 65534;
+/// PATH when the container sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How to start one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub id: String,
+    pub pod_name: String,
+    pub namespace: String,
+    pub pod_uid: String,
+    pub container_name: String,
+    pub attempt: u32,
+    pub image: String,
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    pub hostname: String,
+    /// The container's directory (state files, log).
+    pub dir: PathBuf,
+    pub process: ProcessSpec,
+    /// Applied in order by the container's first process, in its own mount namespace.
+    pub mounts: Vec<MountStep>,
+}
+
+/// The container's main process (and the identity `exec` uses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub program: Program,
+    pub argv: Vec<String>,
+    /// `NAME=value`.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub capabilities: Vec<String>,
+    pub no_new_privileges: bool,
+}
+
+/// What to execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Program {
+    /// The kemu binary (opened before the mounts change, so any path works).
+    Kemu { exe: PathBuf },
+    /// A host program, found through the container's PATH unless it contains a '/'.
+    Host { name: String },
+}
+
+/// One step of the container's filesystem setup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountStep {
+    /// Stop mount events propagating to or from the host.
+    MakePrivate,
+    /// Remount every mount of the tree read-only (recursively, `mount_setattr`).
+    ReadOnlyRoot,
+    /// A fresh tmpfs (`nosuid,nodev`).
+    Tmpfs {
+        target: String,
+        /// Octal, as in `mount -o mode=1777`.
+        mode: String,
+        size: String,
+        noexec: bool,
+    },
+    /// A minimal `/dev`: null, zero, full, random, urandom, tty, a private devpts, `/dev/shm`,
+    /// `/dev/mqueue`; then read-only.
+    Dev,
+    /// `proc` for the container's PID namespace.
+    Proc,
+    /// `sysfs` for the pod's network namespace.
+    Sysfs { read_only: bool },
+    /// Bind a path onto itself read-only (`/proc/sys`).
+    ReadOnly { path: String },
+    /// Hide a file behind `/dev/null`.
+    Mask { path: String },
+    /// Bind a file of the container's directory read-only onto a path (following a symlink,
+    /// e.g. `/etc/resolv.conf` -> `/run/...`, whose target is created when it is in a tmpfs).
+    BindFile { source: PathBuf, target: String },
+}
+
+/// The files of a container's directory that are bind-mounted into it.
+pub const HOSTS_FILE: &str = "hosts";
+pub const RESOLV_FILE: &str = "resolv.conf";
+pub const HOSTNAME_FILE: &str = "hostname";
+
+/// The container's mount plan.
+pub fn mount_plan(dir: &Path, privileged: bool) -> Vec<MountStep> {
+    let tmpfs = |target: &str, mode: &str, size: &str| MountStep::Tmpfs {
+        target: target.into(),
+        mode: mode.into(),
+        size: size.into(),
+        noexec: false,
+    };
+    let mut plan = vec![
+        MountStep::MakePrivate,
+        MountStep::ReadOnlyRoot,
+        MountStep::Dev,
+        tmpfs("/tmp", "1777", "256m"),
+        tmpfs("/var/tmp", "1777", "256m"),
+        tmpfs("/run", "755", "64m"),
+        MountStep::Proc,
+        MountStep::Sysfs {
+            read_only: !privileged,
+        },
+    ];
+    if !privileged {
+        // As Docker does: host-wide knobs in /proc stay read-only, kernel internals hidden.
+        for path in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/irq",
+            "/proc/bus",
+            "/proc/fs",
+        ] {
+            plan.push(MountStep::ReadOnly { path: path.into() });
+        }
+        for path in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list",
+            "/proc/sched_debug",
+        ] {
+            plan.push(MountStep::Mask { path: path.into() });
+        }
+    }
+    for (file, target) in [
+        (HOSTS_FILE, "/etc/hosts"),
+        (RESOLV_FILE, "/etc/resolv.conf"),
+        (HOSTNAME_FILE, "/etc/hostname"),
+    ] {
+        plan.push(MountStep::BindFile {
+            source: dir.join(file),
+            target: target.into(),
+        });
+    }
+    plan
+}
+
+/// Build the spec of container instance `id` (`attempt`) in `dir`.
+///
+/// `kemu_exe` is the kemu binary (for built-in images); `primary_gid` looks a user's group up
+/// (the host's `/etc/passwd`).
+pub fn build_spec(
+    id: &str,
+    attempt: u32,
+    dir: &Path,
+    sandbox: &SandboxInfo,
+    container: &ContainerConfig,
+    kemu_exe: &Path,
+    primary_gid: &dyn Fn(u32) -> Option<u32>,
+) -> Result<ShimSpec, RuntimeError> {
+    let (program, argv) = program_and_argv(sandbox, container, kemu_exe)?;
+    let security = &container.security;
+    let uid = security.run_as_user.unwrap_or(DEFAULT_USER);
+    let gid = match (security.run_as_group, security.run_as_user) {
+        (Some(gid), _) => gid,
+        (None, None) => DEFAULT_USER,
+        (None, Some(uid)) => primary_gid(uid).unwrap_or(0),
+    };
+    let mut groups = vec![gid];
+    groups.extend(security.supplemental_groups.iter().filter(|g| **g != gid));
+    let capabilities = caps::container_set(security)
+        .map_err(|why| RuntimeError::StartFailed {
+            pod: sandbox.pod_name.clone(),
+            container: container.name.clone(),
+            message: why,
+        })?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    Ok(ShimSpec {
+        id: id.to_string(),
+        pod_name: sandbox.pod_name.clone(),
+        namespace: sandbox.namespace.clone(),
+        pod_uid: sandbox.pod_uid.clone(),
+        container_name: container.name.clone(),
+        attempt,
+        image: container.image.clone(),
+        netns: sandbox.netns_path.clone(),
+        hostname: sandbox.hostname.clone(),
+        dir: dir.to_path_buf(),
+        process: ProcessSpec {
+            program,
+            argv,
+            env: environment(&sandbox.hostname, uid, &container.env),
+            cwd: container
+                .working_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            uid,
+            gid,
+            groups,
+            capabilities,
+            no_new_privileges: !security.privileged,
+        },
+        mounts: mount_plan(dir, security.privileged),
+    })
+}
+
+/// What runs: a built-in image's program, or the container's command on the host.
+fn program_and_argv(
+    sandbox: &SandboxInfo,
+    container: &ContainerConfig,
+    kemu_exe: &Path,
+) -> Result<(Program, Vec<String>), RuntimeError> {
+    let builtin = BuiltinImage::resolve(&container.image);
+    let runs_builtin = match (builtin, container.command.first()) {
+        (Some(_), None) => builtin,
+        (Some(image), Some(program)) if image.is_entrypoint(program) => builtin,
+        _ => None,
+    };
+    if let Some(image) = runs_builtin {
+        let mut argv: Vec<String> = vec!["kemu".into(), "image".into(), image.name().into()];
+        match image {
+            BuiltinImage::Nginx => {
+                // nginx serves every declared TCP port (80 when none is declared).
+                for port in container
+                    .ports
+                    .iter()
+                    .filter(|p| p.protocol.eq_ignore_ascii_case("TCP"))
+                {
+                    argv.extend(["--port".into(), port.container_port.to_string()]);
+                }
+                argv.extend(["--pod-name".into(), sandbox.pod_name.clone()]);
+                // The tag picks the release (the seed's 1.9.1 page for `nginx`).
+                argv.extend(["--image".into(), container.image.clone()]);
+            }
+            BuiltinImage::Agnhost | BuiltinImage::Pause => {
+                argv.extend(container.command.iter().skip(1).cloned());
+                argv.extend(container.args.iter().cloned());
+            }
+        }
+        let exe = kemu_exe.to_path_buf();
+        return Ok((Program::Kemu { exe }, argv));
+    }
+    match container.command.first() {
+        Some(name) => {
+            let mut argv = container.command.clone();
+            argv.extend(container.args.iter().cloned());
+            Ok((Program::Host { name: name.clone() }, argv))
+        }
+        None => Err(RuntimeError::ImageNotAvailable {
+            image: container.image.clone(),
+            container: container.name.clone(),
+            builtin: images::builtin_list(),
+        }),
+    }
+}
+
+/// The container's environment: Docker's defaults, then the container's own (which win).
+fn environment(hostname: &str, uid: u32, env: &[(String, String)]) -> Vec<String> {
+    let home = if uid == 0 { "/root" } else { "/" };
+    let mut vars: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOSTNAME".into(), hostname.into()),
+        ("HOME".into(), home.into()),
+    ];
+    for (name, value) in env {
+        match vars.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value.clone(),
+            None => vars.push((name.clone(), value.clone())),
+        }
+    }
+    vars.into_iter().map(|(n, v)| format!("{n}={v}")).collect()
+}
+
+/// A user's group in an `/etc/passwd` text.
+pub fn passwd_gid(passwd: &str, uid: u32) -> Option<u32> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 4 && fields[2].parse() == Ok(uid))
+            .then(|| fields[3].parse().ok())
+            .flatten()
+    })
+}
+
+/// Look a program up in a PATH, as execvp does: the first executable regular file.
+pub fn find_in_path(name: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    path.split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{ContainerPort, SecurityContext};
+
+    fn sandbox() -> SandboxInfo {
+        SandboxInfo {
+            pod_name: "nginx-controller-abcde".into(),
+            namespace: "default".into(),
+            pod_uid: "0b0e1a52-1111-2222-3333-444455556666".into(),
+            netns_path: "/run/netns/kemu-seed-pod-3".into(),
+            hostname: "nginx-controller-abcde".into(),
+            pod_dir: "/run/kemu/seed/hosts/minion1/pods/0b0e1a52".into(),
+            etc_hosts: "127.0.0.1 localhost\n".into(),
+            resolv_conf: "nameserver 192.168.3.10\n".into(),
+        }
+    }
+
+    fn build(container: &ContainerConfig) -> Result<ShimSpec, RuntimeError> {
+        build_spec(
+            "0b0e1a52-1111-2222-3333-444455556666_web_0",
+            0,
+            Path::new("/state/containers/0b0e1a52-1111-2222-3333-444455556666_web_0"),
+            &sandbox(),
+            container,
+            Path::new("/usr/local/bin/kemu"),
+            &|uid| (uid == 1000).then_some(1000),
+        )
+    }
+
+    #[test]
+    fn nginx_spec() {
+        let container = ContainerConfig {
+            name: "nginx".into(),
+            image: "nginx:1.27".into(),
+            ports: vec![ContainerPort {
+                name: None,
+                container_port: 80,
+                protocol: "TCP".into(),
+            }],
+            env: vec![("KUBERNETES_SERVICE_HOST".into(), "192.168.3.1".into())],
+            ..Default::default()
+        };
+        let spec = build(&container).unwrap();
+        crate::testing::snapshot_settings().bind(|| insta::assert_yaml_snapshot!(spec));
+    }
+
+    #[test]
+    fn agnhost_takes_command_and_args() {
+        let container = ContainerConfig {
+            name: "netexec".into(),
+            image: "registry.k8s.io/e2e-test-images/agnhost:2.53".into(),
+            command: vec!["/agnhost".into()],
+            args: vec!["netexec".into(), "--http-port=8080".into()],
+            ..Default::default()
+        };
+        let spec = build(&container).unwrap();
+        assert_eq!(
+            spec.process.argv,
+            ["kemu", "image", "agnhost", "netexec", "--http-port=8080"]
+        );
+        assert!(matches!(spec.process.program, Program::Kemu { .. }));
+    }
+
+    #[test]
+    fn host_commands_and_shells_in_builtin_images() {
+        let container = ContainerConfig {
+            name: "debian".into(),
+            image: "debian".into(),
+            command: vec!["sleep".into()],
+            args: vec!["3600".into()],
+            ..Default::default()
+        };
+        let spec = build(&container).unwrap();
+        assert_eq!(
+            spec.process.program,
+            Program::Host {
+                name: "sleep".into()
+            }
+        );
+        assert_eq!(spec.process.argv, ["sleep", "3600"]);
+        let shell_in_nginx = ContainerConfig {
+            image: "nginx".into(),
+            command: vec!["sh".into(), "-c".into(), "true".into()],
+            ..container
+        };
+        assert_eq!(
+            build(&shell_in_nginx).unwrap().process.program,
+            Program::Host { name: "sh".into() }
+        );
+    }
+
+    #[test]
+    fn unknown_image_without_command_lists_builtin_images() {
+        let container = ContainerConfig {
+            name: "db".into(),
+            image: "postgres:16".into(),
+            ..Default::default()
+        };
+        let err = build(&container).unwrap_err();
+        assert!(matches!(err, RuntimeError::ImageNotAvailable { .. }));
+        crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(err.to_string()));
+    }
+
+    #[test]
+    fn users_and_groups() {
+        let with = |security: SecurityContext| {
+            let container = ContainerConfig {
+                name: "c".into(),
+                image: "nginx".into(),
+                security,
+                ..Default::default()
+            };
+            let p = build(&container).unwrap().process;
+            (p.uid, p.gid, p.groups, p.no_new_privileges)
+        };
+        assert_eq!(
+            with(SecurityContext::default()),
+            (65534, 65534, vec![65534], true)
+        );
+        let root = SecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(with(root), (0, 0, vec![0], true));
+        let known = SecurityContext {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![5, 1000],
+            ..Default::default()
+        };
+        assert_eq!(with(known), (1000, 1000, vec![1000, 5], true));
+        let privileged = SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(7),
+            privileged: true,
+            ..Default::default()
+        };
+        assert_eq!(with(privileged), (0, 7, vec![7], false));
+    }
+
+    #[test]
+    fn container_env_overrides_defaults() {
+        let env = environment(
+            "h",
+            0,
+            &[("PATH".into(), "/bin".into()), ("A".into(), "1".into())],
+        );
+        assert_eq!(env, ["PATH=/bin", "HOSTNAME=h", "HOME=/root", "A=1"]);
+    }
+
+    #[test]
+    fn passwd_lookup() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(passwd_gid(passwd, 65534), Some(65534));
+        assert_eq!(passwd_gid(passwd, 42), None);
+    }
+
+    #[test]
+    fn path_lookup() {
+        assert_eq!(
+            find_in_path("sh", DEFAULT_PATH).map(|p| p.is_absolute()),
+            Some(true)
+        );
+        assert_eq!(find_in_path("/x/y", ""), Some(PathBuf::from("/x/y")));
+        assert_eq!(find_in_path("kemu-no-such-program", DEFAULT_PATH), None);
+    }
+}

@@ -1,0 +1,279 @@
+//! Benchmark of the node agents (issue 4): from a pod's create request to the pod Running and
+//! reachable from another node, for 1, 10 and 100 pods; RSS of every agent and per pod.
+//! Needs root (it builds a lab). Writes its section of BENCHMARKS.md.
+//!
+//!     sudo cargo bench --bench pods
+
+mod common;
+
+use common::write_section;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kemu::netns::NetNs;
+
+const LAB: &str = "podbench";
+const HOSTS: [&str; 3] = ["192.168.0.201", "192.168.0.202", "192.168.0.203"];
+
+fn kemu(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kemu"))
+        .args(args)
+        .output()
+        .expect("run kemu")
+}
+
+fn api(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn pod_json(name: &str) -> String {
+    serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80}]}],
+                 "terminationGracePeriodSeconds": 1}})
+    .to_string()
+}
+
+/// Create `n` pods at once and time each one until it is Running and answers on port 80 from
+/// a host that is not its own.
+fn round(port: u16, n: usize) -> Vec<Duration> {
+    let started: Vec<(String, Instant)> = (0..n)
+        .map(|i| {
+            let name = format!("b{n}-{i}");
+            let t = Instant::now();
+            let (code, body) = api(
+                port,
+                "POST",
+                "/api/v1/namespaces/default/pods",
+                Some(&pod_json(&name)),
+            );
+            assert_eq!(code, 201, "{body}");
+            (name, t)
+        })
+        .collect();
+    let mut done: Vec<Option<Duration>> = vec![None; n];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let namespaces: Vec<NetNs> = HOSTS
+        .iter()
+        .map(|h| NetNs::open(&format!("kemu-{LAB}-{h}")).unwrap())
+        .collect();
+    while done.iter().any(|d| d.is_none()) {
+        assert!(
+            Instant::now() < deadline,
+            "pods did not come up in 2 minutes"
+        );
+        let (_, body) = api(port, "GET", "/api/v1/namespaces/default/pods", None);
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            let name = item["metadata"]["name"].as_str().unwrap();
+            let Some(i) = started.iter().position(|(n, _)| n == name) else {
+                continue;
+            };
+            if done[i].is_some() || item["status"]["phase"] != "Running" {
+                continue;
+            }
+            let (Some(ip), Some(node)) = (
+                item["status"]["podIP"].as_str(),
+                item["spec"]["nodeName"].as_str(),
+            ) else {
+                continue;
+            };
+            let from = HOSTS.iter().position(|h| *h != node).unwrap();
+            let addr: SocketAddr = format!("{ip}:80").parse().unwrap();
+            let reached = namespaces[from]
+                .run(move || {
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(|_| ())
+                })
+                .is_ok();
+            if reached {
+                done[i] = Some(started[i].1.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for (name, _) in &started {
+        api(
+            port,
+            "DELETE",
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            Some(r#"{"gracePeriodSeconds":0}"#),
+        );
+    }
+    done.into_iter().map(|d| d.unwrap()).collect()
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// (RSS, PSS) in KiB of a process.
+fn memory(pid: i64) -> (u64, u64) {
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    (field(&status, "VmRSS:"), field(&rollup, "Pss:"))
+}
+
+fn main() {
+    let _ = kemu(&["down", LAB]);
+    let up = kemu(&[
+        "up",
+        "topologies/seed.yaml",
+        "--name",
+        LAB,
+        "--no-kubeconfig",
+        "--seed",
+        "1",
+    ]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let port: u16 = std::fs::read_to_string(format!("/run/kemu/{LAB}/api-port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut rows = Vec::new();
+    for n in [1usize, 10, 100] {
+        let mut times = round(port, n);
+        rows.push((n, percentile(&mut times, 0.5), percentile(&mut times, 0.99)));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // Memory: agents, and the processes of 10 idle nginx pods.
+    let agents: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/kemu/{LAB}/agents.json")).unwrap(),
+    )
+    .unwrap();
+    let mut agent_rows = Vec::new();
+    for a in agents.as_array().unwrap() {
+        let (rss, pss) = memory(a["pid"].as_i64().unwrap_or(0));
+        agent_rows.push((
+            a["host"].as_str().unwrap().to_string(),
+            a["name"].as_str().unwrap().to_string(),
+            rss,
+            pss,
+        ));
+    }
+    let names: Vec<String> = (0..10).map(|i| format!("mem-{i}")).collect();
+    for n in &names {
+        api(
+            port,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(&pod_json(n)),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let mut pod_rss = Vec::new();
+    let mut pod_pss = Vec::new();
+    let root = format!("/run/kemu/{LAB}/hosts");
+    for entry in walk(std::path::Path::new(&root)) {
+        if entry.file_name().is_some_and(|f| f == "container.json") {
+            let dir = entry.parent().unwrap();
+            let read = |f: &str| -> i64 {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["pid"].as_i64())
+                    .unwrap_or(0)
+            };
+            let (c_rss, c_pss) = memory(read("container.json"));
+            let (s_rss, s_pss) = memory(read("shim.json"));
+            pod_rss.push(c_rss + s_rss);
+            pod_pss.push(c_pss + s_pss);
+        }
+    }
+    let _ = kemu(&["down", LAB]);
+
+    let mut s = String::from("<!-- pods:begin -->\n## Pods: create to Running and reachable\n\n");
+    s.push_str(
+        "Reproduce with `sudo cargo bench --bench pods` (release build). A seed lab (3 minions, vxlan, all agents); \
+         `n` nginx pods are created at once through the API (no nodeName: the scheduler places them); each pod's time \
+         runs from its create request until the API shows it Running and its port 80 answers a TCP connect from another \
+         node, through the overlay.\n\n| pods | p50 | p99 |\n|---:|---:|---:|\n",
+    );
+    for (n, p50, p99) in &rows {
+        s.push_str(&format!("| {n} | {} | {} |\n", ms(*p50), ms(*p99)));
+    }
+    s.push_str("\nMemory of the agents of that lab (RSS counts the kemu binary's shared code in every process; PSS splits \
+                shared pages among the processes that share them):\n\n| host | agent | RSS | PSS |\n|---|---|---:|---:|\n");
+    for (host, name, rss, pss) in &agent_rows {
+        s.push_str(&format!(
+            "| {host} | {name} | {:.1} MiB | {:.1} MiB |\n",
+            *rss as f64 / 1024.0,
+            *pss as f64 / 1024.0
+        ));
+    }
+    let per_host = |host: &str, f: fn(&(String, String, u64, u64)) -> u64| -> f64 {
+        agent_rows
+            .iter()
+            .filter(|r| r.0 == host && (r.1 == "kubelet" || r.1 == "flanneld"))
+            .map(f)
+            .sum::<u64>() as f64
+            / 1024.0
+    };
+    let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1024.0;
+    s.push_str(&format!(
+        "\nkubelet + flanneld on 192.168.0.202: {:.1} MiB RSS, {:.1} MiB PSS. An idle nginx pod (its shim and container \
+         process): {:.1} MiB RSS, {:.1} MiB PSS on average over {} pods.\n\nTargets: one pod Running and reachable in under \
+         300 ms ({}); kubelet plus flanneld under 10 MB per host ({} by RSS, {} by PSS).\n<!-- pods:end -->\n",
+        per_host("192.168.0.202", |r| r.2),
+        per_host("192.168.0.202", |r| r.3),
+        avg(&pod_rss),
+        avg(&pod_pss),
+        pod_rss.len(),
+        if rows[0].1 < Duration::from_millis(300) { "met" } else { "missed" },
+        if per_host("192.168.0.202", |r| r.2) < 9.54 { "met" } else { "missed" },
+        if per_host("192.168.0.202", |r| r.3) < 9.54 { "met" } else { "missed" },
+    ));
+    print!("{s}");
+    write_section("pods", &s);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

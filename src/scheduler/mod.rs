@@ -48,12 +48,13 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
     let (node_store, node_writer) = reflector::store();
     let mut pod_events = reflector(pod_writer, watcher(pods, watcher::Config::default()))
         .default_backoff()
-        .touched_objects()
         .boxed();
     let mut node_events = reflector(node_writer, watcher(nodes, watcher::Config::default()))
         .default_backoff()
-        .touched_objects()
         .boxed();
+    // The caches are usable once both watches have listed everything (awaiting the stores
+    // here instead would stop the very streams that fill them).
+    let (mut pods_listed, mut nodes_listed) = (false, false);
     let recorder = Recorder::new(client.clone(), "default-scheduler", None);
     let mut rng = match seed {
         Some(s) => rand_chacha::ChaCha8Rng::seed_from_u64(s),
@@ -68,10 +69,18 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
         let mut nodes_changed = false;
         tokio::select! {
             _ = term.recv() => return Ok(()),
-            e = pod_events.next() => { if let Some(Err(e)) = e { tracing::warn!("pod watch: {e}"); } }
+            e = pod_events.next() => match e {
+                Some(Ok(watcher::Event::InitDone)) => pods_listed = true,
+                Some(Err(e)) => tracing::warn!("pod watch: {e}"),
+                _ => {}
+            },
             e = node_events.next() => {
                 nodes_changed = true;
-                if let Some(Err(e)) = e { tracing::warn!("node watch: {e}"); }
+                match e {
+                    Some(Ok(watcher::Event::InitDone)) => nodes_listed = true,
+                    Some(Err(e)) => tracing::warn!("node watch: {e}"),
+                    _ => {}
+                }
             }
             _ = tick.tick() => {}
         }
@@ -79,12 +88,9 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
             // A node changed: every unschedulable pod deserves another look.
             unschedulable.retain(|_, (at, _)| at.elapsed() < Duration::ZERO);
         }
-        let (Ok(()), Ok(())) = (
-            pod_store.wait_until_ready().await,
-            node_store.wait_until_ready().await,
-        ) else {
+        if !(pods_listed && nodes_listed) {
             continue;
-        };
+        }
         let all_pods = pod_store.state();
         let all_nodes = node_store.state();
         bound.retain(|uid| {

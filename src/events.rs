@@ -4,7 +4,7 @@
 //! `lastTimestamp` grow, as the real event recorder does.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
@@ -14,13 +14,14 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 /// (namespace, object and field path, reason and message) of an event.
 type EventKey = (String, String, String);
 
-/// Records events for one component.
+/// Records events for one component. Clones share one aggregation cache.
+#[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     component: String,
     host: Option<String>,
     /// The event already written for a key, and its count.
-    seen: Mutex<HashMap<EventKey, (String, i32)>>,
+    seen: Arc<Mutex<HashMap<EventKey, (String, i32)>>>,
 }
 
 impl Recorder {
@@ -30,7 +31,7 @@ impl Recorder {
             client,
             component: component.to_string(),
             host: host.map(String::from),
-            seen: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -56,6 +57,22 @@ impl Recorder {
             }
         });
         self.record(object, kind, reason, message).await;
+    }
+
+    /// Record a `Normal` event in the background: controllers never wait for their events.
+    pub fn normal(&self, object: &ObjectReference, reason: &str, message: String) {
+        self.spawn(object.clone(), "Normal", reason, message);
+    }
+
+    /// Record a `Warning` event in the background.
+    pub fn warning(&self, object: &ObjectReference, reason: &str, message: String) {
+        self.spawn(object.clone(), "Warning", reason, message);
+    }
+
+    fn spawn(&self, object: ObjectReference, kind: &'static str, reason: &str, message: String) {
+        let me = self.clone();
+        let reason = reason.to_string();
+        tokio::spawn(async move { me.record(object, kind, &reason, message).await });
     }
 
     /// Record `reason`/`message` of `kind` (`Normal` or `Warning`) about `object`.

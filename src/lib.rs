@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod controllers;
 pub mod events;
 pub mod firewall;
 pub mod flannel;

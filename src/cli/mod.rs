@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod apiserver;
 mod container_exec;
 mod container_shim;
+mod controller_manager;
 mod down;
 mod exec;
 mod flanneld;
@@ -47,6 +48,8 @@ pub enum Command {
     Apiserver(apiserver::Args),
     /// The pod scheduler of the master.
     Scheduler(scheduler::SchedulerArgs),
+    /// The controllers of the master (replication, deployments, endpoints, node lifecycle, GC).
+    ControllerManager(controller_manager::ControllerManagerArgs),
     /// The node agent of a minion: registers the Node and runs its pods.
     Kubelet(kubelet::KubeletArgs),
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Kubelet(args) => kubelet::run_cli(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::ControllerManager(args) => controller_manager::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Image(args) => image::run(args),
         Command::ContainerShim(args) => container_shim::run(args),

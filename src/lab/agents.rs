@@ -71,6 +71,20 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
     let mut scheduler = vec![format!("--master={api}")];
     scheduler.extend(seed.iter().cloned());
     specs.push(kemu(master, "scheduler", scheduler));
+    let cp = &topo.control_plane;
+    let mut controllers = vec![
+        format!("--master={api}"),
+        format!(
+            "--node-monitor-grace-period={}ms",
+            cp.node_monitor_grace_period.as_millis()
+        ),
+        format!(
+            "--pod-eviction-timeout={}ms",
+            cp.pod_eviction_timeout.as_millis()
+        ),
+    ];
+    controllers.extend(seed.iter().cloned());
+    specs.push(kemu(master, "controller-manager", controllers));
     for host in topo.minions() {
         let host_dir = dir.host_dir(&host.name);
         let mut kubelet = vec![

@@ -29,22 +29,30 @@ impl std::fmt::Display for Unfit {
     }
 }
 
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key_ok = match t.key.as_deref() {
-            None | Some("") => t.operator.as_deref() == Some("Exists"),
-            Some(k) => k == taint.key,
-        };
-        let value_ok = match t.operator.as_deref() {
-            Some("Exists") => true,
-            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        };
-        effect_ok && key_ok && value_ok
-    })
+/// Taints the node lifecycle controller puts on nodes (and the scheduler respects).
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// Whether one toleration matches `taint` (key, operator, value and effect).
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = match t.key.as_deref() {
+        None | Some("") => t.operator.as_deref() == Some("Exists"),
+        Some(k) => k == taint.key,
+    };
+    let value_ok = match t.operator.as_deref() {
+        Some("Exists") => true,
+        _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    };
+    effect_ok && key_ok && value_ok
+}
+
+fn tolerated_by(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| tolerates(t, taint))
 }
 
 fn ready(node: &Node) -> bool {
@@ -61,10 +69,10 @@ pub fn fits(pod: &Pod, node: &Node, pods_on_node: usize) -> Result<(), Unfit> {
     let node_spec = node.spec.as_ref();
     if node_spec.and_then(|s| s.unschedulable) == Some(true) {
         let tolerated = spec.and_then(|s| s.tolerations.as_ref()).is_some_and(|ts| {
-            tolerates(
+            tolerated_by(
                 ts,
                 &Taint {
-                    key: "node.kubernetes.io/unschedulable".into(),
+                    key: TAINT_UNSCHEDULABLE.into(),
                     effect: "NoSchedule".into(),
                     ..Default::default()
                 },
@@ -84,7 +92,7 @@ pub fn fits(pod: &Pod, node: &Node, pods_on_node: usize) -> Result<(), Unfit> {
             .any(|t| t.key.starts_with("node.kubernetes.io/"))
     {
         taints.push(Taint {
-            key: "node.kubernetes.io/not-ready".into(),
+            key: TAINT_NOT_READY.into(),
             effect: "NoSchedule".into(),
             ..Default::default()
         });
@@ -93,7 +101,7 @@ pub fn fits(pod: &Pod, node: &Node, pods_on_node: usize) -> Result<(), Unfit> {
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
     {
-        if !tolerates(&tolerations, taint) {
+        if !tolerated_by(&tolerations, taint) {
             return Err(Unfit::Taint(
                 taint.key.clone(),
                 taint.value.clone().unwrap_or_default(),

@@ -1,0 +1,35 @@
+//! `kemu controller-manager`: replication, deployments, endpoints, node lifecycle and garbage
+//! collection (started on the master by the supervisor).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+/// The controllers of kube-controller-manager that a lab needs.
+#[derive(Debug, Args)]
+pub struct ControllerManagerArgs {
+    /// API server URL, e.g. http://192.168.0.201:8080.
+    #[arg(long)]
+    pub master: String,
+    /// How long a node may miss heartbeats before it is marked NotReady/Unknown (e.g. 8s).
+    #[arg(long, default_value = "8s", value_parser = crate::topology::parse_duration_arg)]
+    pub node_monitor_grace_period: Duration,
+    /// How long pods stay on a node that is not Ready before they are evicted (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = crate::topology::parse_duration_arg)]
+    pub pod_eviction_timeout: Duration,
+    /// Seed for generated names (pod and EndpointSlice suffixes).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
+    let cfg = crate::controllers::Config {
+        master: args.master,
+        node_monitor_grace_period: args.node_monitor_grace_period,
+        pod_eviction_timeout: args.pod_eviction_timeout,
+        seed: args.seed,
+    };
+    crate::client::agent_runtime()?.block_on(crate::controllers::run(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -54,7 +54,7 @@ pub enum Command {
     Kubelet(kubelet::KubeletArgs),
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
-    /// The service proxy (`render` prints a node's rules for given objects).
+    /// The service proxy agent (`render` prints a node's rules, `mode` switches a lab's mode).
     Proxy(proxy::ProxyArgs),
     /// Run a built-in container image (started inside containers by the process runtime).
     #[command(hide = true)]

@@ -1,29 +1,105 @@
-//! `kemu proxy`: the service proxy. `kemu proxy render` prints the rules a node's proxy would
-//! apply for a set of Services and EndpointSlices, exactly as fed to `iptables-restore` /
-//! `nft -f`.
+//! `kemu proxy`: the service proxy.
+//!
+//! - `kemu proxy --master URL --node-name NAME --node-ip IP …` runs the per-node agent
+//!   ([`crate::proxy::agent`]); the lab supervisor starts one in every minion's namespace.
+//! - `kemu proxy render` prints the rules a node's proxy would apply for a set of Services and
+//!   EndpointSlices, exactly as fed to `iptables-restore` / `nft -f`.
+//! - `kemu proxy mode LAB MODE [--host HOST]` switches the proxies of a running lab: it writes
+//!   their mode files, sends the recorded agent PIDs SIGHUP and waits until each has applied
+//!   the new mode.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
+use crate::lab::state::{LabDir, LabRecord, ProcessRecord};
+use crate::proxy::agent::{self, control};
 use crate::proxy::userspace::ProxyPortAllocator;
 use crate::proxy::{NodeContext, ProxyInput, ProxyMode, objects, render};
 
-/// Service proxy commands.
+/// The service proxy: without a subcommand, run the per-node agent.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ProxyArgs {
     #[command(subcommand)]
-    pub command: ProxyCommand,
+    pub command: Option<ProxyCommand>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProxyCommand {
     /// Print the rules the proxy would apply for the objects in a YAML file.
     Render(RenderArgs),
+    /// Switch the proxy mode of a running lab's nodes.
+    Mode(ModeArgs),
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::topology::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 100ms, 30s or 1m"))
+}
+
+/// The agent's flags.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// API server URL, e.g. http://192.168.0.201:8080.
+    #[arg(long, required = true)]
+    pub master: Option<String>,
+    /// This node's name (decides which endpoints are local).
+    #[arg(long, required = true)]
+    pub node_name: Option<String>,
+    /// This node's IP address (userspace DNAT target, NodePort address).
+    #[arg(long, required = true)]
+    pub node_ip: Option<IpAddr>,
+    /// Pod network CIDR: traffic from outside it to a ClusterIP is masqueraded.
+    #[arg(long)]
+    pub cluster_cidr: Option<IpNet>,
+    /// Service CIDR; repeatable.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<IpNet>,
+    /// File holding the mode; re-read on SIGHUP and every 2 s. Wins over --mode.
+    #[arg(long)]
+    pub mode_file: Option<PathBuf>,
+    /// The mode when there is no mode file.
+    #[arg(long, value_enum)]
+    pub mode: Option<ProxyMode>,
+    /// Where to write the agent's status after every sync (JSON).
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    /// Seed of the proxy-port allocator and endpoint shuffles (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Minimum time between two syncs; changes in between are coalesced.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub min_sync_period: Duration,
+    /// Time between periodic full syncs when nothing changes.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub sync_period: Duration,
+}
+
+/// `kemu proxy mode`.
+#[derive(Debug, Args)]
+pub struct ModeArgs {
+    /// The lab.
+    pub lab: String,
+    /// The new mode.
+    #[arg(value_enum)]
+    pub mode: ProxyMode,
+    /// Only this host (default: every minion).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Return once the mode files are written and the agents signalled.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the agents to apply the new mode.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub timeout: Duration,
 }
 
 /// Default seed of the userspace proxy-port allocator, so renders are reproducible.
@@ -60,7 +136,7 @@ pub struct RenderArgs {
 /// Run `kemu proxy …`.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        ProxyCommand::Render(render_args) => {
+        Some(ProxyCommand::Render(render_args)) => {
             let (text, warnings) = render_file(&render_args)?;
             for w in warnings {
                 eprintln!("warning: {w}");
@@ -68,7 +144,112 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Some(ProxyCommand::Mode(mode_args)) => switch_mode(&mode_args),
+        None => {
+            let a = args.agent;
+            agent::run(agent::Config {
+                master: a.master.context("--master is required")?,
+                node_name: a.node_name.context("--node-name is required")?,
+                node_ip: a.node_ip.context("--node-ip is required")?,
+                cluster_cidr: a.cluster_cidr,
+                service_cidrs: a.service_cidrs,
+                mode: a.mode,
+                mode_file: a.mode_file,
+                status_file: a.status_file,
+                seed: a.seed.unwrap_or_else(rand::random),
+                min_sync_period: a.min_sync_period,
+                sync_period: a.sync_period,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Write the mode files, signal the recorded proxy agents, wait for them.
+fn switch_mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
+    let dir = LabDir::new(&args.lab);
+    let record = LabRecord::load(&dir).with_context(|| {
+        format!(
+            "lab {} is not up (no state in {})",
+            args.lab,
+            dir.root.display()
+        )
+    })?;
+    let topo = &record.topology;
+    let hosts: Vec<&crate::topology::Host> = match &args.host {
+        Some(key) => {
+            let host = topo
+                .find_host(key)
+                .with_context(|| format!("lab {} has no host {key}", args.lab))?;
+            anyhow::ensure!(
+                host.is_minion(),
+                "host {} is not a minion: it runs no service proxy",
+                host.name
+            );
+            vec![host]
+        }
+        None => topo.minions().collect(),
+    };
+    let agents = crate::lab::supervisor::read_status(&dir);
+    let records = ProcessRecord::all(&dir);
+    let mut waiting: Vec<(&str, u32)> = Vec::new();
+    for host in &hosts {
+        control::write_mode(&control::mode_file(&dir, &host.name), args.mode)
+            .with_context(|| format!("write the mode file of {}", host.name))?;
+        // Only a PID the lab recorded for this host's proxy, and only while it is that process.
+        let id = format!("{}/proxy", host.name);
+        let pid = agents
+            .iter()
+            .filter(|a| a.host == host.name && a.name == "proxy")
+            .find_map(|a| a.pid)
+            .filter(|pid| {
+                records
+                    .iter()
+                    .any(|r| r.pid == *pid && r.what == id && r.is_alive())
+            });
+        match pid {
+            Some(pid) => {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .with_context(|| format!("signal the proxy of {} (pid {pid})", host.name))?;
+                waiting.push((&host.name, pid as u32));
+            }
+            None => println!(
+                "{}: no proxy running; it starts in {} mode",
+                host.name, args.mode
+            ),
+        }
+    }
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = Instant::now() + args.timeout;
+    for (host, pid) in waiting {
+        let path = control::status_file(&dir, host);
+        loop {
+            let status = control::ProxyStatus::read(&path);
+            if let Some(s) = &status
+                && s.pid == pid
+                && s.mode == Some(args.mode)
+            {
+                println!("{host}: proxy mode {}", args.mode);
+                break;
+            }
+            if Instant::now() > deadline {
+                let error = status.and_then(|s| s.error).unwrap_or_default();
+                anyhow::bail!(
+                    "the proxy of {host} did not apply {} mode within {:?} {error}(see {})",
+                    args.mode,
+                    args.timeout,
+                    dir.logs().join(host).join("proxy.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Read the file and render it; returns the rules and the warnings about skipped objects.

@@ -127,6 +127,25 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
                 format!("--mtu={}", topo.mtu),
             ],
         ));
+        // The mode file (written by `up`, changed by `kemu proxy mode`) wins over --mode.
+        let mut proxy = vec![
+            format!("--master={api}"),
+            format!("--node-name={}", host.name),
+            format!("--node-ip={}", host.ip),
+            format!("--cluster-cidr={}", topo.cluster_network.network),
+            format!("--service-cidr={}", topo.service_cidr),
+            format!("--mode={}", host.proxy_mode),
+            format!(
+                "--mode-file={}",
+                crate::proxy::agent::control::mode_file(dir, &host.name).display()
+            ),
+            format!(
+                "--status-file={}",
+                crate::proxy::agent::control::status_file(dir, &host.name).display()
+            ),
+        ];
+        proxy.extend(seed.iter().cloned());
+        specs.push(kemu(host, "proxy", proxy));
     }
     for host in &topo.hosts {
         for daemon in &host.daemons {

@@ -96,6 +96,10 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         record.save(&dir).context("write lab.json")?;
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
         let build = build(&plan, &mut journal)?;
+        if with_agents {
+            crate::proxy::agent::control::write_mode_files(topo, &dir)
+                .context("write the proxy mode files")?;
+        }
         let mut nodes = Vec::new();
         let supervisor = if !with_agents {
             None

@@ -15,7 +15,12 @@
 //! The one intended difference from kube-proxy: it walks services (and a few merged endpoint
 //! sets) in Go map order, which is random; we walk them in sorted order so output is stable.
 //! [`normalize`] holds the normalisers that make live rules and upstream expectations comparable.
+//!
+//! The live side: [`agent`] is the per-node agent (`kemu proxy`) that watches the API and
+//! applies these renders; [`forwarder`] is the userspace mode's socket forwarder.
 
+pub mod agent;
+pub mod forwarder;
 pub mod hash;
 pub mod iptables;
 pub mod model;

@@ -172,6 +172,14 @@ impl<K: Clone + Eq + Hash> LoadBalancerRR<K> {
         Ok(endpoint)
     }
 
+    /// Forget one client's affinity record, so that its next pick takes the next endpoint in
+    /// turn (the 2015 proxy's `sessionAffinityReset`, used when dialling an endpoint failed).
+    pub fn reset_session(&mut self, key: &K, client: IpAddr) {
+        if let Some(state) = self.services.get_mut(key) {
+            state.sessions.remove(&client);
+        }
+    }
+
     /// Forget affinity records not used for the sticky age.
     pub fn cleanup_stale_sessions(&mut self, key: &K, now: Instant) {
         if let Some(state) = self.services.get_mut(key)
@@ -284,6 +292,24 @@ mod tests {
         // Idle past the sticky age: the record is stale, round robin moves on.
         let late = t0 + Duration::from_secs(40) + age;
         assert_ne!(lb.next_endpoint(&"svc", a, late).unwrap(), first);
+    }
+
+    #[test]
+    fn a_reset_session_moves_the_client_on() {
+        let mut lb: LoadBalancerRR<&str> = LoadBalancerRR::new(7);
+        let sticky = Affinity::ClientIp {
+            sticky_age: DEFAULT_STICKY_AGE,
+        };
+        lb.new_service("svc", sticky);
+        lb.update_endpoints(&"svc", &eps(&["10.0.0.1:80", "10.0.0.2:80"]));
+        let client = ip("192.168.0.100");
+        let now = Instant::now();
+        let first = lb.next_endpoint(&"svc", client, now).unwrap();
+        assert_eq!(lb.next_endpoint(&"svc", client, now).unwrap(), first);
+        lb.reset_session(&"svc", client);
+        let second = lb.next_endpoint(&"svc", client, now).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(lb.next_endpoint(&"svc", client, now).unwrap(), second);
     }
 
     #[test]

@@ -1,0 +1,354 @@
+//! Pure helpers over `iptables-save` dumps and restore inputs, for the agent's kernel layer:
+//! which chains belong to a proxy mode, the single `iptables-restore --noflush` input that
+//! removes all of a mode's rules and chains, the jump rules missing from the built-in chains,
+//! and the nat chains a restore leaves behind (for kube-proxy's stale-chain cleanup).
+
+use crate::proxy::userspace::{NODEPORT_CONTAINER, NODEPORT_HOST, PORTALS_CONTAINER, PORTALS_HOST};
+use crate::proxy::{JumpRule, Position, ProxyMode, jump_rules};
+
+/// Fixed chains of kube-proxy's iptables mode, per table (`KUBE-FIREWALL` and
+/// `KUBE-MARK-DROP` are kubelet's in a real cluster; here nothing else makes them).
+const IPTABLES_FILTER: [&str; 7] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-FIREWALL",
+    "KUBE-PROXY-CANARY",
+];
+const IPTABLES_NAT: [&str; 6] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+    "KUBE-MARK-DROP",
+    "KUBE-PROXY-CANARY",
+];
+/// Per-service chains of the iptables mode (nat).
+const IPTABLES_NAT_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-SEP-",
+    "KUBE-FW-",
+    "KUBE-EXT-",
+];
+const USERSPACE_NAT: [&str; 4] = [
+    PORTALS_CONTAINER,
+    PORTALS_HOST,
+    NODEPORT_CONTAINER,
+    NODEPORT_HOST,
+];
+
+/// Whether `chain` of `table` is one that `mode` creates. nftables mode owns no iptables chain
+/// (it owns the nftables table `kube-proxy`).
+pub fn owns_chain(mode: ProxyMode, table: &str, chain: &str) -> bool {
+    match (mode, table) {
+        (ProxyMode::Userspace, "nat") => USERSPACE_NAT.contains(&chain),
+        (ProxyMode::Iptables, "filter") => IPTABLES_FILTER.contains(&chain),
+        (ProxyMode::Iptables, "nat") => {
+            IPTABLES_NAT.contains(&chain)
+                || IPTABLES_NAT_PREFIXES.iter().any(|p| chain.starts_with(p))
+        }
+        _ => false,
+    }
+}
+
+/// One table of a dump: its chains in declaration order and its rules (`-A …` lines) in order.
+#[derive(Debug, Default)]
+struct SavedTable {
+    name: String,
+    chains: Vec<String>,
+    rules: Vec<String>,
+}
+
+fn parse_save(save: &str) -> Vec<SavedTable> {
+    let mut tables: Vec<SavedTable> = Vec::new();
+    for line in save.lines().map(str::trim_end) {
+        if let Some(name) = line.strip_prefix('*') {
+            tables.push(SavedTable {
+                name: name.to_owned(),
+                ..SavedTable::default()
+            });
+        } else if let Some(table) = tables.last_mut() {
+            // `[packets:bytes] -A …` when saved with counters.
+            let line = match line.strip_prefix('[') {
+                Some(rest) => rest.split_once("] ").map_or(line, |(_, rule)| rule),
+                None => line,
+            };
+            if let Some(decl) = line.strip_prefix(':') {
+                if let Some(name) = decl.split_whitespace().next() {
+                    table.chains.push(name.to_owned());
+                }
+            } else if line.starts_with("-A ") {
+                table.rules.push(line.to_owned());
+            }
+        }
+    }
+    tables
+}
+
+/// The chain a saved rule is in and its target (`-j X`), if any.
+fn chain_and_target(rule: &str) -> (&str, Option<&str>) {
+    let mut words = rule.split_whitespace();
+    words.next(); // -A
+    let chain = words.next().unwrap_or_default();
+    let mut target = None;
+    while let Some(w) = words.next() {
+        if w == "-j" || w == "-g" {
+            target = words.next();
+        }
+    }
+    (chain, target)
+}
+
+/// The chains of `table` in a dump (e.g. the nat chains kube-proxy's stale cleanup looks at).
+pub fn saved_chains(save: &str, table: &str) -> Vec<String> {
+    parse_save(save)
+        .into_iter()
+        .filter(|t| t.name == table)
+        .flat_map(|t| t.chains)
+        .collect()
+}
+
+/// The restore input that removes every rule and chain of `mode` from the tables in `save`:
+/// rules elsewhere that jump to the mode's chains are deleted (`-D`), the chains flushed (a
+/// chain line flushes under `--noflush`) and deleted (`-X`). `None` when nothing is left.
+pub fn cleanup_restore(mode: ProxyMode, save: &str) -> Option<String> {
+    let mut out = String::new();
+    for table in parse_save(save) {
+        let owned: Vec<&String> = table
+            .chains
+            .iter()
+            .filter(|c| owns_chain(mode, &table.name, c))
+            .collect();
+        if owned.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{}\n", table.name));
+        for chain in &owned {
+            out.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        for rule in &table.rules {
+            let (chain, target) = chain_and_target(rule);
+            let jumps_to_owned = target.is_some_and(|t| owns_chain(mode, &table.name, t));
+            if jumps_to_owned && !owns_chain(mode, &table.name, chain) {
+                out.push_str("-D ");
+                out.push_str(&rule[3..]);
+                out.push('\n');
+            }
+        }
+        for chain in &owned {
+            out.push_str(&format!("-X {chain}\n"));
+        }
+        out.push_str("COMMIT\n");
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The jump rules of `mode` that `save` does not show, in the order they must be ensured.
+pub fn missing_jumps(mode: ProxyMode, save: &str) -> Vec<JumpRule> {
+    let tables = parse_save(save);
+    jump_rules(mode)
+        .into_iter()
+        .filter(|jump| {
+            let line = jump.save_line();
+            !tables
+                .iter()
+                .any(|t| t.name == jump.table && t.rules.contains(&line))
+        })
+        .collect()
+}
+
+/// A jump rule as a restore command: `-I CHAIN 1 …` (prepend) or `-A CHAIN …` (append).
+fn jump_command(jump: &JumpRule) -> String {
+    let line = jump.save_line();
+    match jump.position {
+        Position::Append => line,
+        Position::Prepend => {
+            let rest = &line[3 + jump.chain.len()..];
+            format!("-I {} 1{rest}", jump.chain)
+        }
+    }
+}
+
+/// Add `jumps` to a restore input: each one at the end of its table's section (after the
+/// chain declarations, so its target exists), or in a section of its own.
+pub fn with_jumps(restore: &str, jumps: &[JumpRule]) -> String {
+    if jumps.is_empty() {
+        return restore.to_owned();
+    }
+    let mut out = String::with_capacity(restore.len() + jumps.len() * 128);
+    let mut table = String::new();
+    let mut done: Vec<&str> = Vec::new();
+    for line in restore.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.to_owned();
+        }
+        if line == "COMMIT" {
+            for jump in jumps.iter().filter(|j| j.table == table) {
+                out.push_str(&jump_command(jump));
+                out.push('\n');
+            }
+            if let Some(j) = jumps.iter().find(|j| j.table == table) {
+                done.push(j.table);
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut rest: Vec<&str> = Vec::new();
+    for jump in jumps {
+        if !done.contains(&jump.table) && !rest.contains(&jump.table) {
+            rest.push(jump.table);
+        }
+    }
+    for name in rest {
+        out.push_str(&format!("*{name}\n"));
+        for jump in jumps.iter().filter(|j| j.table == name) {
+            out.push_str(&jump_command(jump));
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The chains of `table` that exist after applying `restore`: declared ones minus `-X` ones.
+pub fn chains_after_restore(restore: &str, table: &str) -> Vec<String> {
+    let mut current = String::new();
+    let mut declared: Vec<String> = Vec::new();
+    let mut deleted: Vec<&str> = Vec::new();
+    for line in restore.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            current = name.to_owned();
+        } else if current == table {
+            if let Some(decl) = line.strip_prefix(':') {
+                if let Some(name) = decl.split_whitespace().next() {
+                    declared.push(name.to_owned());
+                }
+            } else if let Some(name) = line.strip_prefix("-X ") {
+                deleted.push(name.trim());
+            }
+        }
+    }
+    declared.retain(|c| !deleted.contains(&c.as_str()));
+    declared
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A save taken from a namespace where both iptables-based modes left rules behind, next
+    /// to flannel's and a user's own.
+    const SAVE: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables)
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-SERVICES - [0:0]
+:MINE - [0:0]
+-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL
+-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS
+-A INPUT -j MINE
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:FLANNEL-POSTRTG - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODEPORT-CONTAINER - [0:0]
+:KUBE-PORTALS-CONTAINER - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SEP-ABC - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-XYZ - [0:0]
+-A PREROUTING -m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules" -j KUBE-PORTALS-CONTAINER
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment "handle service NodePorts; NOTE: this must be the last rule in the chain" -j KUBE-NODEPORT-CONTAINER
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A KUBE-SERVICES -d 192.168.3.91/32 -p tcp -m comment --comment "default/nginx cluster IP" -m tcp --dport 8001 -j KUBE-SVC-XYZ
+-A KUBE-SVC-XYZ -j KUBE-SEP-ABC
+-A KUBE-SEP-ABC -p tcp -m tcp -j DNAT --to-destination 172.16.1.2:80
+COMMIT
+"#;
+
+    #[test]
+    fn cleanup_removes_exactly_the_iptables_mode() {
+        let script = cleanup_restore(ProxyMode::Iptables, SAVE).unwrap();
+        crate::testing::snapshot_settings()
+            .bind(|| insta::assert_snapshot!("cleanup_iptables_mode", script));
+        assert!(!script.contains("MINE") && !script.contains("FLANNEL"));
+        assert!(!script.contains("PORTALS"), "the userspace chains stay");
+    }
+
+    #[test]
+    fn cleanup_removes_exactly_the_userspace_mode() {
+        let script = cleanup_restore(ProxyMode::Userspace, SAVE).unwrap();
+        assert_eq!(
+            script,
+            "*nat\n:KUBE-NODEPORT-CONTAINER - [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n\
+             -D PREROUTING -m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER\n\
+             -D PREROUTING -m addrtype --dst-type LOCAL -m comment --comment \"handle service NodePorts; NOTE: this must be the last rule in the chain\" -j KUBE-NODEPORT-CONTAINER\n\
+             -X KUBE-NODEPORT-CONTAINER\n-X KUBE-PORTALS-CONTAINER\nCOMMIT\n"
+        );
+        assert_eq!(cleanup_restore(ProxyMode::Nftables, SAVE), None);
+        assert_eq!(
+            cleanup_restore(
+                ProxyMode::Userspace,
+                "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn missing_jumps_skips_present_ones_and_keeps_order() {
+        let missing: Vec<String> = missing_jumps(ProxyMode::Userspace, SAVE)
+            .iter()
+            .map(|j| j.save_line())
+            .collect();
+        assert_eq!(missing.len(), 2, "{missing:#?}");
+        assert!(missing[0].starts_with("-A OUTPUT") && missing[0].ends_with("KUBE-PORTALS-HOST"));
+        assert!(missing[1].starts_with("-A OUTPUT") && missing[1].ends_with("KUBE-NODEPORT-HOST"));
+        let all = jump_rules(ProxyMode::Iptables).len();
+        let present_in_save = 5;
+        assert_eq!(
+            missing_jumps(ProxyMode::Iptables, SAVE).len(),
+            all - present_in_save
+        );
+    }
+
+    #[test]
+    fn jumps_go_to_the_end_of_their_table() {
+        let restore = "*nat\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-HOST - [0:0]\n:KUBE-NODEPORT-CONTAINER - [0:0]\n:KUBE-NODEPORT-HOST - [0:0]\nCOMMIT\n";
+        let out = with_jumps(restore, &jump_rules(ProxyMode::Userspace));
+        crate::testing::snapshot_settings()
+            .bind(|| insta::assert_snapshot!("userspace_restore_with_jumps", out));
+        assert_eq!(with_jumps(restore, &[]), restore);
+        // A table the input does not have gets its own section.
+        let filter_only = with_jumps("*nat\nCOMMIT\n", &jump_rules(ProxyMode::Iptables)[..1]);
+        assert!(filter_only.ends_with("*filter\n-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\nCOMMIT\n"), "{filter_only}");
+    }
+
+    #[test]
+    fn chains_after_restore_drop_deleted_ones() {
+        let restore = "*filter\n:KUBE-SERVICES - [0:0]\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SVC-OLD - [0:0]\n-X KUBE-SVC-OLD\nCOMMIT\n";
+        assert_eq!(
+            chains_after_restore(restore, "nat"),
+            vec!["KUBE-SERVICES", "KUBE-SVC-A"]
+        );
+        assert_eq!(saved_chains(SAVE, "nat").len(), 12);
+    }
+}

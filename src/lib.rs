@@ -20,6 +20,7 @@ pub mod netns;
 pub mod overlay;
 pub mod plan;
 pub mod proxy;
+pub mod reach;
 pub mod runtime;
 pub mod scheduler;
 pub mod topology;

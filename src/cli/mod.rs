@@ -15,7 +15,9 @@ mod generate;
 mod image;
 mod kubelet;
 pub mod proxy;
+mod reach;
 mod scheduler;
+mod snapshot;
 mod status;
 mod up;
 
@@ -48,6 +50,10 @@ pub enum Command {
     Apiserver(apiserver::Args),
     /// The pod scheduler of the master.
     Scheduler(scheduler::SchedulerArgs),
+    /// The reachability matrix of a running lab: every source to every service, NodePort and pod.
+    Reach(reach::ReachArgs),
+    /// Print the live, normalised iptables/nftables rules of a lab's hosts.
+    Snapshot(snapshot::SnapshotArgs),
     /// The controllers of the master (replication, deployments, endpoints, node lifecycle, GC).
     ControllerManager(controller_manager::ControllerManagerArgs),
     /// The node agent of a minion: registers the Node and runs its pods.
@@ -95,6 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Kubelet(args) => kubelet::run_cli(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::Reach(args) => reach::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Image(args) => image::run(args),

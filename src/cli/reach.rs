@@ -1,0 +1,217 @@
+//! `kemu reach LAB [--expect FILE]`: the reachability matrix of a running lab (see
+//! [`crate::reach`]). Which pod answered comes from the answer itself (a bare hostname, as
+//! agnhost's serve-hostname sends) or else from the pods' access logs, where the probe's
+//! unique `User-Agent` shows up (the nginx image logs every request, as the real one does).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, ListParams, LogParams};
+
+use crate::lab::state::{LabDir, LabRecord};
+use crate::reach::probe::{self, Answer};
+use crate::reach::{Cell, Expectations, HostInfo, Outcome, plan, render};
+
+/// Probe every target from every source of a running lab.
+#[derive(Debug, Args)]
+pub struct ReachArgs {
+    /// Lab name.
+    pub lab: String,
+    /// Compare with this file (lines `SOURCE-GLOB TARGET-GLOB reached|unreached`, the last
+    /// matching line wins); exit 1 and show the differences when the matrix differs.
+    #[arg(long)]
+    pub expect: Option<std::path::PathBuf>,
+    /// How long one probe may take.
+    #[arg(long, default_value = "2s", value_parser = crate::topology::parse_duration_arg)]
+    pub timeout: Duration,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
+    let expectations = match &args.expect {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read expectation file {}", path.display()))?;
+            Some(Expectations::parse(&path.display().to_string(), &text)?)
+        }
+        None => None,
+    };
+    let dir = LabDir::new(&args.lab);
+    anyhow::ensure!(
+        dir.exists(),
+        "lab {} is not up (see `kemu status`)",
+        args.lab
+    );
+    let record = LabRecord::load(&dir)?;
+    let topo = &record.topology;
+    let port = record.api_port.with_context(|| {
+        format!(
+            "lab {} runs no API server (was it started with --no-agents?)",
+            args.lab
+        )
+    })?;
+    let url = format!("http://127.0.0.1:{port}");
+    let rt = crate::client::agent_runtime()?;
+    let (nodes, services, pods) = rt
+        .block_on(async {
+            let client = crate::client::connect(&url)?;
+            let lp = ListParams::default();
+            let nodes = Api::<Node>::all(client.clone()).list(&lp).await?.items;
+            let services = Api::<Service>::all(client.clone()).list(&lp).await?.items;
+            let pods = Api::<Pod>::all(client).list(&lp).await?.items;
+            anyhow::Ok((nodes, services, pods))
+        })
+        .with_context(|| format!("read the objects of lab {} from {url}", args.lab))?;
+
+    let hosts: Vec<HostInfo> = topo
+        .hosts
+        .iter()
+        .map(|h| HostInfo {
+            name: h.name.clone(),
+            ip: h.ip.into(),
+            netns: topo.host_namespace(h),
+            cluster: h.is_minion(),
+        })
+        .collect();
+    let (sources, targets) = plan(&hosts, &nodes, &services, &pods, |p| {
+        crate::kubelet::sandbox::pod_namespace(&topo.name, p.metadata.uid.as_deref().unwrap_or(""))
+    });
+    for host in hosts.iter().filter(|h| h.cluster) {
+        if !sources
+            .iter()
+            .any(|s| s.name == format!("pod-on/{}", host.name))
+        {
+            eprintln!(
+                "note: no running pod on {}: the matrix has no pod source there",
+                host.name
+            );
+        }
+    }
+    let run_id = format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let answers = probe::probe_all(&sources, &targets, &run_id, args.timeout)?;
+
+    let mut cells = Vec::new();
+    let mut unknown = false;
+    for (s, source) in sources.iter().enumerate() {
+        for (t, target) in targets.iter().enumerate() {
+            let outcome = match &answers[s][t] {
+                Answer::Bytes(text) => {
+                    let by = probe::hostname_in(text).map(String::from);
+                    unknown |= by.is_none();
+                    Outcome::Reached { by }
+                }
+                Answer::Failed(why) => Outcome::Unreached { why: why.clone() },
+            };
+            cells.push(Cell {
+                source: source.name.clone(),
+                target: target.name.clone(),
+                addr: target.addr,
+                outcome,
+            });
+        }
+    }
+    if unknown {
+        let served = rt.block_on(served_by(&url, &pods, &run_id));
+        for (s, _) in sources.iter().enumerate() {
+            for (t, _) in targets.iter().enumerate() {
+                let cell = &mut cells[s * targets.len() + t];
+                if let Outcome::Reached { by: by @ None } = &mut cell.outcome {
+                    *by = served.get(&probe::user_agent(&run_id, s, t)).cloned();
+                }
+            }
+        }
+    }
+
+    match args.output {
+        Format::Table => print!("{}", render(&cells)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&cells)?),
+    }
+    if let Some(expectations) = expectations {
+        let differences = expectations.differences(&cells);
+        if !differences.is_empty() {
+            eprintln!(
+                "\nthe matrix differs from {} in {} cell(s):",
+                args.expect.as_ref().expect("set").display(),
+                differences.len()
+            );
+            for d in &differences {
+                eprintln!("  {d}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("\nthe matrix is as expected");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The pod whose access log shows each probe's `User-Agent`: user agent → pod name.
+async fn served_by(url: &str, pods: &[Pod], run_id: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(client) = crate::client::connect(url) else {
+        return out;
+    };
+    let marker = format!("kemu-reach/{run_id}-");
+    // The log line is written right after the answer: give it a moment to reach the file.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fetches = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .flat_map(|p| {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let containers: Vec<String> = p
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .map(|c| c.name.clone())
+                .collect();
+            let client = client.clone();
+            containers.into_iter().map(move |container| {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let (ns, name) = (ns.clone(), name.clone());
+                async move {
+                    let lp = LogParams {
+                        container: Some(container),
+                        since_seconds: Some(120),
+                        ..Default::default()
+                    };
+                    let shown = if ns == "default" {
+                        name.clone()
+                    } else {
+                        format!("{ns}/{name}")
+                    };
+                    (shown, api.logs(&name, &lp).await.unwrap_or_default())
+                }
+            })
+        });
+    for (pod, log) in futures::future::join_all(fetches).await {
+        for line in log.lines() {
+            if let Some(at) = line.find(&marker) {
+                let agent: String = line[at..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                out.insert(agent, pod.clone());
+            }
+        }
+    }
+    out
+}

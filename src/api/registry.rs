@@ -88,6 +88,9 @@ struct Inner {
     store: Box<dyn Store>,
     alloc: Allocators,
     rng: ChaCha8Rng,
+    /// A stream of its own for ClusterIPs and NodePorts: with a seed, allocations repeat from
+    /// run to run however many other objects (events, leases) got uids in between.
+    alloc_rng: ChaCha8Rng,
 }
 
 /// The in-memory state of the server.
@@ -104,7 +107,7 @@ impl Registry {
     pub fn open(
         mut store: Box<dyn Store>,
         alloc: Allocators,
-        rng: ChaCha8Rng,
+        mut rng: ChaCha8Rng,
         history_limit: usize,
     ) -> anyhow::Result<Registry> {
         let loaded = store.load()?;
@@ -134,6 +137,7 @@ impl Registry {
             history_limit: history_limit.max(1),
             store,
             alloc,
+            alloc_rng: rand::SeedableRng::from_rng(&mut rng),
             rng,
         };
         let senders = RESOURCES
@@ -260,7 +264,7 @@ impl Txn<'_> {
 
     /// Allocators and RNG together (allocation needs both).
     pub fn alloc_rng(&mut self) -> (&mut Allocators, &mut ChaCha8Rng) {
-        (&mut self.inner.alloc, &mut self.inner.rng)
+        (&mut self.inner.alloc, &mut self.inner.alloc_rng)
     }
 
     pub fn rng(&mut self) -> &mut ChaCha8Rng {

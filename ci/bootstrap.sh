@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for kemu and run it.
 #
-#   sudo ./ci/bootstrap.sh up      # install, build, start the seed lab (topologies/seed.yaml)
+#   sudo ./ci/bootstrap.sh up      # install, build, start the seed lab and the article's nginx
 #   sudo ./ci/bootstrap.sh test    # install, build, run every test (they need root)
 #   sudo ./ci/bootstrap.sh deps    # install the Debian packages only
 #
@@ -40,7 +40,22 @@ case "${1:-up}" in
   up)
     need_root "$@"; deps
     cargo build --release --locked
-    ./target/release/kemu up topologies/seed.yaml ;;
+    kemu=./target/release/kemu
+    if [ -d /run/kemu/seed ]; then
+      echo "lab seed is already up; 'sudo $kemu down seed' to start afresh"
+    else
+      $kemu up topologies/seed.yaml
+    fi
+    # The article's steps: the nginx RC and its two services, created from the master.
+    kubectl=($kemu exec seed 192.168.0.201 -- kubectl -s http://192.168.0.201:8080)
+    "${kubectl[@]}" apply -f examples/seed/
+    "${kubectl[@]}" wait --for=condition=Ready pods -l name=nginx --timeout=120s
+    port=$("${kubectl[@]}" get svc nginx-service-nodeport -o 'jsonpath={.spec.ports[0].nodePort}')
+    echo "from the outside client: curl http://192.168.0.202:$port"
+    for _ in $(seq 50); do
+      if $kemu exec seed client -- curl -s -m 2 "http://192.168.0.202:$port"; then break; fi
+      sleep 0.2
+    done ;;
   test)
     need_root "$@"; deps
     cargo test --locked --no-fail-fast ;;

@@ -4,7 +4,8 @@
 //!
 //! For the userspace mode the four nat chains of 192.168.0.201 must read as the article prints
 //! them, line for line, apart from the allocated numbers (ClusterIP, NodePort, proxy port).
-//! Every mode gets a snapshot of its live rules and the same reachability matrix.
+//! Every mode gets snapshots of each node's live rules and of the reachability matrix, which
+//! must also match tests/fixtures/reach/seed.expect.
 
 mod common;
 
@@ -327,9 +328,40 @@ fn service_numbers(lab: &Lab) -> (String, String) {
     (ip, port)
 }
 
+/// Snapshots of every node's live rules (masked) and of the reachability matrix (reached or
+/// not; generated pod names as `*`).
+fn snapshot_every_node_and_the_matrix(lab: &Lab, mode: &str) {
+    for node in NODES {
+        let rules = masked(lab, &snapshot(lab, node));
+        rule_settings()
+            .bind(|| insta::assert_snapshot!(format!("seed_{mode}_rules_{node}"), rules));
+    }
+    let out = run_kemu(&["reach", &lab.name, "-o", "json"]);
+    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut lines: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            let target = c["target"].as_str().unwrap();
+            let target = match target.split_once("nginx-controller-") {
+                Some((head, tail)) => format!("{head}nginx-controller-*{}", &tail[5..]),
+                None => target.to_string(),
+            };
+            format!(
+                "{:22} {target:60} {}",
+                c["source"].as_str().unwrap(),
+                c["result"].as_str().unwrap()
+            )
+        })
+        .collect();
+    lines.sort();
+    let matrix = lines.join("\n") + "\n";
+    rule_settings().bind(|| insta::assert_snapshot!(format!("seed_{mode}_reach"), matrix));
+}
+
 #[test]
 fn seed_walkthrough_userspace() {
     let lab = walkthrough("userspace");
+    snapshot_every_node_and_the_matrix(&lab, "userspace");
     let (cluster_ip, node_port) = service_numbers(&lab);
     let nat = nat_table(&snapshot(&lab, MASTER));
     let chains = [
@@ -355,10 +387,6 @@ fn seed_walkthrough_userspace() {
         .map(|r| placeholders(r, &cluster_ip, &node_port))
         .collect();
     assert_eq!(normalised, ARTICLE_RULES);
-
-    let nat_masked = masked(&lab, &nat);
-    rule_settings()
-        .bind(|| insta::assert_snapshot!("seed_userspace_nat_192.168.0.201", nat_masked));
 
     // Switching modes on the running lab leaves no rule of the old mode on any node.
     for (mode, gone) in [
@@ -392,8 +420,7 @@ fn seed_walkthrough_iptables() {
         assert!(nat.contains(&format!(":{chain} -")), "{chain} in:\n{nat}");
     }
     assert!(!nat.contains("KUBE-PORTALS"), "{nat}");
-    let nat = masked(&lab, &nat);
-    rule_settings().bind(|| insta::assert_snapshot!("seed_iptables_nat_192.168.0.201", nat));
+    snapshot_every_node_and_the_matrix(&lab, "iptables");
 }
 
 #[test]
@@ -403,6 +430,5 @@ fn seed_walkthrough_nftables() {
     let nft = &rules[rules.find("# nftables\n").expect("nftables rules")..];
     assert!(nft.contains("table ip kube-proxy"), "{nft}");
     assert!(!rules.contains("KUBE-"), "{rules}");
-    let nft = masked(&lab, nft);
-    rule_settings().bind(|| insta::assert_snapshot!("seed_nftables_192.168.0.201", nft));
+    snapshot_every_node_and_the_matrix(&lab, "nftables");
 }

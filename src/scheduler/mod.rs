@@ -6,7 +6,7 @@
 
 pub mod algorithm;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -60,8 +60,10 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
         Some(s) => rand_chacha::ChaCha8Rng::seed_from_u64(s),
         None => rand_chacha::ChaCha8Rng::from_os_rng(),
     };
-    // Pods bound but not yet seen bound in the cache; pods that did not fit and when.
-    let mut bound: HashSet<String> = HashSet::new();
+    // Pods bound but not yet seen bound in the cache (uid -> node: they already count on that
+    // node, or the next replica of their owner would pick the same node); pods that did not
+    // fit and when.
+    let mut bound: HashMap<String, String> = HashMap::new();
     let mut unschedulable: HashMap<String, (Instant, String)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -93,7 +95,7 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
         }
         let all_pods = pod_store.state();
         let all_nodes = node_store.state();
-        bound.retain(|uid| {
+        bound.retain(|uid, _| {
             all_pods.iter().any(|p| {
                 p.metadata.uid.as_deref() == Some(uid)
                     && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none()
@@ -102,7 +104,15 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
         let mut on_node: HashMap<String, usize> = HashMap::new();
         let mut owned: HashMap<(String, String), usize> = HashMap::new();
         for p in all_pods.iter().filter(|p| active(p)) {
-            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .or_else(|| {
+                    let uid = p.metadata.uid.as_ref()?;
+                    bound.get(uid).cloned()
+                });
+            if let Some(n) = node {
                 *on_node.entry(n.clone()).or_default() += 1;
                 if let Some(o) = owner(p) {
                     *owned.entry((n, o)).or_default() += 1;
@@ -120,7 +130,12 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
                     == "default-scheduler"
             })
             .filter(|p| p.metadata.deletion_timestamp.is_none() && active(p))
-            .filter(|p| !p.metadata.uid.as_ref().is_some_and(|u| bound.contains(u)))
+            .filter(|p| {
+                !p.metadata
+                    .uid
+                    .as_ref()
+                    .is_some_and(|u| bound.contains_key(u))
+            })
             .collect();
         pending.sort_by(|a, b| {
             (
@@ -183,7 +198,7 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
             match bind(&client, pod, &chosen).await {
                 Ok(()) => {
                     unschedulable.remove(&uid);
-                    bound.insert(uid);
+                    bound.insert(uid, chosen.clone());
                     *on_node.entry(chosen.clone()).or_default() += 1;
                     if let Some(o) = &pod_owner {
                         *owned.entry((chosen.clone(), o.clone())).or_default() += 1;

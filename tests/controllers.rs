@@ -6,10 +6,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
 use serde_json::Value;
 
 const SEED: &str = "topologies/seed.yaml";
@@ -284,6 +288,62 @@ fn deployment(name: &str, image: &str, replicas: u32) -> String {
     )
 }
 
+/// Every state a watch of the pods matching `selector` goes through, as (pods not being
+/// deleted, those of them that are Ready), for invariants that must hold at every moment.
+fn watch_pod_counts(lab: &Lab, selector: &str) -> Arc<Mutex<Vec<(usize, usize)>>> {
+    let port: u16 = std::fs::read_to_string(format!("/run/kemu/{}/api-port", lab.name))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let out = states.clone();
+    let selector = selector.to_string();
+    // A kube client belongs to the runtime it was made in: make it in the watcher's own.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = kemu::client::connect(&format!("http://127.0.0.1:{port}")).unwrap();
+            let api: kube::Api<Pod> = kube::Api::default_namespaced(client);
+            let config = watcher::Config::default().labels(&selector);
+            let mut stream = watcher(api, config).boxed();
+            let (mut seen, mut listing) = (BTreeMap::new(), BTreeMap::new());
+            while let Some(event) = stream.next().await {
+                let key = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+                match event {
+                    Ok(watcher::Event::Init) => {
+                        listing.clear();
+                        continue;
+                    }
+                    Ok(watcher::Event::InitApply(p)) => {
+                        listing.insert(key(&p), p);
+                        continue;
+                    }
+                    Ok(watcher::Event::InitDone) => seen = std::mem::take(&mut listing),
+                    Ok(watcher::Event::Apply(p)) => {
+                        seen.insert(key(&p), p);
+                    }
+                    Ok(watcher::Event::Delete(p)) => {
+                        seen.remove(&key(&p));
+                    }
+                    Err(_) => continue,
+                }
+                let live: Vec<PodView> = seen
+                    .values()
+                    .map(|p| pod_view(&serde_json::to_value(p).unwrap()))
+                    .filter(|p| !p.deleting)
+                    .collect();
+                let ready = live.iter().filter(|p| p.ready).count();
+                out.lock().unwrap().push((live.len(), ready));
+            }
+        });
+    });
+    states
+}
+
 #[test]
 fn a_deployment_rolls_out_updates_and_undoes() {
     let lab = Lab::up(SEED, "cd", &[]);
@@ -314,7 +374,12 @@ fn a_deployment_rolls_out_updates_and_undoes() {
     let pod_hash = lab.jsonpath(&format!("rs/{rs1}"), "{.metadata.labels.pod-template-hash}");
     assert!(rs1.ends_with(&format!("-{pod_hash}")), "{rs1} {pod_hash}");
 
-    // A new image: a rolling update to a second ReplicaSet.
+    // A new image: a rolling update to a second ReplicaSet. With 3 replicas, maxUnavailable
+    // 25% rounds down to 0: three pods serve at every moment of the update.
+    let counts = watch_pod_counts(&lab, "app=web");
+    wait_for("the watch's first list", LONG, || {
+        (counts.lock().unwrap().last() == Some(&(3, 3))).then_some(())
+    });
     lab.kubectl_ok(&["set", "image", "deployment/web", "nginx=nginx:1.25"]);
     rollout_status(&lab);
     let second = wait_for("the old ReplicaSet scaled to 0", LONG, || {
@@ -328,6 +393,15 @@ fn a_deployment_rolls_out_updates_and_undoes() {
     assert_eq!(
         deployment_images(&lab),
         BTreeSet::from(["nginx:1.25".to_string()])
+    );
+    let states = counts.lock().unwrap().clone();
+    assert!(
+        states.iter().all(|&(_, ready)| ready >= 3),
+        "fewer than 3 ready pods during the update: (live, ready) went {states:?}"
+    );
+    assert!(
+        states.iter().any(|&(live, _)| live == 4),
+        "the update surged by one pod: {states:?}"
     );
     assert_deploy_columns(&lab, "3/3", "3", "3");
     let describe = lab.kubectl_ok(&["describe", "deploy", "web"]);
@@ -633,6 +707,7 @@ fn node_taints(lab: &Lab, node: &str) -> BTreeSet<String> {
 fn a_silent_node_goes_unknown_and_its_pods_move() {
     let lab = Lab::up(SEED, "cn", &[]);
     lab.kubectl_ok(&["create", "-f", "examples/seed/nginx-rc.yaml"]);
+    lab.kubectl_ok(&["create", "-f", "examples/seed/nginx-service-clusterip.yaml"]);
     let before = wait_ready_pods(&lab, "name=nginx", 2);
     // Silence a node that runs a replica (not the master's: its kubelet shares the host with
     // the control plane, which must keep working).
@@ -665,11 +740,18 @@ fn a_silent_node_goes_unknown_and_its_pods_move() {
     // replaced on a node that answers.
     let after = wait_for("a replacement on another node", LONG, || {
         let all = pods(&lab, "name=nginx");
-        let evicted = all.iter().any(|p| p.uid == victim.uid && p.deleting);
+        let evicted = all
+            .iter()
+            .any(|p| p.uid == victim.uid && p.deleting && !p.ready);
         let live: Vec<PodView> = all.into_iter().filter(|p| !p.deleting && p.ready).collect();
         (evicted && live.len() == 2).then_some(live)
     });
     assert!(after.iter().all(|p| p.node != node), "{after:?}");
+    // The Service's Endpoints hold the two live replicas only (a terminating pod is left out).
+    wait_for("the Endpoints without the evicted pod", LONG, || {
+        let (ready, unready, _) = endpoints(&lab, "nginx-service-clusterip");
+        (ready == ip_ports(&after, 80) && unready.is_empty()).then_some(())
+    });
     let events = lab.kubectl_ok(&[
         "get",
         "events",

@@ -193,6 +193,23 @@ fn the_seed_replication_controller_scales_replaces_and_cascades() {
     assert_eq!(controller_of(&replaced[0])["uid"], rc_uid.as_str());
     status("1");
 
+    // A pod relabelled out of the selector is released and replaced ...
+    let relabelled = replaced[0].name.clone();
+    lab.kubectl_ok(&["label", "pod", &relabelled, "name=away", "--overwrite"]);
+    let successor = wait_ready_pods(&lab, "name=nginx", 1);
+    assert_ne!(successor[0].name, relabelled);
+    wait_for("the relabelled pod released", LONG, || {
+        pods(&lab, "name=away")
+            .first()
+            .is_some_and(|p| p.owners.is_empty() && !p.deleting)
+            .then_some(())
+    });
+    // ... and when it matches again it is adopted, and the surplus pod deleted.
+    lab.kubectl_ok(&["label", "pod", &relabelled, "name=nginx", "--overwrite"]);
+    let kept = wait_ready_pods(&lab, "name=nginx", 1);
+    assert_eq!(controller_of(&kept[0])["uid"], rc_uid.as_str());
+    status("1");
+
     // Orphan deletion leaves the pod without its owner reference...
     lab.kubectl_ok(&["scale", "rc", "nginx-controller", "--replicas=2"]);
     let before = wait_ready_pods(&lab, "name=nginx", 2);
@@ -208,6 +225,10 @@ fn the_seed_replication_controller_scales_replaces_and_cascades() {
         orphans.iter().all(|p| p.ready && !p.deleting),
         "{orphans:?}"
     );
+    for p in &orphans {
+        let refs = lab.jsonpath(&format!("pod/{}", p.name), "{.metadata.ownerReferences}");
+        assert_eq!(refs, "", "{}: the emptied list is omitted", p.name);
+    }
 
     // ... which a new RC with the same selector adopts (and does not duplicate) ...
     lab.kubectl_ok(&["create", "-f", "examples/seed/nginx-rc.yaml"]);
@@ -446,6 +467,27 @@ fn a_deployment_rolls_out_updates_and_undoes() {
         "3"
     );
     assert_deploy_columns(&lab, "3/3", "3", "3");
+    // Revision 1 became revision 3.
+    let history = lab.kubectl_ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+    let table = lab.kubectl_ok(&["get", "rs", "-l", "app=web", "--no-headers"]);
+    let mut rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().take(4).collect())
+        .collect();
+    rows.sort();
+    let mut want = vec![
+        vec![rs1.as_str(), "3", "3", "3"],
+        vec![second[1].0.as_str(), "0", "0", "0"],
+    ];
+    want.sort();
+    assert_eq!(rows, want, "NAME DESIRED CURRENT READY:\n{table}");
 
     // Scaling shows in the columns; deletion takes ReplicaSets and pods along.
     lab.kubectl_ok(&["scale", "deployment", "web", "--replicas=1"]);
@@ -602,13 +644,31 @@ fn endpoints_and_slices_follow_ready_pods_and_named_ports() {
     let agnhost = wait_ready_pods(&lab, "flavour=agnhost", 1);
     let mut want_ready = ip_ports(&nginx, 80);
     want_ready.extend(ip_ports(&agnhost, 8080));
-    wait_for("the Endpoints after the churn", LONG, || {
+    wait_for("the Endpoints after the deletions", LONG, || {
         let got = endpoints(&lab, "web");
         (got.0 == want_ready && got.1.is_empty()).then_some(())
     });
     let want_slices: BTreeSet<(String, bool)> =
         want_ready.iter().map(|a| (a.clone(), true)).collect();
-    wait_for("the EndpointSlices after the churn", LONG, || {
+    wait_for("the EndpointSlices after the deletions", LONG, || {
+        (slice_endpoints(&lab, "web") == want_slices).then_some(())
+    });
+
+    // A pod relabelled out of the Service (and of its ReplicaSet, which replaces it) leaves.
+    lab.kubectl_ok(&["label", "pod", &nginx[0].name, "app=away", "--overwrite"]);
+    let nginx = wait_for("a replacement nginx", LONG, || {
+        let now = wait_ready_pods(&lab, "flavour=nginx,app=web", 3);
+        now.iter().all(|p| p.name != nginx[0].name).then_some(now)
+    });
+    let mut want_ready = ip_ports(&nginx, 80);
+    want_ready.extend(ip_ports(&agnhost, 8080));
+    wait_for("the Endpoints after the relabelling", LONG, || {
+        let got = endpoints(&lab, "web");
+        (got.0 == want_ready && got.1.is_empty()).then_some(())
+    });
+    let want_slices: BTreeSet<(String, bool)> =
+        want_ready.iter().map(|a| (a.clone(), true)).collect();
+    wait_for("the EndpointSlices after the relabelling", LONG, || {
         (slice_endpoints(&lab, "web") == want_slices).then_some(())
     });
 
@@ -861,4 +921,26 @@ fn the_garbage_collector_deletes_dependents_in_the_background_and_in_the_foregro
     assert_eq!(rss["items"], serde_json::json!([]), "ReplicaSets left");
     let left = pods(&lab, "app=two");
     assert!(left.is_empty(), "pods left: {left:?}");
+
+    // Orphaning a Deployment leaves its ReplicaSet (without the reference) and its pods.
+    lab.apply(&deployment("three", "kemu/pause", 2));
+    let three = wait_ready_pods(&lab, "app=three", 2);
+    lab.kubectl_ok(&["delete", "deployment", "three", "--cascade=orphan"]);
+    wait_gone(&lab, "deployment/three");
+    let rs = wait_for("the ReplicaSet orphaned", LONG, || {
+        let rss = get_json(&lab, &["rs", "-l", "app=three"]);
+        let items = rss["items"].as_array().unwrap();
+        (items.len() == 1 && items[0]["metadata"]["ownerReferences"].is_null())
+            .then(|| items[0]["metadata"]["name"].as_str().unwrap().to_string())
+    });
+    let still = wait_ready_pods(&lab, "app=three", 2);
+    let names = |ps: &[PodView]| ps.iter().map(|p| p.name.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(names(&still), names(&three));
+    for p in &still {
+        assert_eq!(controller_of(p)["name"], rs.as_str());
+    }
+    lab.kubectl_ok(&["delete", "rs", &rs]);
+    wait_for("the orphaned ReplicaSet's pods gone", LONG, || {
+        pods(&lab, "app=three").is_empty().then_some(())
+    });
 }

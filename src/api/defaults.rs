@@ -8,6 +8,7 @@ use super::resources::id;
 
 /// Fill defaults into a new or updated object of resource `rt`.
 pub fn apply(rt: usize, obj: &mut Value) {
+    omit_empty_metadata(obj);
     match rt {
         id::PODS => {
             let spec = ensure_map(obj, "spec");
@@ -296,9 +297,43 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// Drop the metadata lists and maps that the real API server omits when empty (Go's
+/// `omitempty`): a strategic-merge `$patch: delete` of the last owner reference, as the garbage
+/// collector sends for `--cascade=orphan`, leaves no `ownerReferences: []` behind.
+fn omit_empty_metadata(obj: &mut Value) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for key in ["ownerReferences", "finalizers", "labels", "annotations"] {
+        let empty = match meta.get(key) {
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(m)) => m.is_empty(),
+            Some(Value::Null) => true,
+            _ => false,
+        };
+        if empty {
+            meta.remove(key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_metadata_lists_and_maps_are_omitted() {
+        let mut obj = json!({"metadata": {"name": "p", "ownerReferences": [], "finalizers": [],
+            "labels": {}, "annotations": null}});
+        omit_empty_metadata(&mut obj);
+        assert_eq!(obj, json!({"metadata": {"name": "p"}}));
+        let mut kept = json!({"metadata": {"finalizers": ["f"], "labels": {"a": "b"}}});
+        omit_empty_metadata(&mut kept);
+        assert_eq!(
+            kept,
+            json!({"metadata": {"finalizers": ["f"], "labels": {"a": "b"}}})
+        );
+    }
 
     fn defaulted(rt: usize, mut obj: Value) -> String {
         apply(rt, &mut obj);

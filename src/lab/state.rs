@@ -112,7 +112,13 @@ impl LabRecord {
 
 /// Write a file atomically.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A temporary name per writer: `up` and the supervisor both register the supervisor's
+    // PID at the same moment, and a shared `.tmp` let one rename the other's file away.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}.{n}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
 }
@@ -230,6 +236,8 @@ impl ProcessRecord {
         };
         entries
             .filter_map(|e| e.ok())
+            // A registration being written is not one yet.
+            .filter(|e| !e.file_name().to_string_lossy().contains(".tmp."))
             .filter_map(|e| std::fs::read_to_string(e.path()).ok())
             .filter_map(|text| serde_json::from_str(&text).ok())
             .collect()

@@ -110,10 +110,13 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                 std::fs::write(
                     dir.kubeconfig(),
                     super::kubeconfig::standalone(&topo.name, &server),
-                )?;
+                )
+                .with_context(|| format!("write {}", dir.kubeconfig().display()))?;
                 record.api_port = Some(port);
                 if let Some(path) = &opts.kubeconfig {
-                    super::kubeconfig::add(path, &topo.name, &server)?;
+                    super::kubeconfig::add(path, &topo.name, &server).with_context(|| {
+                        format!("add context kemu-{} to {}", topo.name, path.display())
+                    })?;
                     record.kubeconfig = Some(path.clone());
                 }
                 record.save(&dir).context("write lab.json")?;
@@ -185,9 +188,14 @@ fn start_supervisor(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !dir.agents_json().exists() {
         if crate::lab::state::process_is_dead(pid) {
+            // The rollback removes the log with the lab: quote it here.
+            let log =
+                std::fs::read_to_string(dir.logs().join("supervisor.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
             anyhow::bail!(
-                "the lab supervisor exited during start-up; see {}",
-                dir.logs().join("supervisor.log").display()
+                "the lab supervisor exited during start-up:\n  {}",
+                tail.join("\n  ")
             );
         }
         anyhow::ensure!(

@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, LogParams};
 
 use crate::lab::state::{LabDir, LabRecord};
 use crate::reach::probe::{self, Answer};
-use crate::reach::{Cell, Expectations, HostInfo, Outcome, plan, render};
+use crate::reach::{Cell, Expectations, HostInfo, Outcome, hosts_without_pod, plan, render};
 
 /// Probe every target from every source of a running lab.
 #[derive(Debug, Args)]
@@ -31,7 +31,14 @@ pub struct ReachArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Do not start a probe pod (pause, deleted afterwards) on nodes that run no pod; those
+    /// nodes then have no `pod-on/` source.
+    #[arg(long)]
+    pub no_probe_pods: bool,
 }
+
+/// Label of the probe pods `reach` starts (and deletes).
+const PROBE_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "kemu-reach");
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -64,8 +71,8 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
     })?;
     let url = format!("http://127.0.0.1:{port}");
     let rt = crate::client::agent_runtime()?;
-    let (nodes, services, pods) = rt
-        .block_on(async {
+    let list = || {
+        rt.block_on(async {
             let client = crate::client::connect(&url)?;
             let lp = ListParams::default();
             let nodes = Api::<Node>::all(client.clone()).list(&lp).await?.items;
@@ -73,7 +80,9 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
             let pods = Api::<Pod>::all(client).list(&lp).await?.items;
             anyhow::Ok((nodes, services, pods))
         })
-        .with_context(|| format!("read the objects of lab {} from {url}", args.lab))?;
+        .with_context(|| format!("read the objects of lab {} from {url}", args.lab))
+    };
+    let (mut nodes, mut services, mut pods) = list()?;
 
     let hosts: Vec<HostInfo> = topo
         .hosts
@@ -85,6 +94,17 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
             cluster: h.is_minion(),
         })
         .collect();
+    let mut probes = Vec::new();
+    if !args.no_probe_pods {
+        let lacking: Vec<String> = hosts_without_pod(&hosts, &pods)
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        if !lacking.is_empty() {
+            probes = rt.block_on(start_probes(&url, &lacking))?;
+            (nodes, services, pods) = list()?;
+        }
+    }
     let (sources, targets) = plan(&hosts, &nodes, &services, &pods, |p| {
         crate::kubelet::sandbox::pod_namespace(&topo.name, p.metadata.uid.as_deref().unwrap_or(""))
     });
@@ -106,7 +126,11 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
             .as_millis()
     );
-    let answers = probe::probe_all(&sources, &targets, &run_id, args.timeout)?;
+    let answers = probe::probe_all(&sources, &targets, &run_id, args.timeout);
+    if !probes.is_empty() {
+        rt.block_on(delete_probes(&url, &probes));
+    }
+    let answers = answers?;
 
     let mut cells = Vec::new();
     let mut unknown = false;
@@ -214,4 +238,64 @@ async fn served_by(url: &str, pods: &[Pod], run_id: &str) -> HashMap<String, Str
         }
     }
     out
+}
+
+/// Start a pause pod on each of `nodes` and wait until they run; returns their names.
+async fn start_probes(url: &str, nodes: &[String]) -> anyhow::Result<Vec<String>> {
+    let client = crate::client::connect(url)?;
+    let api: Api<Pod> = Api::namespaced(client, "default");
+    let mut names = Vec::new();
+    for node in nodes {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "generateName": "kemu-reach-",
+                "labels": {PROBE_LABEL.0: PROBE_LABEL.1},
+            },
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "probe", "image": "registry.k8s.io/pause:3.10"}],
+            }
+        }))?;
+        let created = api
+            .create(&Default::default(), &pod)
+            .await
+            .with_context(|| format!("start a probe pod on {node}"))?;
+        names.push(created.metadata.name.unwrap_or_default());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for name in &names {
+        loop {
+            let pod = api.get(name).await?;
+            let status = pod.status.unwrap_or_default();
+            if status.phase.as_deref() == Some("Running") && status.pod_ip.is_some() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                delete_probes(url, &names).await;
+                anyhow::bail!(
+                    "probe pod {name} did not start within 30 s (see `kubectl describe pod {name}`; --no-probe-pods skips them)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(names)
+}
+
+/// Delete the probe pods at once (no grace period).
+async fn delete_probes(url: &str, names: &[String]) {
+    let Ok(client) = crate::client::connect(url) else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(client, "default");
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    for name in names {
+        if let Err(e) = api.delete(name, &dp).await {
+            eprintln!("warning: delete probe pod {name}: {e}");
+        }
+    }
 }

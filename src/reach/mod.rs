@@ -186,6 +186,20 @@ pub fn plan(
     (sources, targets)
 }
 
+/// The cluster hosts where no pod runs that could be a `pod-on/` source: `reach` starts a
+/// probe pod there so that every node has one.
+pub fn hosts_without_pod<'a>(hosts: &'a [HostInfo], pods: &[Pod]) -> Vec<&'a HostInfo> {
+    hosts
+        .iter()
+        .filter(|h| h.cluster)
+        .filter(|h| {
+            !pods
+                .iter()
+                .any(|p| is_running(p) && !host_network(p) && node_of(p) == h.name)
+        })
+        .collect()
+}
+
 fn name<K: kube::Resource>(o: &K) -> String {
     o.meta().name.clone().unwrap_or_default()
 }
@@ -444,6 +458,19 @@ mod tests {
             let _ = writeln!(out, "target {} at {}", t.name, t.addr);
         }
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(out));
+    }
+
+    #[test]
+    fn probe_pods_go_where_no_pod_runs() {
+        let (_, _, pods) = objects();
+        let hosts = hosts();
+        let names: Vec<&str> = hosts_without_pod(&hosts, &pods[1..2])
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        // nginx-a runs on .201; the client is not a cluster host.
+        assert_eq!(names, ["192.168.0.202"]);
+        assert!(hosts_without_pod(&hosts, &pods).is_empty());
     }
 
     fn cell(source: &str, target: &str, reached: bool) -> Cell {

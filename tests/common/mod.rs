@@ -115,6 +115,28 @@ pub fn assert_lab_gone(name: &str) {
         !Path::new("/run/kemu").join(name).exists(),
         "state directory left behind"
     );
+    // Every process kemu starts for a lab (agents, container shims) names the lab's state
+    // directory or its namespaces on its command line or in its environment.
+    let marker = format!("/run/kemu/{name}/");
+    let lab_env = format!("KEMU_LAB={name}\0");
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let environ = String::from_utf8_lossy(&environ);
+        if !zombie && (cmdline.contains(&marker) || environ.contains(&lab_env)) {
+            left.push(format!("{pid}: {}", cmdline.replace('\0', " ")));
+        }
+    }
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
 }
 
 /// What must not change in the root namespace when a lab goes up and down.

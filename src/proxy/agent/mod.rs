@@ -89,6 +89,9 @@ struct Agent {
     slices: Cache<EndpointSlice>,
     /// iptables mode: nat chains left by the last restore (for the stale-chain cleanup).
     applied_nat_chains: Vec<String>,
+    /// Both iptables modes: the whole input the kernel's rules now match (partial syncs
+    /// write only what differs from it); `None` after a failure or a mode switch.
+    applied_restore: Option<String>,
     full_sync_needed: bool,
     /// An object changed since the last sync.
     pending: bool,
@@ -138,6 +141,7 @@ impl Agent {
             services: Cache::default(),
             slices: Cache::default(),
             applied_nat_chains: Vec::new(),
+            applied_restore: None,
             full_sync_needed: true,
             pending: true,
             last_sync: None,
@@ -262,6 +266,7 @@ impl Agent {
         self.mode = new;
         kernel::apply_sysctls(new);
         self.applied_nat_chains.clear();
+        self.applied_restore = None;
         self.full_sync_needed = true;
         self.pending = true;
         self.last_sync = None;
@@ -339,12 +344,20 @@ impl Agent {
                 None => self.applied_nat_chains.clone(),
             };
         }
-        let mut text = render(self.mode, &input);
-        if let Some(save) = &save {
-            text = rules::with_jumps(&text, &rules::missing_jumps(self.mode, save));
+        let text = render(self.mode, &input);
+        // A full sync writes everything (plus missing jumps); the others only the chains that
+        // changed since the last applied input.
+        let restore = match (&save, &self.applied_restore) {
+            (Some(save), _) => rules::with_jumps(&text, &rules::missing_jumps(self.mode, save)),
+            (None, Some(previous)) => rules::partial_restore(previous, &text),
+            (None, None) => text.clone(),
+        };
+        self.applied_restore = None;
+        if !restore.is_empty() {
+            kernel::iptables_restore(&restore)?;
         }
-        kernel::iptables_restore(&text)?;
         self.applied_nat_chains = rules::chains_after_restore(&text, "nat");
+        self.applied_restore = Some(text);
         Ok(())
     }
 

@@ -236,6 +236,100 @@ pub fn chains_after_restore(restore: &str, table: &str) -> Vec<String> {
     declared
 }
 
+/// One table of a restore input: chain declarations and rules in order, `-X` lines.
+#[derive(Default)]
+struct RestoreTable<'a> {
+    declarations: Vec<(&'a str, &'a str)>,
+    rules: Vec<(&'a str, &'a str)>,
+    deletes: Vec<&'a str>,
+}
+
+fn parse_restore(text: &str) -> Vec<(&str, RestoreTable<'_>)> {
+    let mut tables: Vec<(&str, RestoreTable)> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            tables.push((name, RestoreTable::default()));
+            continue;
+        }
+        let Some((_, table)) = tables.last_mut() else {
+            continue;
+        };
+        if let Some(decl) = line.strip_prefix(':') {
+            let chain = decl.split_whitespace().next().unwrap_or("");
+            table.declarations.push((chain, line));
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let chain = rest.split_whitespace().next().unwrap_or("");
+            table.rules.push((chain, line));
+        } else if line.starts_with("-X ") {
+            table.deletes.push(line);
+        }
+    }
+    tables
+}
+
+/// A restore input that takes the kernel from `previous` (the last input applied in full or
+/// in part) to `next`: with `--noflush`, chains it does not mention keep their rules, so only
+/// chains that are new, changed or to be deleted are declared (which flushes them) and
+/// written. This is kube-proxy's partial sync; with a thousand services and one change, the
+/// kernel gets a few chains instead of thousands.
+pub fn partial_restore(previous: &str, next: &str) -> String {
+    let before = parse_restore(previous);
+    let rules_of = |table: &RestoreTable, chain: &str| -> Vec<String> {
+        table
+            .rules
+            .iter()
+            .filter(|(c, _)| *c == chain)
+            .map(|(_, l)| l.to_string())
+            .collect()
+    };
+    let mut out = String::new();
+    for (name, table) in parse_restore(next) {
+        let old = before.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
+        let deleted: Vec<&str> = table
+            .deletes
+            .iter()
+            .map(|l| l.trim_start_matches("-X ").trim())
+            .collect();
+        let changed: Vec<&str> = table
+            .declarations
+            .iter()
+            .map(|(chain, _)| *chain)
+            .filter(|chain| {
+                deleted.contains(chain)
+                    || match old {
+                        None => true,
+                        Some(old) => {
+                            !old.declarations.iter().any(|(c, _)| c == chain)
+                                || rules_of(old, chain) != rules_of(&table, chain)
+                        }
+                    }
+            })
+            .collect();
+        if changed.is_empty() && table.deletes.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{name}\n"));
+        for (chain, line) in &table.declarations {
+            if changed.contains(chain) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        for (chain, line) in &table.rules {
+            if changed.contains(chain) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        for line in &table.deletes {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +444,19 @@ COMMIT
             vec!["KUBE-SERVICES", "KUBE-SVC-A"]
         );
         assert_eq!(saved_chains(SAVE, "nat").len(), 12);
+    }
+
+    #[test]
+    fn partial_restore_writes_only_changed_new_and_deleted_chains() {
+        let previous = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SVC-B - [0:0]\n:KUBE-SEP-B1 - [0:0]\n-A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-A\n-A KUBE-SERVICES -d 10.0.0.2/32 -j KUBE-SVC-B\n-A KUBE-SVC-A -j KUBE-SEP-A1\n-A KUBE-SVC-B -j KUBE-SEP-B1\n-A KUBE-SEP-B1 -j DNAT --to-destination 172.16.1.2:80\nCOMMIT\n*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -j ACCEPT\nCOMMIT\n";
+        // Service B moved to another endpoint: its SVC chain changes, SEP-B1 goes, SEP-B2 comes.
+        let next = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SVC-B - [0:0]\n:KUBE-SEP-B2 - [0:0]\n:KUBE-SEP-B1 - [0:0]\n-A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-A\n-A KUBE-SERVICES -d 10.0.0.2/32 -j KUBE-SVC-B\n-A KUBE-SVC-A -j KUBE-SEP-A1\n-A KUBE-SVC-B -j KUBE-SEP-B2\n-A KUBE-SEP-B2 -j DNAT --to-destination 172.16.2.2:80\n-X KUBE-SEP-B1\nCOMMIT\n*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -j ACCEPT\nCOMMIT\n";
+        assert_eq!(
+            partial_restore(previous, next),
+            "*nat\n:KUBE-SVC-B - [0:0]\n:KUBE-SEP-B2 - [0:0]\n:KUBE-SEP-B1 - [0:0]\n-A KUBE-SVC-B -j KUBE-SEP-B2\n-A KUBE-SEP-B2 -j DNAT --to-destination 172.16.2.2:80\n-X KUBE-SEP-B1\nCOMMIT\n"
+        );
+        assert_eq!(partial_restore(next, next).replace("*nat\n:KUBE-SEP-B1 - [0:0]\n-X KUBE-SEP-B1\nCOMMIT\n", ""), "");
+        // With nothing applied before, everything is written.
+        assert_eq!(partial_restore("", next), next);
     }
 }

@@ -89,8 +89,8 @@ struct Agent {
     slices: Cache<EndpointSlice>,
     /// iptables mode: nat chains left by the last restore (for the stale-chain cleanup).
     applied_nat_chains: Vec<String>,
-    /// Both iptables modes: the whole input the kernel's rules now match (partial syncs
-    /// write only what differs from it); `None` after a failure or a mode switch.
+    /// The whole rule set (restore input or nft script) the kernel's rules now match: partial
+    /// syncs write only what differs from it. `None` after a failure or a mode switch.
     applied_restore: Option<String>,
     full_sync_needed: bool,
     /// An object changed since the last sync.
@@ -295,7 +295,22 @@ impl Agent {
             ProxyMode::Iptables => self.apply_iptables(input, full),
             ProxyMode::Nftables => {
                 self.service_ports = input.services.len();
-                kernel::nft_apply(&render(ProxyMode::Nftables, &input))
+                let script = render(ProxyMode::Nftables, &input);
+                // Full syncs rebuild the table; the others patch what changed.
+                let patch = match (&self.applied_restore, full) {
+                    (Some(previous), false) => rules::partial_nft(previous, &script),
+                    _ => None,
+                };
+                self.applied_restore = None;
+                let result = match patch {
+                    Some(patch) if patch.is_empty() => Ok(()),
+                    Some(patch) => kernel::nft_apply(&patch),
+                    None => kernel::nft_apply(&script),
+                };
+                if result.is_ok() {
+                    self.applied_restore = Some(script);
+                }
+                result
             }
         };
         self.last_sync = Some(Instant::now());

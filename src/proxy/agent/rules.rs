@@ -5,6 +5,7 @@
 
 use crate::proxy::userspace::{NODEPORT_CONTAINER, NODEPORT_HOST, PORTALS_CONTAINER, PORTALS_HOST};
 use crate::proxy::{JumpRule, Position, ProxyMode, jump_rules};
+use std::collections::BTreeMap;
 
 /// Fixed chains of kube-proxy's iptables mode, per table (`KUBE-FIREWALL` and
 /// `KUBE-MARK-DROP` are kubelet's in a real cluster; here nothing else makes them).
@@ -330,6 +331,131 @@ pub fn partial_restore(previous: &str, next: &str) -> String {
     out
 }
 
+/// The objects of a rendered nft script (a flat list of `add` commands for one table).
+#[derive(Default)]
+struct NftScript<'a> {
+    /// The table's `add table ... { ... }` line.
+    table: Option<&'a str>,
+    /// Chains, sets and maps: (kind, name) → declaration line, in order.
+    objects: Vec<((&'a str, &'a str), &'a str)>,
+    /// Chain → its rules (everything after the chain name), in order.
+    rules: BTreeMap<&'a str, Vec<&'a str>>,
+    /// Set or map → its elements (the text between the braces).
+    elements: BTreeMap<&'a str, Vec<&'a str>>,
+    /// The `family table` prefix of every command, e.g. `ip kube-proxy`.
+    prefix: &'a str,
+}
+
+fn parse_nft(text: &str) -> Option<NftScript<'_>> {
+    let mut script = NftScript::default();
+    for line in text.lines() {
+        let mut words = line.splitn(5, ' ');
+        let (verb, what) = (words.next()?, words.next()?);
+        let (family, table) = (words.next()?, words.next()?);
+        let rest = words.next().unwrap_or("");
+        let prefix = &line[verb.len() + what.len() + 2
+            ..verb.len() + what.len() + 2 + family.len() + table.len() + 1];
+        match (verb, what) {
+            ("add", "table") => {
+                script.table = Some(line);
+                script.prefix = prefix;
+            }
+            ("delete", "table") => {}
+            ("add", "chain" | "set" | "map") => {
+                let name = rest.split(' ').next()?;
+                script.objects.push(((what, name), line));
+            }
+            ("add", "rule") => {
+                let (chain, rule) = rest.split_once(' ')?;
+                script.rules.entry(chain).or_default().push(rule);
+            }
+            ("add", "element") => {
+                let (set, element) = rest.split_once(' ')?;
+                let element = element.strip_prefix("{ ")?.strip_suffix(" }")?;
+                script.elements.entry(set).or_default().push(element);
+            }
+            // Anything else: no partial sync for it.
+            _ => return None,
+        }
+    }
+    Some(script)
+}
+
+/// An nft transaction that takes the kube-proxy table from `previous` (the last script
+/// applied) to `next`, touching only what changed: new chains, sets and maps; changed chains
+/// flushed and refilled; elements added and deleted; chains, sets and maps that are gone,
+/// deleted last (after nothing refers to them). `None` when the two cannot be diffed (another
+/// table, a declaration that changed): then the whole script is applied.
+pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
+    let (old, new) = (parse_nft(previous)?, parse_nft(next)?);
+    if old.table != new.table || old.prefix != new.prefix {
+        return None;
+    }
+    let p = new.prefix;
+    let mut out = String::new();
+    let old_decl = |key: &(&str, &str)| old.objects.iter().find(|(k, _)| k == key).map(|(_, l)| *l);
+    for (key, line) in &new.objects {
+        match old_decl(key) {
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+            Some(before) if before != *line => return None,
+            Some(_) => {}
+        }
+    }
+    let empty = Vec::new();
+    for ((kind, name), _) in &new.objects {
+        if *kind != "chain" {
+            continue;
+        }
+        let (before, after) = (
+            old.rules.get(name).unwrap_or(&empty),
+            new.rules.get(name).unwrap_or(&empty),
+        );
+        let existed = old_decl(&(kind, name)).is_some();
+        if existed && before == after {
+            continue;
+        }
+        if existed {
+            out.push_str(&format!("flush chain {p} {name}\n"));
+        }
+        for rule in after {
+            out.push_str(&format!("add rule {p} {name} {rule}\n"));
+        }
+    }
+    // Elements: deletions first (by key), so that a key whose value changed can be re-added.
+    let key_of = |e: &str| e.split_once(" : ").map_or(e, |(k, _)| k).to_string();
+    for (set, before) in &old.elements {
+        if !new.objects.iter().any(|((_, n), _)| n == set) {
+            continue;
+        }
+        let after = new.elements.get(set).unwrap_or(&empty);
+        for e in before.iter().filter(|e| !after.contains(e)) {
+            out.push_str(&format!("delete element {p} {set} {{ {} }}\n", key_of(e)));
+        }
+    }
+    for (set, after) in &new.elements {
+        let before = old.elements.get(set).unwrap_or(&empty);
+        for e in after.iter().filter(|e| !before.contains(e)) {
+            out.push_str(&format!("add element {p} {set} {{ {e} }}\n"));
+        }
+    }
+    let gone: Vec<&(&str, &str)> = old
+        .objects
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !new.objects.iter().any(|(n, _)| n == *k))
+        .collect();
+    for (_, name) in gone.iter().filter(|(kind, _)| *kind == "chain") {
+        out.push_str(&format!("flush chain {p} {name}\n"));
+    }
+    for (kind, name) in &gone {
+        out.push_str(&format!("delete {kind} {p} {name}\n"));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,8 +581,92 @@ COMMIT
             partial_restore(previous, next),
             "*nat\n:KUBE-SVC-B - [0:0]\n:KUBE-SEP-B2 - [0:0]\n:KUBE-SEP-B1 - [0:0]\n-A KUBE-SVC-B -j KUBE-SEP-B2\n-A KUBE-SEP-B2 -j DNAT --to-destination 172.16.2.2:80\n-X KUBE-SEP-B1\nCOMMIT\n"
         );
-        assert_eq!(partial_restore(next, next).replace("*nat\n:KUBE-SEP-B1 - [0:0]\n-X KUBE-SEP-B1\nCOMMIT\n", ""), "");
+        assert_eq!(
+            partial_restore(next, next)
+                .replace("*nat\n:KUBE-SEP-B1 - [0:0]\n-X KUBE-SEP-B1\nCOMMIT\n", ""),
+            ""
+        );
         // With nothing applied before, everything is written.
         assert_eq!(partial_restore("", next), next);
+    }
+
+    #[test]
+    fn partial_nft_touches_only_what_changed() {
+        let table = "add table ip kube-proxy\ndelete table ip kube-proxy\nadd table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n";
+        let base = "add chain ip kube-proxy services\nadd map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\nadd rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n";
+        let a = "add chain ip kube-proxy service-A\nadd chain ip kube-proxy endpoint-A1\nadd element ip kube-proxy service-ips { 10.0.0.1 . tcp . 80 : goto service-A }\nadd rule ip kube-proxy service-A numgen random mod 1 vmap { 0 : goto endpoint-A1 }\nadd rule ip kube-proxy endpoint-A1 meta l4proto tcp dnat to 172.16.1.2:80\n";
+        let a2 = "add chain ip kube-proxy service-A\nadd chain ip kube-proxy endpoint-A2\nadd element ip kube-proxy service-ips { 10.0.0.1 . tcp . 80 : goto service-A }\nadd rule ip kube-proxy service-A numgen random mod 1 vmap { 0 : goto endpoint-A2 }\nadd rule ip kube-proxy endpoint-A2 meta l4proto tcp dnat to 172.16.2.2:80\n";
+        let b = "add chain ip kube-proxy service-B\nadd element ip kube-proxy service-ips { 10.0.0.2 . tcp . 80 : goto service-B }\nadd rule ip kube-proxy service-B reject\n";
+        let previous = format!("{table}{base}{a}{b}");
+        // A's endpoint moved; B is gone.
+        let next = format!("{table}{base}{a2}");
+        assert_eq!(
+            partial_nft(&previous, &next).unwrap(),
+            "add chain ip kube-proxy endpoint-A2\n\
+             flush chain ip kube-proxy service-A\n\
+             add rule ip kube-proxy service-A numgen random mod 1 vmap { 0 : goto endpoint-A2 }\n\
+             add rule ip kube-proxy endpoint-A2 meta l4proto tcp dnat to 172.16.2.2:80\n\
+             delete element ip kube-proxy service-ips { 10.0.0.2 . tcp . 80 }\n\
+             flush chain ip kube-proxy endpoint-A1\n\
+             flush chain ip kube-proxy service-B\n\
+             delete chain ip kube-proxy endpoint-A1\n\
+             delete chain ip kube-proxy service-B\n"
+        );
+        assert_eq!(partial_nft(&next, &next).unwrap(), "");
+        // A declaration that changed cannot be patched: apply everything.
+        let changed = next.replace(
+            "inet_service : verdict ;",
+            "inet_service : verdict ; comment \"x\" ;",
+        );
+        assert!(partial_nft(&next, &changed).is_none());
+    }
+
+    /// The live renderers' output diffs: one service added or one endpoint moved gives a patch
+    /// of that service only, in both the iptables and the nftables modes.
+    #[test]
+    fn partial_syncs_of_rendered_rule_sets_are_small() {
+        use crate::proxy::{NodeContext, ProxyInput, ProxyMode, objects, render};
+        let svc = |name: &str, ip: &str, endpoint: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-x, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints:\n- addresses: [{endpoint}]\n  conditions: {{ready: true}}\nports: [{{port: 80, protocol: TCP, name: \"\"}}]\n---\n"
+            )
+        };
+        let rendered = |mode, text: &str| {
+            let objs = objects::parse_yaml(text).unwrap();
+            let mut node = NodeContext::new("n1", vec!["192.168.0.201".parse().unwrap()]);
+            node.cluster_cidr = Some("172.16.0.0/16".parse().unwrap());
+            render(
+                mode,
+                &ProxyInput::from_objects(node, &objs.services, &objs.endpoint_slices),
+            )
+        };
+        let one = svc("a", "192.168.3.10", "172.16.1.2");
+        let two = format!("{one}{}", svc("b", "192.168.3.11", "172.16.2.2"));
+        let moved = format!("{one}{}", svc("b", "192.168.3.11", "172.16.3.3"));
+
+        let (n2, nm) = (
+            rendered(ProxyMode::Nftables, &two),
+            rendered(ProxyMode::Nftables, &moved),
+        );
+        let added = partial_nft(&rendered(ProxyMode::Nftables, &one), &n2).unwrap();
+        assert!(
+            added.contains("default/b/") && !added.contains("default/a/"),
+            "{added}"
+        );
+        let patch = partial_nft(&n2, &nm).unwrap();
+        assert!(
+            patch.contains("172.16.3.3") && patch.contains("delete chain"),
+            "{patch}"
+        );
+        assert!(!patch.contains("default/a/"), "{patch}");
+
+        let (i2, im) = (
+            rendered(ProxyMode::Iptables, &two),
+            rendered(ProxyMode::Iptables, &moved),
+        );
+        let patch = partial_restore(&i2, &im);
+        assert!(patch.contains("172.16.3.3"), "{patch}");
+        assert!(!patch.contains("default/a"), "{patch}");
+        assert!(patch.lines().count() < i2.lines().count() / 2, "{patch}");
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::proxy::userspace::{NODEPORT_CONTAINER, NODEPORT_HOST, PORTALS_CONTAINER, PORTALS_HOST};
 use crate::proxy::{JumpRule, Position, ProxyMode, jump_rules};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Fixed chains of kube-proxy's iptables mode, per table (`KUBE-FIREWALL` and
 /// `KUBE-MARK-DROP` are kubelet's in a real cluster; here nothing else makes them).
@@ -274,36 +274,43 @@ fn parse_restore(text: &str) -> Vec<(&str, RestoreTable<'_>)> {
 /// written. This is kube-proxy's partial sync; with a thousand services and one change, the
 /// kernel gets a few chains instead of thousands.
 pub fn partial_restore(previous: &str, next: &str) -> String {
+    // Rules grouped by (table, chain), so that comparing a chain is one lookup.
+    fn by_chain<'a>(
+        tables: &[(&'a str, RestoreTable<'a>)],
+    ) -> HashMap<(&'a str, &'a str), Vec<&'a str>> {
+        let mut map: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+        for (name, table) in tables {
+            for (chain, line) in &table.rules {
+                map.entry((*name, *chain)).or_default().push(*line);
+            }
+        }
+        map
+    }
     let before = parse_restore(previous);
-    let rules_of = |table: &RestoreTable, chain: &str| -> Vec<String> {
-        table
-            .rules
-            .iter()
-            .filter(|(c, _)| *c == chain)
-            .map(|(_, l)| l.to_string())
-            .collect()
-    };
+    let after = parse_restore(next);
+    let (old_rules, new_rules) = (by_chain(&before), by_chain(&after));
+    let old_chains: HashSet<(&str, &str)> = before
+        .iter()
+        .flat_map(|(name, t)| t.declarations.iter().map(move |(c, _)| (*name, *c)))
+        .collect();
+    let empty = Vec::new();
     let mut out = String::new();
-    for (name, table) in parse_restore(next) {
-        let old = before.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
-        let deleted: Vec<&str> = table
+    for (name, table) in &after {
+        let deleted: HashSet<&str> = table
             .deletes
             .iter()
             .map(|l| l.trim_start_matches("-X ").trim())
             .collect();
-        let changed: Vec<&str> = table
+        let changed: HashSet<&str> = table
             .declarations
             .iter()
             .map(|(chain, _)| *chain)
             .filter(|chain| {
+                let key = (*name, *chain);
                 deleted.contains(chain)
-                    || match old {
-                        None => true,
-                        Some(old) => {
-                            !old.declarations.iter().any(|(c, _)| c == chain)
-                                || rules_of(old, chain) != rules_of(&table, chain)
-                        }
-                    }
+                    || !old_chains.contains(&key)
+                    || old_rules.get(&key).unwrap_or(&empty)
+                        != new_rules.get(&key).unwrap_or(&empty)
             })
             .collect();
         if changed.is_empty() && table.deletes.is_empty() {
@@ -393,14 +400,15 @@ pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
     }
     let p = new.prefix;
     let mut out = String::new();
-    let old_decl = |key: &(&str, &str)| old.objects.iter().find(|(k, _)| k == key).map(|(_, l)| *l);
+    let old_decls: HashMap<(&str, &str), &str> = old.objects.iter().copied().collect();
+    let new_keys: HashSet<(&str, &str)> = new.objects.iter().map(|(k, _)| *k).collect();
     for (key, line) in &new.objects {
-        match old_decl(key) {
+        match old_decls.get(key) {
             None => {
                 out.push_str(line);
                 out.push('\n');
             }
-            Some(before) if before != *line => return None,
+            Some(before) if before != line => return None,
             Some(_) => {}
         }
     }
@@ -413,7 +421,7 @@ pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
             old.rules.get(name).unwrap_or(&empty),
             new.rules.get(name).unwrap_or(&empty),
         );
-        let existed = old_decl(&(kind, name)).is_some();
+        let existed = old_decls.contains_key(&(*kind, *name));
         if existed && before == after {
             continue;
         }
@@ -427,17 +435,29 @@ pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
     // Elements: deletions first (by key), so that a key whose value changed can be re-added.
     let key_of = |e: &str| e.split_once(" : ").map_or(e, |(k, _)| k).to_string();
     for (set, before) in &old.elements {
-        if !new.objects.iter().any(|((_, n), _)| n == set) {
+        if !new_keys.contains(&("set", *set)) && !new_keys.contains(&("map", *set)) {
             continue;
         }
-        let after = new.elements.get(set).unwrap_or(&empty);
-        for e in before.iter().filter(|e| !after.contains(e)) {
+        let after: HashSet<&str> = new
+            .elements
+            .get(set)
+            .unwrap_or(&empty)
+            .iter()
+            .copied()
+            .collect();
+        for e in before.iter().filter(|e| !after.contains(*e)) {
             out.push_str(&format!("delete element {p} {set} {{ {} }}\n", key_of(e)));
         }
     }
     for (set, after) in &new.elements {
-        let before = old.elements.get(set).unwrap_or(&empty);
-        for e in after.iter().filter(|e| !before.contains(e)) {
+        let before: HashSet<&str> = old
+            .elements
+            .get(set)
+            .unwrap_or(&empty)
+            .iter()
+            .copied()
+            .collect();
+        for e in after.iter().filter(|e| !before.contains(*e)) {
             out.push_str(&format!("add element {p} {set} {{ {e} }}\n"));
         }
     }
@@ -445,7 +465,7 @@ pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
         .objects
         .iter()
         .map(|(k, _)| k)
-        .filter(|k| !new.objects.iter().any(|(n, _)| n == *k))
+        .filter(|k| !new_keys.contains(*k))
         .collect();
     for (_, name) in gone.iter().filter(|(kind, _)| *kind == "chain") {
         out.push_str(&format!("flush chain {p} {name}\n"));

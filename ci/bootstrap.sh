@@ -49,6 +49,11 @@ case "${1:-up}" in
     # The article's steps: the nginx RC and its two services, created from the master.
     kubectl=($kemu exec seed 192.168.0.201 -- kubectl -s http://192.168.0.201:8080)
     "${kubectl[@]}" apply -f examples/seed/
+    # `kubectl wait` fails at once while the controller has not created the pods yet.
+    for _ in $(seq 100); do
+      [ "$("${kubectl[@]}" get pods -l name=nginx -o name | wc -l)" -ge 2 ] && break
+      sleep 0.1
+    done
     "${kubectl[@]}" wait --for=condition=Ready pods -l name=nginx --timeout=120s
     port=$("${kubectl[@]}" get svc nginx-service-nodeport -o 'jsonpath={.spec.ports[0].nodePort}')
     echo "from the outside client: curl http://192.168.0.202:$port"

@@ -19,6 +19,11 @@ for mode in "${modes[@]}"; do
   trap '$kemu down "$lab" >/dev/null' EXIT
   kubectl=(kubectl --kubeconfig "/run/kemu/$lab/kubeconfig")
   "${kubectl[@]}" apply -f examples/seed/
+  # `kubectl wait` fails at once while the controller has not created the pods yet.
+  for _ in $(seq 100); do
+    [ "$("${kubectl[@]}" get pods -l name=nginx -o name | wc -l)" -ge 2 ] && break
+    sleep 0.1
+  done
   "${kubectl[@]}" wait --for=condition=Ready pods -l name=nginx --timeout=120s
   # The proxies sync within a fraction of a second; give the matrix a few tries.
   ok=

@@ -1,4 +1,7 @@
-//! What the benchmarks share: writing their section of BENCHMARKS.md.
+//! What the benchmarks share: raw calls to a lab's API server and writing their section of
+//! BENCHMARKS.md. Not every benchmark uses every helper.
+
+#![allow(dead_code)]
 
 /// Replace (or append) the `<!-- name:begin -->` … `<!-- name:end -->` section of BENCHMARKS.md.
 pub fn write_section(name: &str, section: &str) {
@@ -15,4 +18,36 @@ pub fn write_section(name: &str, section: &str) {
         _ => format!("{text}\n{section}"),
     };
     std::fs::write(path, new).unwrap();
+}
+
+/// One HTTP/1.1 request to the API server on `127.0.0.1:port` (a lab's forwarded port), with
+/// no client library in the measured path: the status code and the body. PATCH bodies are
+/// merge patches.
+pub fn api(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = body.unwrap_or("");
+    let content_type = if method == "PATCH" {
+        "application/merge-patch+json"
+    } else {
+        "application/json"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }

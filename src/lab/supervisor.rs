@@ -218,13 +218,17 @@ fn start(
             Ok(())
         });
     }
-    let child: Child = cmd
+    let mut child: Child = cmd
         .spawn()
         .with_context(|| format!("start {}", agent.spec.command_line()))?;
     let pid = child.id().map(|p| p as i32).context("agent has no pid")?;
     let process = ProcessRecord::of(pid, agent.spec.id());
-    if let Some(p) = &process {
-        p.register(dir)?;
+    if let Some(p) = &process
+        && let Err(e) = p.register(dir)
+    {
+        // `down` finds agents only by their registration: one it cannot find must not live.
+        let _ = child.start_kill();
+        return Err(anyhow::Error::from(e).context(format!("register {}", agent.spec.id())));
     }
     agent.record = process;
     agent.status.pid = Some(pid);

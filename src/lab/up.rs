@@ -174,11 +174,16 @@ fn start_supervisor(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
                 .map_err(std::io::Error::from)
         });
     }
-    let child = cmd.spawn().context("start the lab supervisor")?;
+    let mut child = cmd.spawn().context("start the lab supervisor")?;
     let pid = child.id() as i32;
-    // Record it at once: if `up` dies now, `down` still finds it.
-    if let Some(p) = ProcessRecord::of(pid, "supervisor") {
-        p.register(dir)?;
+    // Record it at once: if `up` dies now, `down` still finds it; if it cannot be recorded,
+    // nothing would ever stop it.
+    if let Some(p) = ProcessRecord::of(pid, "supervisor")
+        && let Err(e) = p.register(dir)
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(anyhow::Error::from(e).context("register the lab supervisor"));
     }
     // The supervisor is not our child for long: reap it in the background if it exits early.
     std::thread::spawn(move || {

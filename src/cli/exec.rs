@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::lab::exec::host_command;
-use crate::lab::state::{LabDir, LabRecord};
+use crate::lab::state::LabRecord;
 
 /// Run a command inside a host's namespace (by host name or underlay IP).
 #[derive(Debug, Args)]
@@ -21,27 +21,9 @@ pub struct ExecArgs {
 }
 
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let dir = LabDir::new(&args.lab);
-    anyhow::ensure!(
-        dir.exists(),
-        "lab {} is not up (see `kemu status`)",
-        args.lab
-    );
-    let record = LabRecord::load(&dir)?;
+    let (dir, record) = LabRecord::open(&args.lab)?;
     let topo = &record.topology;
-    let Some(host) = topo.find_host(&args.host) else {
-        let names: Vec<String> = topo
-            .hosts
-            .iter()
-            .map(|h| format!("{} ({})", h.name, h.ip))
-            .collect();
-        anyhow::bail!(
-            "lab {} has no host {:?}; hosts: {}",
-            args.lab,
-            args.host,
-            names.join(", ")
-        );
-    };
+    let host = record.host(&args.host)?;
     let status = host_command(&dir, &host.name, &topo.host_namespace(host), &args.command)?
         .status()
         .map_err(|e| anyhow::anyhow!("run {:?} on {}: {e}", args.command[0], host.name))?;

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
-use crate::lab::state::{LabDir, LabRecord, ProcessRecord};
+use crate::lab::state::{LabRecord, ProcessRecord};
 use crate::proxy::agent::{self, control};
 use crate::proxy::userspace::ProxyPortAllocator;
 use crate::proxy::{NodeContext, ProxyInput, ProxyMode, objects, render};
@@ -167,20 +167,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
 /// Write the mode files, signal the recorded proxy agents, wait for them.
 fn switch_mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
-    let dir = LabDir::new(&args.lab);
-    let record = LabRecord::load(&dir).with_context(|| {
-        format!(
-            "lab {} is not up (no state in {})",
-            args.lab,
-            dir.root.display()
-        )
-    })?;
+    let (dir, record) = LabRecord::open(&args.lab)?;
     let topo = &record.topology;
     let hosts: Vec<&crate::topology::Host> = match &args.host {
         Some(key) => {
-            let host = topo
-                .find_host(key)
-                .with_context(|| format!("lab {} has no host {key}", args.lab))?;
+            let host = record.host(key)?;
             anyhow::ensure!(
                 host.is_minion(),
                 "host {} is not a minion: it runs no service proxy",

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams, LogParams};
 
-use crate::lab::state::{LabDir, LabRecord};
+use crate::lab::state::LabRecord;
 use crate::reach::probe::{self, Answer};
 use crate::reach::{Cell, Expectations, HostInfo, Outcome, hosts_without_pod, plan, render};
 
@@ -55,13 +55,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let dir = LabDir::new(&args.lab);
-    anyhow::ensure!(
-        dir.exists(),
-        "lab {} is not up (see `kemu status`)",
-        args.lab
-    );
-    let record = LabRecord::load(&dir)?;
+    let (_, record) = LabRecord::open(&args.lab)?;
     let topo = &record.topology;
     let port = record.api_port.with_context(|| {
         format!(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::lab::snapshot::host_rules;
-use crate::lab::state::{LabDir, LabRecord};
+use crate::lab::state::LabRecord;
 use crate::proxy::agent::control;
 
 /// Print the live iptables/nftables rules of a lab's hosts.
@@ -19,22 +19,10 @@ pub struct SnapshotArgs {
 }
 
 pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let dir = LabDir::new(&args.lab);
-    anyhow::ensure!(
-        dir.exists(),
-        "lab {} is not up (see `kemu status`)",
-        args.lab
-    );
-    let record = LabRecord::load(&dir)?;
+    let (dir, record) = LabRecord::open(&args.lab)?;
     let topo = &record.topology;
     let hosts: Vec<_> = match &args.host {
-        Some(key) => vec![topo.find_host(key).ok_or_else(|| {
-            anyhow::anyhow!(
-                "lab {} has no host {key:?} (see `kemu status {}`)",
-                args.lab,
-                args.lab
-            )
-        })?],
+        Some(key) => vec![record.host(key)?],
         None => topo.hosts.iter().collect(),
     };
     for (i, host) in hosts.iter().enumerate() {

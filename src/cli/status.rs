@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::lab::state::{LabDir, LabRecord, ProcessRecord};
+use crate::lab::state::{LabRecord, ProcessRecord};
 use crate::lab::supervisor::read_status;
 use crate::netns;
 
@@ -24,9 +24,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let lab = super::pick_lab(args.lab.as_deref(), false)?;
-    let dir = LabDir::new(&lab);
-    anyhow::ensure!(dir.exists(), "lab {lab} is not up");
-    let record = LabRecord::load(&dir)?;
+    let (dir, record) = LabRecord::open(&lab)?;
     let topo = &record.topology;
     let agents = read_status(&dir);
     let supervisor = ProcessRecord::all(&dir)

@@ -95,6 +95,34 @@ pub struct LabRecord {
 }
 
 impl LabRecord {
+    /// The state directory and record of the running lab `lab`, or an error that says so.
+    pub fn open(lab: &str) -> anyhow::Result<(LabDir, LabRecord)> {
+        let dir = LabDir::new(lab);
+        anyhow::ensure!(
+            dir.exists(),
+            "lab {lab} is not up (`kemu status` lists the labs that are)"
+        );
+        let record = LabRecord::load(&dir)?;
+        Ok((dir, record))
+    }
+
+    /// A host of the lab by name or underlay IP; the error lists the hosts there are.
+    pub fn host(&self, key: &str) -> anyhow::Result<&crate::topology::Host> {
+        let topo = &self.topology;
+        topo.find_host(key).ok_or_else(|| {
+            let names: Vec<String> = topo
+                .hosts
+                .iter()
+                .map(|h| format!("{} ({})", h.name, h.ip))
+                .collect();
+            anyhow::anyhow!(
+                "lab {} has no host {key:?}; hosts: {}",
+                topo.name,
+                names.join(", ")
+            )
+        })
+    }
+
     pub fn load(dir: &LabDir) -> anyhow::Result<LabRecord> {
         let text = std::fs::read_to_string(dir.lab_json())
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.lab_json().display()))?;

@@ -84,6 +84,18 @@ struct Slot {
 }
 
 impl Slot {
+    /// Step the exponential back-off (`first`, then doubling up to [`MAX_BACKOFF`]) and
+    /// return the delay that was due before this step (zero the first time).
+    fn step_backoff(&mut self, first: Duration) -> Duration {
+        let delay = self.backoff;
+        self.backoff = if delay.is_zero() {
+            first
+        } else {
+            (delay * 2).min(MAX_BACKOFF)
+        };
+        delay
+    }
+
     fn new(spec: &Container, init: bool) -> Slot {
         Slot {
             spec: spec.clone(),
@@ -391,12 +403,7 @@ impl Worker {
                 if slot.started.is_some_and(|s| s.elapsed() >= BACKOFF_RESET) {
                     slot.backoff = Duration::ZERO;
                 }
-                let delay = slot.backoff;
-                slot.backoff = if delay.is_zero() {
-                    self.ctx.restart_backoff
-                } else {
-                    (delay * 2).min(MAX_BACKOFF)
-                };
+                let delay = slot.step_backoff(self.ctx.restart_backoff);
                 slot.not_before = Some(Instant::now() + delay);
                 slot.id = None;
                 if !delay.is_zero() {
@@ -529,13 +536,7 @@ impl Worker {
                 None
             }
             Err(err @ RuntimeError::ImageNotAvailable { .. }) => {
-                let first = slot.backoff.is_zero();
-                let delay = slot.backoff;
-                slot.backoff = if first {
-                    self.ctx.restart_backoff
-                } else {
-                    (delay * 2).min(MAX_BACKOFF)
-                };
+                let first = slot.step_backoff(self.ctx.restart_backoff).is_zero();
                 slot.not_before = Some(Instant::now() + slot.backoff);
                 let (reason, message) = if first {
                     ("ErrImagePull", err.to_string())
@@ -593,12 +594,7 @@ impl Worker {
             }
             Err(e) => {
                 // A command that cannot start fails like a crash: back off and retry.
-                let delay = slot.backoff;
-                slot.backoff = if delay.is_zero() {
-                    self.ctx.restart_backoff
-                } else {
-                    (delay * 2).min(MAX_BACKOFF)
-                };
+                let delay = slot.step_backoff(self.ctx.restart_backoff);
                 slot.not_before = Some(Instant::now() + delay);
                 slot.state = RunState::Waiting {
                     reason: "RunContainerError".into(),

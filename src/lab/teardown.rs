@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 
 use super::state::{Journal, JournalEntry, LabDir, ProcessRecord};
 use crate::netns;
-use crate::runtime::process::layout::{self, ProcessRecord as RuntimeProcess};
+use crate::runtime::process::layout;
 
 /// How long processes get between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -18,55 +18,38 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The processes the kubelets' process runtimes started for this lab: every container's
 /// shim and main process, as recorded (PID and start time) in
 /// `hosts/<host>/kubelet/runtime/containers/<id>/`.
-fn lab_containers(dir: &LabDir) -> Vec<RuntimeProcess> {
+fn lab_containers(dir: &LabDir) -> Vec<ProcessRecord> {
     let mut out = Vec::new();
     let Ok(hosts) = std::fs::read_dir(dir.root.join("hosts")) else {
         return out;
     };
     for host in hosts.flatten() {
-        let containers = host.path().join("kubelet/runtime/containers");
-        let Ok(entries) = std::fs::read_dir(&containers) else {
+        let Ok(entries) = std::fs::read_dir(host.path().join("kubelet/runtime/containers")) else {
             continue;
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if let Ok(Some(c)) =
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let container =
                 layout::read_json::<layout::ContainerRecord>(&path.join(layout::CONTAINER))
-            {
-                out.push(c.process());
-            }
-            if let Ok(Some(shim)) = layout::read_json::<RuntimeProcess>(&path.join(layout::SHIM)) {
-                out.push(shim);
+                    .ok()
+                    .flatten()
+                    .map(|c| c.process());
+            let shim = layout::read_json::<layout::ProcessRecord>(&path.join(layout::SHIM))
+                .ok()
+                .flatten();
+            for (p, what) in [(container, "container"), (shim, "shim")] {
+                if let Some(p) = p {
+                    out.push(ProcessRecord {
+                        pid: p.pid as i32,
+                        start_time: p.start_ticks,
+                        what: format!("{what} {id}"),
+                    });
+                }
             }
         }
     }
     out
-}
-
-/// SIGTERM every live container process and shim, SIGKILL what is left after the grace.
-fn stop_containers(dir: &LabDir, errors: &mut Vec<String>) -> usize {
-    let live: Vec<RuntimeProcess> = lab_containers(dir)
-        .into_iter()
-        .filter(|p| p.alive())
-        .collect();
-    for p in &live {
-        let _ = p.signal(libc::SIGTERM);
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while live.iter().any(|p| p.alive()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for p in live.iter().filter(|p| p.alive()) {
-        let _ = p.signal(libc::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while live.iter().any(|p| p.alive()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for p in live.iter().filter(|p| p.alive()) {
-        errors.push(format!("container process {} is still running", p.pid));
-    }
-    live.len()
 }
 
 /// What teardown did, and what failed.
@@ -95,8 +78,12 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     report.stopped_processes += stop_processes(&others, STOP_GRACE, &mut report.errors);
     // The pods' containers outlive their kubelet on purpose (a restarted kubelet adopts them),
     // so the kubelets' runtime directories are the record of what is left to stop.
-    report.stopped_processes += stop_containers(dir, &mut report.errors);
-    for record in ProcessRecord::all(dir) {
+    report.stopped_processes +=
+        stop_processes(&lab_containers(dir), STOP_GRACE, &mut report.errors);
+    for record in ProcessRecord::all(dir)
+        .into_iter()
+        .chain(lab_containers(dir))
+    {
         if record.is_alive() {
             report.errors.push(format!(
                 "process {} ({}) is still running",

@@ -59,7 +59,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
     let topo = &record.topology;
     let port = record.api_port.with_context(|| {
         format!(
-            "lab {} runs no API server (was it started with --no-agents?)",
+            "lab {} runs no API server (it was started with --network-only): reach needs the cluster; start it again without that flag",
             args.lab
         )
     })?;
@@ -83,7 +83,6 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|h| HostInfo {
             name: h.name.clone(),
-            ip: h.ip.into(),
             netns: topo.host_namespace(h),
             cluster: h.is_minion(),
         })

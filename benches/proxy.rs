@@ -194,11 +194,7 @@ fn agent_sync(
     }
     if mode == ProxyMode::Nftables {
         let text = render(mode, &input);
-        let patch = match (&state.applied, full) {
-            (Some(previous), false) => rules::partial_nft(previous, &text),
-            _ => None,
-        };
-        let apply = patch.unwrap_or_else(|| text.clone());
+        let apply = rules::nft_sync_input(&text, state.applied.as_deref(), full);
         let render_time = started.elapsed();
         let applying = Instant::now();
         let stopped = !apply.is_empty() && !apply_limited("nft", &["-f", "-"], &apply);
@@ -224,11 +220,7 @@ fn agent_sync(
         };
     }
     let text = render(mode, &input);
-    let apply = match (&save, &state.applied) {
-        (Some(save), _) => rules::with_jumps(&text, &rules::missing_jumps(mode, save)),
-        (None, Some(previous)) => rules::partial_restore(previous, &text),
-        (None, None) => text.clone(),
-    };
+    let apply = rules::iptables_sync_input(mode, &text, save.as_deref(), state.applied.as_deref());
     let render_time = started.elapsed() - kernel_time;
     let applying = Instant::now();
     let stopped = !apply.is_empty() && !apply_limited("iptables-restore", RESTORE_ARGS, &apply);

@@ -297,15 +297,12 @@ impl Agent {
                 self.service_ports = input.services.len();
                 let script = render(ProxyMode::Nftables, &input);
                 // Full syncs rebuild the table; the others patch what changed.
-                let patch = match (&self.applied_restore, full) {
-                    (Some(previous), false) => rules::partial_nft(previous, &script),
-                    _ => None,
-                };
+                let apply = rules::nft_sync_input(&script, self.applied_restore.as_deref(), full);
                 self.applied_restore = None;
-                let result = match patch {
-                    Some(patch) if patch.is_empty() => Ok(()),
-                    Some(patch) => kernel::nft_apply(&patch),
-                    None => kernel::nft_apply(&script),
+                let result = if apply.is_empty() {
+                    Ok(())
+                } else {
+                    kernel::nft_apply(&apply)
                 };
                 if result.is_ok() {
                     self.applied_restore = Some(script);
@@ -362,11 +359,12 @@ impl Agent {
         let text = render(self.mode, &input);
         // A full sync writes everything (plus missing jumps); the others only the chains that
         // changed since the last applied input.
-        let restore = match (&save, &self.applied_restore) {
-            (Some(save), _) => rules::with_jumps(&text, &rules::missing_jumps(self.mode, save)),
-            (None, Some(previous)) => rules::partial_restore(previous, &text),
-            (None, None) => text.clone(),
-        };
+        let restore = rules::iptables_sync_input(
+            self.mode,
+            &text,
+            save.as_deref(),
+            self.applied_restore.as_deref(),
+        );
         self.applied_restore = None;
         if !restore.is_empty() {
             kernel::iptables_restore(&restore)?;

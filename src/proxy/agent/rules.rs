@@ -338,6 +338,33 @@ pub fn partial_restore(previous: &str, next: &str) -> String {
     out
 }
 
+/// What an iptables-mode sync writes: on a full sync (`save` read from the kernel) the whole
+/// rendered `text` plus the jump rules the kernel lacks; otherwise only what differs from
+/// the last applied input; the whole text when nothing was applied yet.
+pub fn iptables_sync_input(
+    mode: ProxyMode,
+    text: &str,
+    save: Option<&str>,
+    previous: Option<&str>,
+) -> String {
+    match (save, previous) {
+        (Some(save), _) => with_jumps(text, &missing_jumps(mode, save)),
+        (None, Some(previous)) => partial_restore(previous, text),
+        (None, None) => text.to_owned(),
+    }
+}
+
+/// What an nftables sync writes: a patch from the last applied script when there is one and
+/// the sync is not a full one, else the whole `script` (which rebuilds the table).
+pub fn nft_sync_input(script: &str, previous: Option<&str>, full: bool) -> String {
+    match previous {
+        Some(previous) if !full => {
+            partial_nft(previous, script).unwrap_or_else(|| script.to_owned())
+        }
+        _ => script.to_owned(),
+    }
+}
+
 /// The objects of a rendered nft script (a flat list of `add` commands for one table).
 #[derive(Default)]
 struct NftScript<'a> {

@@ -270,9 +270,11 @@ fn parse_restore(text: &str) -> Vec<(&str, RestoreTable<'_>)> {
 
 /// A restore input that takes the kernel from `previous` (the last input applied in full or
 /// in part) to `next`: with `--noflush`, chains it does not mention keep their rules, so only
-/// chains that are new, changed or to be deleted are declared (which flushes them) and
-/// written. This is kube-proxy's partial sync; with a thousand services and one change, the
-/// kernel gets a few chains instead of thousands.
+/// chains that are new, changed or to be deleted are written. This is kube-proxy's partial
+/// sync; with a thousand services and one change, the kernel gets a few chains instead of
+/// thousands. A long chain with a few changed rules (`KUBE-SERVICES` after one service
+/// changed) is edited in place ([`rule_edits`]); other changed chains are declared, which
+/// flushes them, and written whole.
 pub fn partial_restore(previous: &str, next: &str) -> String {
     // Rules grouped by (table, chain), so that comparing a chain is one lookup.
     fn by_chain<'a>(
@@ -316,15 +318,35 @@ pub fn partial_restore(previous: &str, next: &str) -> String {
         if changed.is_empty() && table.deletes.is_empty() {
             continue;
         }
+        // Chains kept in the kernel and edited rule by rule instead of rewritten.
+        let edits: HashMap<&str, Vec<String>> = changed
+            .iter()
+            .filter(|chain| old_chains.contains(&(*name, **chain)) && !deleted.contains(*chain))
+            .filter_map(|chain| {
+                let key = (*name, *chain);
+                let (old, new) = (
+                    old_rules.get(&key).unwrap_or(&empty),
+                    new_rules.get(&key).unwrap_or(&empty),
+                );
+                Some((*chain, rule_edits(chain, old, new)?))
+            })
+            .collect();
         out.push_str(&format!("*{name}\n"));
         for (chain, line) in &table.declarations {
-            if changed.contains(chain) {
+            if changed.contains(chain) && !edits.contains_key(chain) {
                 out.push_str(line);
                 out.push('\n');
             }
         }
         for (chain, line) in &table.rules {
-            if changed.contains(chain) {
+            if changed.contains(chain) && !edits.contains_key(chain) {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        // After the declarations, so that a new rule's jump target exists.
+        for (chain, _) in &table.declarations {
+            for line in edits.get(chain).into_iter().flatten() {
                 out.push_str(line);
                 out.push('\n');
             }
@@ -336,6 +358,82 @@ pub fn partial_restore(previous: &str, next: &str) -> String {
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// Chains shorter than this are rewritten whole: editing rules by number makes iptables-nft
+/// read the chain's rules from the kernel first, which only pays off for long chains.
+const EDIT_MIN_RULES: usize = 16;
+
+/// The restore commands that turn `chain`'s rules `old` (as in the kernel) into `new` in
+/// place: `-R` for a replaced rule, `-D` and `-I` by rule number (`-A` at the end), in the
+/// order of a diff of the two lists, so that every number is valid when its command runs.
+/// `None` when rewriting the chain is cheaper: a short chain, or more than a quarter of it
+/// changed. Writing only the changed rules is what makes one change cheap in a chain of a
+/// thousand (with the nf_tables backend, a chain rewrite costs about 35 µs per rule).
+pub fn rule_edits(chain: &str, old: &[&str], new: &[&str]) -> Option<Vec<String>> {
+    if old.len() < EDIT_MIN_RULES {
+        return None;
+    }
+    let ops = similar::capture_diff_slices(similar::Algorithm::Myers, old, new);
+    let changed: usize = ops
+        .iter()
+        .map(|op| match *op {
+            similar::DiffOp::Equal { .. } => 0,
+            similar::DiffOp::Delete { old_len, .. } => old_len,
+            similar::DiffOp::Insert { new_len, .. } => new_len,
+            similar::DiffOp::Replace {
+                old_len, new_len, ..
+            } => old_len.max(new_len),
+        })
+        .sum();
+    if changed * 4 > old.len() {
+        return None;
+    }
+    // The arguments of a rendered rule: what follows `-A CHAIN `.
+    let args = |rule: &str| rule.split_at(3 + chain.len() + 1).1.to_owned();
+    let mut out = Vec::new();
+    // Rules in the kernel's chain as the commands so far leave it. An op's rules start at
+    // its `new_index`: everything before it already reads as `new`.
+    let mut len = old.len();
+    for op in ops {
+        let (old_len, new_index, new_len) = match op {
+            similar::DiffOp::Equal { .. } => continue,
+            similar::DiffOp::Delete {
+                old_len, new_index, ..
+            } => (old_len, new_index, 0),
+            similar::DiffOp::Insert {
+                new_index, new_len, ..
+            } => (0, new_index, new_len),
+            similar::DiffOp::Replace {
+                old_len,
+                new_index,
+                new_len,
+                ..
+            } => (old_len, new_index, new_len),
+        };
+        let replaced = old_len.min(new_len);
+        for (at, rule) in new.iter().enumerate().skip(new_index).take(replaced) {
+            out.push(format!("-R {chain} {} {}", at + 1, args(rule)));
+        }
+        for _ in replaced..old_len {
+            out.push(format!("-D {chain} {}", new_index + replaced + 1));
+            len -= 1;
+        }
+        for (at, rule) in new
+            .iter()
+            .enumerate()
+            .take(new_index + new_len)
+            .skip(new_index + replaced)
+        {
+            out.push(if at == len {
+                format!("-A {chain} {}", args(rule))
+            } else {
+                format!("-I {chain} {} {}", at + 1, args(rule))
+            });
+            len += 1;
+        }
+    }
+    Some(out)
 }
 
 /// What an iptables-mode sync writes: on a full sync (`save` read from the kernel) the whole
@@ -635,6 +733,89 @@ COMMIT
         );
         // With nothing applied before, everything is written.
         assert_eq!(partial_restore("", next), next);
+    }
+
+    /// Plays restore commands on a chain's rule list the way iptables does.
+    fn play(chain: &str, rules: &[&str], commands: &[String]) -> Vec<String> {
+        let mut live: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+        for c in commands {
+            let mut words = c.splitn(4, ' ');
+            let (verb, on) = (words.next().unwrap(), words.next().unwrap());
+            assert_eq!(on, chain, "{c}");
+            let rest: Vec<&str> = words.collect();
+            let rule = |args: &str| format!("-A {chain} {args}");
+            match verb {
+                "-A" => live.push(rule(&rest.join(" "))),
+                "-D" => {
+                    let n: usize = rest[0].parse().unwrap();
+                    assert!(rest.len() == 1 && n >= 1 && n <= live.len(), "{c}");
+                    live.remove(n - 1);
+                }
+                "-R" | "-I" => {
+                    let n: usize = rest[0].parse().unwrap();
+                    assert!(n >= 1 && n <= live.len(), "{c} on {} rules", live.len());
+                    if verb == "-R" {
+                        live[n - 1] = rule(rest[1]);
+                    } else {
+                        live.insert(n - 1, rule(rest[1]));
+                    }
+                }
+                _ => panic!("unexpected command {c}"),
+            }
+        }
+        live
+    }
+
+    #[test]
+    fn rule_edits_turn_the_old_chain_into_the_new_one() {
+        use rand::{Rng, SeedableRng};
+        let chain = "KUBE-SERVICES";
+        let rule = |i: usize| {
+            format!(
+                "-A {chain} -d 10.0.{}.{}/32 -j KUBE-SVC-{i}",
+                i / 250,
+                i % 250
+            )
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut edited = 0;
+        for case in 0..300 {
+            let old: Vec<String> = (0..rng.random_range(16..120)).map(rule).collect();
+            let mut new = old.clone();
+            for _ in 0..rng.random_range(1..5) {
+                let at = rng.random_range(0..new.len());
+                match rng.random_range(0..3) {
+                    0 => new[at] = rule(1000 + case * 10 + at),
+                    1 => {
+                        new.remove(at);
+                    }
+                    _ => new.insert(at, rule(5000 + case * 10 + at)),
+                }
+            }
+            let (o, n): (Vec<&str>, Vec<&str>) = (
+                old.iter().map(String::as_str).collect(),
+                new.iter().map(String::as_str).collect(),
+            );
+            let Some(commands) = rule_edits(chain, &o, &n) else {
+                continue;
+            };
+            assert_eq!(play(chain, &o, &commands), new, "case {case}: {commands:?}");
+            edited += 1;
+        }
+        assert!(edited > 150, "only {edited} cases were edited in place");
+        // One changed rule of a long chain is one replace; short chains are rewritten.
+        let old: Vec<String> = (0..100).map(rule).collect();
+        let mut new = old.clone();
+        new[40] = rule(999);
+        let o: Vec<&str> = old.iter().map(String::as_str).collect();
+        let n: Vec<&str> = new.iter().map(String::as_str).collect();
+        assert_eq!(
+            rule_edits(chain, &o, &n).unwrap(),
+            vec![format!("-R {chain} 41 -d 10.0.3.249/32 -j KUBE-SVC-999")]
+        );
+        assert!(rule_edits(chain, &o[..10], &n[..10]).is_none());
+        // Many changes: rewrite.
+        assert!(rule_edits(chain, &o, &n[50..]).is_none());
     }
 
     #[test]

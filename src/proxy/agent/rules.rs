@@ -5,7 +5,11 @@
 
 use crate::proxy::userspace::{NODEPORT_CONTAINER, NODEPORT_HOST, PORTALS_CONTAINER, PORTALS_HOST};
 use crate::proxy::{JumpRule, Position, ProxyMode, jump_rules};
-use std::collections::{BTreeMap, HashMap, HashSet};
+
+// The diffs hash every line of two rule sets of thousands of rules on every sync; SipHash's
+// resistance to crafted keys buys nothing for our own rendered text, foldhash is much faster.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 /// Fixed chains of kube-proxy's iptables mode, per table (`KUBE-FIREWALL` and
 /// `KUBE-MARK-DROP` are kubelet's in a real cluster; here nothing else makes them).
@@ -280,7 +284,7 @@ pub fn partial_restore(previous: &str, next: &str) -> String {
     fn by_chain<'a>(
         tables: &[(&'a str, RestoreTable<'a>)],
     ) -> HashMap<(&'a str, &'a str), Vec<&'a str>> {
-        let mut map: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+        let mut map: HashMap<(&str, &str), Vec<&str>> = HashMap::default();
         for (name, table) in tables {
             for (chain, line) in &table.rules {
                 map.entry((*name, *chain)).or_default().push(*line);
@@ -471,9 +475,9 @@ struct NftScript<'a> {
     /// Chains, sets and maps: (kind, name) → declaration line, in order.
     objects: Vec<((&'a str, &'a str), &'a str)>,
     /// Chain → its rules (everything after the chain name), in order.
-    rules: BTreeMap<&'a str, Vec<&'a str>>,
+    rules: HashMap<&'a str, Vec<&'a str>>,
     /// Set or map → its elements (the text between the braces).
-    elements: BTreeMap<&'a str, Vec<&'a str>>,
+    elements: HashMap<&'a str, Vec<&'a str>>,
     /// The `family table` prefix of every command, e.g. `ip kube-proxy`.
     prefix: &'a str,
 }
@@ -559,10 +563,17 @@ pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
     }
     // Elements: deletions first (by key), so that a key whose value changed can be re-added.
     let key_of = |e: &str| e.split_once(" : ").map_or(e, |(k, _)| k).to_string();
-    for (set, before) in &old.elements {
-        if !new_keys.contains(&("set", *set)) && !new_keys.contains(&("map", *set)) {
+    // Sets and maps in declaration order, so that the patch is the same on every run.
+    let sets = || {
+        new.objects
+            .iter()
+            .filter(|((kind, _), _)| *kind != "chain")
+            .map(|((_, name), _)| *name)
+    };
+    for set in sets() {
+        let Some(before) = old.elements.get(set) else {
             continue;
-        }
+        };
         let after: HashSet<&str> = new
             .elements
             .get(set)
@@ -574,7 +585,10 @@ pub fn partial_nft(previous: &str, next: &str) -> Option<String> {
             out.push_str(&format!("delete element {p} {set} {{ {} }}\n", key_of(e)));
         }
     }
-    for (set, after) in &new.elements {
+    for set in sets() {
+        let Some(after) = new.elements.get(set) else {
+            continue;
+        };
         let before: HashSet<&str> = old
             .elements
             .get(set)

@@ -1,18 +1,38 @@
 //! The Kubernetes client the agents share: kube-rs over plain HTTP to the lab's API server
 //! (`http://<master-ip>:8080`), reached over the emulated underlay.
+//!
+//! The service stack is built here rather than from a `kube::Config`: a lab's API server needs
+//! no kubeconfig, TLS or auth plugins, and leaving that machinery out of the stack keeps it out
+//! of the agents' binaries (a node's kubelet and flanneld must stay small, see BENCHMARKS.md).
 
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::client::middleware::BaseUriLayer;
+use tower::ServiceBuilder;
+
+/// How long a connection to the API server may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client for `url`. Call it inside a tokio runtime.
 pub fn connect(url: &str) -> anyhow::Result<kube::Client> {
-    let uri = url
+    let uri: http::Uri = url
         .parse()
         .with_context(|| format!("API server URL {url:?} is not a URL"))?;
-    let mut config = kube::Config::new(uri);
-    config.connect_timeout = Some(Duration::from_secs(2));
-    kube::Client::try_from(config).with_context(|| format!("create a client for {url}"))
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http") && uri.authority().is_some(),
+        "API server URL {url:?}: kemu's agents speak plain http://HOST:PORT"
+    );
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    let service = ServiceBuilder::new()
+        .layer(BaseUriLayer::new(uri))
+        .service(http);
+    Ok(kube::Client::new(service, "default"))
 }
 
 /// A current-thread runtime for an agent: agents are many and must stay small.

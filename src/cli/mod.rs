@@ -10,10 +10,10 @@ mod container_shim;
 mod controller_manager;
 mod down;
 mod exec;
-mod flanneld;
+pub mod flanneld;
 mod generate;
 mod image;
-mod kubelet;
+pub mod kubelet;
 pub mod proxy;
 mod reach;
 mod scheduler;
@@ -81,11 +81,21 @@ pub enum Command {
 
 /// Initialise tracing on stderr with the filter given by `--log` / `KEMU_LOG`.
 pub fn init_tracing(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    init_log(&cli.log);
+}
+
+/// Log to stderr with a filter of `target=level` directives, as `RUST_LOG` takes them
+/// (`warn` when the filter does not parse). `Targets` rather than `EnvFilter`: it needs no
+/// regex engine, which would be most of a small agent's code.
+pub fn init_log(filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .try_init();
 }
 

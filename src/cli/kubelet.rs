@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use ipnet::Ipv4Net;
 
@@ -49,6 +50,10 @@ pub struct KubeletArgs {
     /// Pod capacity.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// The kemu binary, which runs container shims and built-in images (default: this
+    /// program, or the `kemu` beside `kemu-kubelet`).
+    #[arg(long, env = crate::lab::agents::KEMU_BINARY)]
+    pub kemu_binary: Option<PathBuf>,
 }
 
 pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
@@ -57,6 +62,10 @@ pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         labels.insert(k.to_string(), v.to_string());
     }
+    let kemu_binary = match args.kemu_binary {
+        Some(path) => path,
+        None => default_kemu_binary()?,
+    };
     let cfg = Config {
         api_server: args.api_server,
         node_name: args.node_name,
@@ -70,7 +79,17 @@ pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
         labels,
         restart_backoff: args.restart_backoff,
         max_pods: args.max_pods,
+        kemu_binary,
     };
     crate::client::agent_runtime()?.block_on(run(cfg))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This program when it is `kemu`; the `kemu` beside it when it is `kemu-kubelet`.
+fn default_kemu_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locate the kemu binary")?;
+    Ok(match me.file_name() {
+        Some(name) if name == "kemu-kubelet" => me.with_file_name("kemu"),
+        _ => me,
+    })
 }

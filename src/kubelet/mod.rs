@@ -51,14 +51,17 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub restart_backoff: Duration,
     pub max_pods: u32,
+    /// The kemu binary: container shims and built-in images run from it.
+    pub kemu_binary: PathBuf,
 }
 
 /// Run until SIGTERM (pods keep running).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client = crate::client::connect(&cfg.api_server)?;
-    let kemu = std::env::current_exe().context("locate the kemu binary")?;
-    let runtime: Arc<dyn ContainerRuntime> =
-        Arc::new(ProcessRuntime::new(cfg.root_dir.join("runtime"), kemu));
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(ProcessRuntime::new(
+        cfg.root_dir.join("runtime"),
+        cfg.kemu_binary.clone(),
+    ));
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =

@@ -1,11 +1,24 @@
 //! Which processes run on which host: a pure function of the topology. The supervisor starts
 //! them inside their host's namespace; `kemu up --dry-run` prints them.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use crate::topology::Topology;
 
 use super::state::LabDir;
+
+/// The node agents that have a small binary of their own (src/bin/): every minion runs one
+/// of each, and a binary holding only that agent's code keeps its resident memory small (the
+/// kernel maps nearly all of a binary's code into every process that runs it). `kemu kubelet`
+/// and `kemu flanneld` run the same code when the binaries are missing.
+pub const NODE_AGENT_BINARIES: [(&str, &str); 2] =
+    [("kubelet", "kemu-kubelet"), ("flanneld", "kemu-flanneld")];
+
+/// Environment variable through which the supervisor tells its agents where the `kemu`
+/// binary is (the kubelet starts container shims and built-in images from it).
+pub const KEMU_BINARY: &str = "KEMU_BINARY";
 
 /// One supervised process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +40,24 @@ impl AgentSpec {
     /// `host/name`, as shown by `status` and recorded in `pids/`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.host, self.name)
+    }
+
+    /// The program that runs this agent and its arguments. A node agent with a binary of
+    /// its own beside `kemu` ([`NODE_AGENT_BINARIES`]) runs from it; the other agents run as
+    /// `kemu <agent>`; a user daemon is its own command line.
+    pub fn program<'a>(&'a self, kemu: &Path) -> (PathBuf, &'a [String]) {
+        if !self.kemu {
+            return (PathBuf::from(&self.args[0]), &self.args[1..]);
+        }
+        let own = NODE_AGENT_BINARIES
+            .iter()
+            .find(|(agent, _)| *agent == self.args[0])
+            .map(|(_, binary)| kemu.with_file_name(binary))
+            .filter(|binary| binary.exists());
+        match own {
+            Some(binary) => (binary, &self.args[1..]),
+            None => (kemu.to_path_buf(), &self.args[..]),
+        }
     }
 
     /// The command line, for display.

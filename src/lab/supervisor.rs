@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use super::agents::{AgentSpec, agent_specs};
+use super::agents::{AgentSpec, KEMU_BINARY, agent_specs};
 use super::state::{LabDir, LabRecord, ProcessRecord, write_atomic};
 use crate::netns::NetNs;
 
@@ -189,15 +189,9 @@ fn start(
     index: usize,
     exited: mpsc::UnboundedSender<(usize, String, Duration)>,
 ) -> anyhow::Result<()> {
-    let mut cmd = if agent.spec.kemu {
-        let mut cmd = Command::new(&record.binary);
-        cmd.args(&agent.spec.args);
-        cmd
-    } else {
-        let mut cmd = Command::new(&agent.spec.args[0]);
-        cmd.args(&agent.spec.args[1..]);
-        cmd
-    };
+    let (program, args) = agent.spec.program(&record.binary);
+    let mut cmd = Command::new(program);
+    cmd.args(args);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -207,6 +201,7 @@ fn start(
         .stderr(log)
         .env("KEMU_LAB", &record.topology.name)
         .env("KEMU_HOST", &agent.spec.host)
+        .env(KEMU_BINARY, &record.binary)
         .kill_on_drop(false);
     let fd = agent.ns.as_raw_fd();
     // SAFETY: setns is async-signal-safe; the fd stays open in the parent until spawn returns.

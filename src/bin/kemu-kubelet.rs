@@ -1,0 +1,25 @@
+//! `kemu-kubelet`: the node agent alone, a small binary so that every minion's resident
+//! memory holds only the code this agent runs (`kemu kubelet` is the same agent).
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "kemu-kubelet", version)]
+struct Cli {
+    #[arg(long, env = "KEMU_LOG", default_value = "warn")]
+    log: String,
+    #[command(flatten)]
+    args: kemu::cli::kubelet::KubeletArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    kemu::cli::init_log(&cli.log);
+    match kemu::cli::kubelet::run_cli(cli.args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

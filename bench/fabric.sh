@@ -12,7 +12,7 @@ for p in mininet bridge-utils time bc; do
     apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null; }
 done
 cargo build --release --locked -q
-KEMU=./target/release/kemu
+KEMU=./target/$(rustc -vV | sed -n 's/^host: //p')/release/kemu
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"; $KEMU down --all >/dev/null 2>&1 || true' EXIT
 
 # The kernel frees deleted namespaces in the background (cleanup_net); until it is done, new

@@ -34,13 +34,20 @@ deps() {
   fi
 }
 
+# Build kemu and its node agents (static, size-optimised: .cargo/config.toml, Cargo.toml) and
+# link ./kemu to the binary, which cargo puts under target/<host>/release/.
+build() {
+  cargo build --release --locked
+  ln -sfn "target/$(rustc -vV | sed -n 's/^host: //p')/release/kemu" kemu
+}
+
 case "${1:-up}" in
   deps)
     need_root "$@"; deps ;;
   up)
     need_root "$@"; deps
-    cargo build --release --locked
-    kemu=./target/release/kemu
+    build
+    kemu=./kemu
     if [ -d /run/kemu/seed ]; then
       echo "lab seed is already up; 'sudo $kemu down seed' to start afresh"
     else

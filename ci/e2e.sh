@@ -6,7 +6,7 @@
 #   sudo ./ci/e2e.sh [MODE...]     # default: userspace iptables nftables
 set -euo pipefail
 cd "$(dirname "$0")/.."
-kemu=${KEMU:-./target/release/kemu}
+kemu=${KEMU:-./kemu}        # linked by ci/bootstrap.sh
 expect=tests/fixtures/reach/seed.expect
 evidence=${EVIDENCE:-target/kemu-evidence}
 modes=("$@")

@@ -87,14 +87,14 @@ pub struct ProxyInput {
 impl ProxyInput {
     /// Build the input from API objects. Headless and ExternalName services are dropped,
     /// addresses of the other IP family are ignored, and the result is sorted.
-    pub fn from_objects(
+    pub fn from_objects<'a>(
         node: NodeContext,
-        services: &[Service],
-        slices: &[EndpointSlice],
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> ProxyInput {
         let family = node.family();
         let mut ports: Vec<ServicePort> = services
-            .iter()
+            .into_iter()
             .flat_map(|svc| model::service_ports(svc, family))
             .collect();
         ports.sort_by(|a, b| a.name.cmp(&b.name));

@@ -471,7 +471,11 @@ pub fn service_ports(service: &Service, family: IpFamily) -> Vec<ServicePort> {
 /// slices are grouped by their `kubernetes.io/service-name` label, each slice port (by name and
 /// protocol) gets every endpoint of the slice, duplicates collapse (a local copy wins) and each
 /// list is sorted by `ip:port`.
-pub fn endpoints_map(slices: &[EndpointSlice], node_name: &str, family: IpFamily) -> EndpointsMap {
+pub fn endpoints_map<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+    family: IpFamily,
+) -> EndpointsMap {
     let mut by_port: HashMap<ServicePortName, HashMap<String, Endpoint>> = HashMap::new();
     for slice in slices {
         let Some(service) = slice

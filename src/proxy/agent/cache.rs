@@ -96,8 +96,9 @@ impl<K: Resource + Clone> Cache<K> {
     }
 
     /// The live objects, in key order.
-    pub fn objects(&self) -> Vec<K> {
-        self.live.values().cloned().collect()
+    /// The live objects, by key.
+    pub fn objects(&self) -> impl Iterator<Item = &K> {
+        self.live.values()
     }
 
     pub fn len(&self) -> usize {
@@ -138,7 +139,6 @@ mod tests {
         cache.apply(Event::InitDone);
         let names: Vec<String> = cache
             .objects()
-            .iter()
             .map(|s| s.metadata.name.clone().unwrap())
             .collect();
         assert_eq!(names, vec!["b"]);

@@ -87,11 +87,30 @@ pub struct ProxyStatus {
     pub applied_version: u64,
     /// Duration of the last sync (render and apply), in milliseconds.
     pub last_sync_ms: f64,
+    /// Where the last sync's time went.
+    #[serde(default)]
+    pub last_sync_phases: SyncPhases,
     /// The last sync's error, if it failed.
     pub error: Option<String>,
     /// Userspace mode: the local proxy port of each service port (`ns/name:port/proto`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub proxy_ports: std::collections::BTreeMap<String, u16>,
+}
+
+/// Where a sync's time went, in milliseconds, and how much it wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncPhases {
+    /// Building the input from the cached objects (userspace: and updating the forwarder).
+    pub input_ms: f64,
+    /// Rendering the rule set and choosing what to write (all of it, or a patch).
+    pub render_ms: f64,
+    /// The kernel's commands: `iptables-save` (full syncs), `iptables-restore` or `nft -f`.
+    pub kernel_ms: f64,
+    /// Bytes handed to `iptables-restore` or `nft`.
+    pub written_bytes: usize,
+    /// A full sync (everything written) rather than a patch.
+    pub full: bool,
 }
 
 impl ProxyStatus {

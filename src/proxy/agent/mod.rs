@@ -41,7 +41,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::cache::Cache;
-use self::control::ProxyStatus;
+use self::control::{ProxyStatus, SyncPhases};
 use super::forwarder::Forwarder;
 use super::{NodeContext, ProxyInput, ProxyMode, render};
 
@@ -101,6 +101,7 @@ struct Agent {
     service_ports: usize,
     applied_version: u64,
     last_sync_ms: f64,
+    phases: SyncPhases,
     last_error: Option<String>,
 }
 
@@ -150,6 +151,7 @@ impl Agent {
             service_ports: 0,
             applied_version: 0,
             last_sync_ms: 0.0,
+            phases: SyncPhases::default(),
             last_error: None,
         })
     }
@@ -277,41 +279,30 @@ impl Agent {
     /// Render everything and apply it.
     fn sync(&mut self) {
         let started = Instant::now();
+        let full = self.full_sync_needed;
+        self.phases = SyncPhases {
+            full,
+            ..SyncPhases::default()
+        };
         let mut input = ProxyInput::from_objects(
             self.node.clone(),
-            &self.services.objects(),
-            &self.slices.objects(),
+            self.services.objects(),
+            self.slices.objects(),
         );
         let version = self.services.max_version.max(self.slices.max_version);
-        let full = self.full_sync_needed;
         self.pending = false;
+        if self.mode == ProxyMode::Userspace {
+            let seed = self.cfg.seed;
+            let forwarder = self.forwarder.get_or_insert_with(|| Forwarder::new(seed));
+            input.proxy_ports = forwarder.sync(&input);
+        }
+        self.phases.input_ms = ms_since(started);
         let result = match self.mode {
-            ProxyMode::Userspace => {
-                let seed = self.cfg.seed;
-                let forwarder = self.forwarder.get_or_insert_with(|| Forwarder::new(seed));
-                input.proxy_ports = forwarder.sync(&input);
-                self.apply_iptables(input, full)
-            }
-            ProxyMode::Iptables => self.apply_iptables(input, full),
-            ProxyMode::Nftables => {
-                self.service_ports = input.services.len();
-                let script = render(ProxyMode::Nftables, &input);
-                // Full syncs rebuild the table; the others patch what changed.
-                let apply = rules::nft_sync_input(&script, self.applied_restore.as_deref(), full);
-                self.applied_restore = None;
-                let result = if apply.is_empty() {
-                    Ok(())
-                } else {
-                    kernel::nft_apply(&apply)
-                };
-                if result.is_ok() {
-                    self.applied_restore = Some(script);
-                }
-                result
-            }
+            ProxyMode::Userspace | ProxyMode::Iptables => self.apply_iptables(input, full),
+            ProxyMode::Nftables => self.apply_nftables(input, full),
         };
         self.last_sync = Some(Instant::now());
-        self.last_sync_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.last_sync_ms = ms_since(started);
         match result {
             Ok(()) => {
                 self.syncs += 1;
@@ -325,6 +316,7 @@ impl Agent {
                     full,
                     ports = self.service_ports,
                     ms = self.last_sync_ms,
+                    phases = ?self.phases,
                     "synced"
                 );
             }
@@ -345,11 +337,14 @@ impl Agent {
             ProxyMode::Userspace => input.proxy_ports.len(),
             _ => input.services.len(),
         };
+        let kernel = Instant::now();
         let save = if full {
             Some(kernel::iptables_save()?)
         } else {
             None
         };
+        self.phases.kernel_ms = ms_since(kernel);
+        let render_started = Instant::now();
         if self.mode == ProxyMode::Iptables {
             input.existing_nat_chains = match &save {
                 Some(save) => rules::saved_chains(save, "nat"),
@@ -366,11 +361,33 @@ impl Agent {
             self.applied_restore.as_deref(),
         );
         self.applied_restore = None;
+        self.phases.render_ms = ms_since(render_started);
+        self.phases.written_bytes = restore.len();
+        let kernel = Instant::now();
         if !restore.is_empty() {
             kernel::iptables_restore(&restore)?;
         }
+        self.phases.kernel_ms += ms_since(kernel);
         self.applied_nat_chains = rules::chains_after_restore(&text, "nat");
         self.applied_restore = Some(text);
+        Ok(())
+    }
+
+    /// nftables mode: full syncs rebuild the table, the others patch what changed.
+    fn apply_nftables(&mut self, input: ProxyInput, full: bool) -> anyhow::Result<()> {
+        self.service_ports = input.services.len();
+        let render_started = Instant::now();
+        let script = render(ProxyMode::Nftables, &input);
+        let apply = rules::nft_sync_input(&script, self.applied_restore.as_deref(), full);
+        self.applied_restore = None;
+        self.phases.render_ms = ms_since(render_started);
+        self.phases.written_bytes = apply.len();
+        let kernel = Instant::now();
+        if !apply.is_empty() {
+            kernel::nft_apply(&apply)?;
+        }
+        self.phases.kernel_ms = ms_since(kernel);
+        self.applied_restore = Some(script);
         Ok(())
     }
 
@@ -386,6 +403,7 @@ impl Agent {
             service_ports: self.service_ports,
             applied_version: self.applied_version,
             last_sync_ms: self.last_sync_ms,
+            last_sync_phases: self.phases,
             error: self.last_error.clone(),
             proxy_ports: self
                 .forwarder
@@ -397,6 +415,10 @@ impl Agent {
             tracing::warn!("cannot write {}: {e}", path.display());
         }
     }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -489,6 +489,8 @@ struct LiveRow {
     change_max: Duration,
     /// Median of the agents' own sync durations for those changes.
     change_sync_ms: f64,
+    /// Medians of the phases of those syncs: input, render, kernel.
+    change_phases: [f64; 3],
 }
 
 struct Live {
@@ -574,6 +576,7 @@ fn live_sync() -> Live {
         std::thread::sleep(Duration::from_millis(500));
         let mut times = Vec::new();
         let mut sync_ms = Vec::new();
+        let mut phases: Vec<[f64; 3]> = Vec::new();
         for k in 0..CHANGES {
             // A ClusterIP service (a NodePort's patch would also have to carry its nodePort).
             let i = (k * 97 + m * 13) % LIVE_SERVICES;
@@ -588,12 +591,11 @@ fn live_sync() -> Live {
                 200,
             );
             times.push(wait_applied(WIDE_LAB, mode, resource_version(&changed), t));
-            sync_ms.extend(
-                statuses(WIDE_LAB)
-                    .into_iter()
-                    .flatten()
-                    .map(|s| s.last_sync_ms),
-            );
+            for s in statuses(WIDE_LAB).into_iter().flatten() {
+                sync_ms.push(s.last_sync_ms);
+                let p = s.last_sync_phases;
+                phases.push([p.input_ms, p.render_ms, p.kernel_ms]);
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
         sync_ms.sort_by(f64::total_cmp);
@@ -604,6 +606,11 @@ fn live_sync() -> Live {
             change: median(&mut times),
             change_max,
             change_sync_ms: sync_ms[sync_ms.len() / 2],
+            change_phases: std::array::from_fn(|i| {
+                let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            }),
         });
     }
     lab_down(WIDE_LAB, port);
@@ -882,20 +889,25 @@ fn main() {
          a NodePort). Creating them all until every node's proxy had applied the last EndpointSlice took {}. Then, per \
          mode: `kemu proxy mode` (the agents' first sync in the new mode is a full one; its duration is what each agent \
          writes to its status file), and 5 single-service changes (a PATCH of the service's port) timed from the request \
-         until the status files of all three nodes show that resourceVersion applied (polled every millisecond).\n\n\
-         | mode | full sync per node (agent's own figure) | one change applied on every node: median / max | agent sync for one change (median) |\n\
-         |---|---:|---:|---:|\n",
+         until the status files of all three nodes show that resourceVersion applied (polled every millisecond). The \
+         agents report where a sync's time goes (`lastSyncPhases` in their status files): building the input from the \
+         cached objects (userspace: and updating the forwarder), rendering and diffing, and the kernel's command.\n\n\
+         | mode | full sync per node (agent's own figure) | one change applied on every node: median / max | agent sync for one change (median) | its phases (medians): input + render + kernel |\n\
+         |---|---:|---:|---:|---:|\n",
         ms(live.create_all)
     ));
     for r in &live.rows {
         let full: Vec<String> = r.full_ms.iter().map(|v| format!("{v:.0} ms")).collect();
         s.push_str(&format!(
-            "| {} | {} | {} / {} | {:.1} ms |\n",
+            "| {} | {} | {} / {} | {:.1} ms | {:.1} + {:.1} + {:.1} ms |\n",
             r.mode,
             full.join(", "),
             ms(r.change),
             ms(r.change_max),
-            r.change_sync_ms
+            r.change_sync_ms,
+            r.change_phases[0],
+            r.change_phases[1],
+            r.change_phases[2],
         ));
     }
     s.push_str(&format!(

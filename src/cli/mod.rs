@@ -25,7 +25,7 @@ mod up;
 #[derive(Debug, Parser)]
 #[command(name = "kemu", version, about, long_about = None)]
 pub struct Cli {
-    /// Log filter (tracing env-filter syntax), e.g. `info` or `kemu=debug`.
+    /// Log filter: a level or `target=level` directives, e.g. `info` or `warn,kemu=debug`.
     #[arg(long, global = true, env = "KEMU_LOG", default_value = "warn")]
     pub log: String,
 

@@ -145,24 +145,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(ProxyCommand::Mode(mode_args)) => switch_mode(&mode_args),
-        None => {
-            let a = args.agent;
-            agent::run(agent::Config {
-                master: a.master.context("--master is required")?,
-                node_name: a.node_name.context("--node-name is required")?,
-                node_ip: a.node_ip.context("--node-ip is required")?,
-                cluster_cidr: a.cluster_cidr,
-                service_cidrs: a.service_cidrs,
-                mode: a.mode,
-                mode_file: a.mode_file,
-                status_file: a.status_file,
-                seed: a.seed.unwrap_or_else(rand::random),
-                min_sync_period: a.min_sync_period,
-                sync_period: a.sync_period,
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        None => run_agent(args.agent),
     }
+}
+
+/// Run the per-node agent until SIGTERM/SIGINT.
+pub fn run_agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    agent::run(agent::Config {
+        master: a.master.context("--master is required")?,
+        node_name: a.node_name.context("--node-name is required")?,
+        node_ip: a.node_ip.context("--node-ip is required")?,
+        cluster_cidr: a.cluster_cidr,
+        service_cidrs: a.service_cidrs,
+        mode: a.mode,
+        mode_file: a.mode_file,
+        status_file: a.status_file,
+        seed: a.seed.unwrap_or_else(rand::random),
+        min_sync_period: a.min_sync_period,
+        sync_period: a.sync_period,
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Write the mode files, signal the recorded proxy agents, wait for them.

@@ -9,12 +9,15 @@ use crate::topology::Topology;
 
 use super::state::LabDir;
 
-/// The node agents that have a small binary of their own (src/bin/): every minion runs one
+/// The node agents, which have small binaries of their own (src/bin/): every minion runs one
 /// of each, and a binary holding only that agent's code keeps its resident memory small (the
-/// kernel maps nearly all of a binary's code into every process that runs it). `kemu kubelet`
-/// and `kemu flanneld` run the same code when the binaries are missing.
-pub const NODE_AGENT_BINARIES: [(&str, &str); 2] =
-    [("kubelet", "kemu-kubelet"), ("flanneld", "kemu-flanneld")];
+/// kernel maps nearly all of a binary's code into every process that runs it). `kemu kubelet`,
+/// `kemu flanneld` and `kemu proxy` run the same code when the binaries are missing.
+pub const NODE_AGENT_BINARIES: [(&str, &str); 3] = [
+    ("kubelet", "kemu-kubelet"),
+    ("flanneld", "kemu-flanneld"),
+    ("proxy", "kemu-proxy"),
+];
 
 /// Environment variable through which the supervisor tells its agents where the `kemu`
 /// binary is (the kubelet starts container shims and built-in images from it).

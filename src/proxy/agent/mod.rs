@@ -10,9 +10,10 @@
 //! ```
 //!
 //! - Every sync renders the whole rule set and applies it in one atomic command. Changes are
-//!   coalesced kube-proxy style (`BoundedFrequencyRunner`): a change after a quiet period
-//!   syncs at once, a burst waits out `--min-sync-period`; with no change a periodic sync runs
-//!   every `--sync-period`.
+//!   coalesced kube-proxy style ([`limiter`]: `BoundedFrequencyRunner` with a burst of 2): a
+//!   change after a quiet period syncs at once, and so does the next one; a stream of changes
+//!   syncs once per `--min-sync-period`; with no change a periodic sync runs every
+//!   `--sync-period`.
 //! - Full syncs (the first, after a mode switch or a failure, and the periodic ones) also
 //!   read `iptables-save`: to ensure the mode's jump rules in the built-in chains and, in
 //!   iptables mode, to delete service chains no longer needed. Other syncs only restore.
@@ -25,6 +26,7 @@
 pub mod cache;
 pub mod control;
 pub mod kernel;
+pub mod limiter;
 pub mod rules;
 
 use std::net::IpAddr;
@@ -42,6 +44,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::cache::Cache;
 use self::control::{ProxyStatus, SyncPhases};
+use self::limiter::SyncLimiter;
 use super::forwarder::Forwarder;
 use super::{NodeContext, ProxyInput, ProxyMode, render};
 
@@ -95,7 +98,7 @@ struct Agent {
     full_sync_needed: bool,
     /// An object changed since the last sync.
     pending: bool,
-    last_sync: Option<Instant>,
+    limiter: SyncLimiter,
     retry_at: Option<Instant>,
     syncs: u64,
     service_ports: usize,
@@ -133,6 +136,12 @@ impl Agent {
             }
         }
         kernel::apply_sysctls(mode);
+        let limiter = SyncLimiter::new(
+            cfg.min_sync_period,
+            cfg.sync_period,
+            limiter::BURST,
+            Instant::now(),
+        );
         Ok(Agent {
             cfg,
             node,
@@ -145,7 +154,7 @@ impl Agent {
             applied_restore: None,
             full_sync_needed: true,
             pending: true,
-            last_sync: None,
+            limiter,
             retry_at: None,
             syncs: 0,
             service_ports: 0,
@@ -224,14 +233,8 @@ impl Agent {
         if let Some(at) = self.retry_at {
             return Some(at);
         }
-        let Some(last) = self.last_sync else {
-            return Some(Instant::now());
-        };
-        Some(if self.pending || self.full_sync_needed {
-            last + self.cfg.min_sync_period
-        } else {
-            last + self.cfg.sync_period
-        })
+        let pending = self.pending || self.full_sync_needed;
+        Some(self.limiter.next(pending, Instant::now()))
     }
 
     /// Re-read the mode file and switch when it names another mode.
@@ -271,7 +274,7 @@ impl Agent {
         self.applied_restore = None;
         self.full_sync_needed = true;
         self.pending = true;
-        self.last_sync = None;
+        self.limiter.sync_now();
         self.retry_at = None;
         self.write_status();
     }
@@ -301,7 +304,7 @@ impl Agent {
             ProxyMode::Userspace | ProxyMode::Iptables => self.apply_iptables(input, full),
             ProxyMode::Nftables => self.apply_nftables(input, full),
         };
-        self.last_sync = Some(Instant::now());
+        self.limiter.took(Instant::now());
         self.last_sync_ms = ms_since(started);
         match result {
             Ok(()) => {

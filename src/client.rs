@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::middleware::BaseUriLayer;
 use tower::ServiceBuilder;
 
 /// How long a connection to the API server may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle connections kept for reuse, and for how long.
+const POOL_MAX_IDLE: usize = 4;
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client for `url`. Call it inside a tokio runtime.
 pub fn connect(url: &str) -> anyhow::Result<kube::Client> {
@@ -28,7 +31,14 @@ pub fn connect(url: &str) -> anyhow::Result<kube::Client> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
-    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    // A burst of requests (a hundred pods' status updates) opens many connections; keep a few
+    // for reuse and close the rest once idle, or every agent holds them, and their buffers,
+    // for ever. Watches hold their own connections and are not idle.
+    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .build(connector);
     let service = ServiceBuilder::new()
         .layer(BaseUriLayer::new(uri))
         .service(http);

@@ -146,6 +146,18 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Forget the aggregation state of one object's events (it is gone; a kubelet calls this
+    /// when a pod's worker ends, so that pod churn does not grow its memory).
+    pub fn forget(&self, kind: &str, namespace: &str, name: &str) {
+        let prefix = format!("{kind}/{name}/");
+        self.seen
+            .lock()
+            .expect("events")
+            .retain(|(ns, object, _), _| ns != namespace || !object.starts_with(&prefix));
+    }
+}
+
 /// A reference to an object, for `involvedObject`.
 pub fn reference<K>(obj: &K) -> ObjectReference
 where

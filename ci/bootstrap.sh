@@ -3,6 +3,7 @@
 #
 #   sudo ./ci/bootstrap.sh up      # install, build, start the seed lab and the article's nginx
 #   sudo ./ci/bootstrap.sh test    # install, build, run every test (they need root)
+#   sudo ./ci/bootstrap.sh build   # install, build bin/ and ./kemu only
 #   sudo ./ci/bootstrap.sh deps    # install the Debian packages only
 #
 # Idempotent: packages already installed and an up-to-date build are reused.
@@ -34,16 +35,27 @@ deps() {
   fi
 }
 
-# Build kemu and its node agents (static, size-optimised: .cargo/config.toml, Cargo.toml) and
-# link ./kemu to the binary, which cargo puts under target/<host>/release/.
+# Build kemu and the proxy agent (release profile) and the kubelet and flanneld (node-agents
+# profile, built for size: Cargo.toml), put them side by side in bin/, where kemu looks for its agents, and
+# link ./kemu to bin/kemu. Copies, so that a later cargo build does not change what bin/ holds
+# without the other binaries.
 build() {
-  cargo build --release --locked
-  ln -sfn "target/$(rustc -vV | sed -n 's/^host: //p')/release/kemu" kemu
+  local target
+  target="target/$(rustc -vV | sed -n 's/^host: //p')"
+  cargo build --release --locked --bin kemu --bin kemu-proxy
+  cargo build --profile node-agents --locked --bin kemu-kubelet --bin kemu-flanneld
+  mkdir -p bin
+  cp -f "$target/release/kemu" "$target/release/kemu-proxy" "$target/node-agents/kemu-kubelet" \
+    "$target/node-agents/kemu-flanneld" bin/
+  ln -sfn bin/kemu kemu
 }
 
 case "${1:-up}" in
   deps)
     need_root "$@"; deps ;;
+  build)
+    need_root "$@"; deps
+    build ;;
   up)
     need_root "$@"; deps
     build
@@ -72,5 +84,5 @@ case "${1:-up}" in
     need_root "$@"; deps
     cargo test --locked --no-fail-fast ;;
   *)
-    echo "usage: $0 up|test|deps" >&2; exit 2 ;;
+    echo "usage: $0 up|test|build|deps" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 //! reachable from another node, for 1, 10 and 100 pods; RSS of every agent and per pod.
 //! Needs root (it builds a lab). Writes its section of BENCHMARKS.md.
 //!
-//!     sudo cargo bench --bench pods
+//!     sudo ./ci/bootstrap.sh build && sudo cargo bench --bench pods
 
 mod common;
 
@@ -15,9 +15,25 @@ use kemu::netns::NetNs;
 
 const LAB: &str = "podbench";
 const HOSTS: [&str; 3] = ["192.168.0.201", "192.168.0.202", "192.168.0.203"];
+/// A minion that is not the master: its kubelet and flanneld are the ones the target is about.
+const MEASURED_HOST: &str = "192.168.0.202";
+/// Long enough for the kubelet's periodic return of freed memory (kubelet TRIM_EVERY, 5 s).
+const SETTLE: Duration = Duration::from_secs(6);
+
+/// kemu as `ci/bootstrap.sh build` installs it: bin/kemu beside the node agents' binaries,
+/// which are built for size (the node-agents profile); cargo bench builds only the release ones.
+fn kemu_binary() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/kemu");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `sudo ./ci/bootstrap.sh build` first",
+        bin.display()
+    );
+    bin
+}
 
 fn kemu(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kemu"))
+    Command::new(kemu_binary())
         .args(args)
         .output()
         .expect("run kemu")
@@ -98,6 +114,28 @@ fn round(port: u16, n: usize) -> Vec<Duration> {
     done.into_iter().map(|d| d.unwrap()).collect()
 }
 
+/// Wait until the API holds no benchmark pod and no host has a pod sandbox left.
+fn wait_all_gone(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = api(port, "GET", "/api/v1/namespaces/default/pods", None);
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let pods = list["items"].as_array().map_or(0, |i| i.len());
+        let sandboxes = walk(std::path::Path::new(&format!("/run/kemu/{LAB}/hosts")))
+            .iter()
+            .filter(|p| p.file_name().is_some_and(|f| f == "container.json"))
+            .count();
+        if pods == 0 && sandboxes == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods still there after 60 s: {pods} in the API, {sandboxes} containers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -142,27 +180,50 @@ fn main() {
         .trim()
         .parse()
         .unwrap();
-    let mut rows = Vec::new();
-    for n in [1usize, 10, 100] {
-        let mut times = round(port, n);
-        rows.push((n, percentile(&mut times, 0.5), percentile(&mut times, 0.99)));
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    // Memory: agents, and the processes of 10 idle nginx pods.
     let agents: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("/run/kemu/{LAB}/agents.json")).unwrap(),
     )
     .unwrap();
-    let mut agent_rows = Vec::new();
-    for a in agents.as_array().unwrap() {
-        let (rss, pss) = memory(a["pid"].as_i64().unwrap_or(0));
-        agent_rows.push((
-            a["host"].as_str().unwrap().to_string(),
-            a["name"].as_str().unwrap().to_string(),
-            rss,
-            pss,
-        ));
+    let agents: Vec<(String, String, i64)> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["host"].as_str().unwrap().to_string(),
+                a["name"].as_str().unwrap().to_string(),
+                a["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let node_agents = |host: &str| -> (u64, u64) {
+        agents
+            .iter()
+            .filter(|(h, name, _)| h == host && (name == "kubelet" || name == "flanneld"))
+            .map(|(_, _, pid)| memory(*pid))
+            .fold((0, 0), |(r, p), (rss, pss)| (r + rss, p + pss))
+    };
+    std::thread::sleep(SETTLE);
+    let idle = node_agents(MEASURED_HOST);
+
+    let mut rows = Vec::new();
+    for n in [1usize, 10, 100] {
+        let mut times = round(port, n);
+        rows.push((n, percentile(&mut times, 0.5), percentile(&mut times, 0.99)));
+        wait_all_gone(port);
     }
+    // Memory after 111 pods came and went: what a busy kubelet keeps.
+    std::thread::sleep(SETTLE);
+    let after_churn = node_agents(MEASURED_HOST);
+    let agent_rows: Vec<(String, String, u64, u64)> = agents
+        .iter()
+        .map(|(host, name, pid)| {
+            let (rss, pss) = memory(*pid);
+            (host.clone(), name.clone(), rss, pss)
+        })
+        .collect();
+
+    // 10 idle nginx pods: their processes, and the agents while they run.
     let names: Vec<String> = (0..10).map(|i| format!("mem-{i}")).collect();
     for n in &names {
         api(
@@ -173,6 +234,7 @@ fn main() {
         );
     }
     std::thread::sleep(Duration::from_secs(3));
+    let with_pods = node_agents(MEASURED_HOST);
     let mut pod_rss = Vec::new();
     let mut pod_pss = Vec::new();
     let root = format!("/run/kemu/{LAB}/hosts");
@@ -196,7 +258,8 @@ fn main() {
 
     let mut s = String::from("<!-- pods:begin -->\n## Pods: create to Running and reachable\n\n");
     s.push_str(
-        "Reproduce with `sudo cargo bench --bench pods` (release build). A seed lab (3 minions, vxlan, all agents); \
+        "Reproduce with `sudo ./ci/bootstrap.sh build && sudo cargo bench --bench pods` (the lab runs bin/kemu, \
+         with the kubelet and flanneld built for size). A seed lab (3 minions, vxlan, all agents); \
          `n` nginx pods are created at once through the API (no nodeName: the scheduler places them); each pod's time \
          runs from its create request until the API shows it Running and its port 80 answers a TCP connect from another \
          node, through the overlay.\n\n| pods | p50 | p99 |\n|---:|---:|---:|\n",
@@ -204,7 +267,7 @@ fn main() {
     for (n, p50, p99) in &rows {
         s.push_str(&format!("| {n} | {} | {} |\n", ms(*p50), ms(*p99)));
     }
-    s.push_str("\nMemory of the agents of that lab (RSS counts the kemu binary's shared code in every process; PSS splits \
+    s.push_str("\nMemory of the agents of that lab once those 111 pods came and went (RSS counts the kemu binary's shared code in every process; PSS splits \
                 shared pages among the processes that share them):\n\n| host | agent | RSS | PSS |\n|---|---|---:|---:|\n");
     for (host, name, rss, pss) in &agent_rows {
         s.push_str(&format!(
@@ -213,27 +276,34 @@ fn main() {
             *pss as f64 / 1024.0
         ));
     }
-    let per_host = |host: &str, f: fn(&(String, String, u64, u64)) -> u64| -> f64 {
-        agent_rows
-            .iter()
-            .filter(|r| r.0 == host && (r.1 == "kubelet" || r.1 == "flanneld"))
-            .map(f)
-            .sum::<u64>() as f64
-            / 1024.0
-    };
+    let mib = |kib: u64| kib as f64 / 1024.0;
     let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1024.0;
     s.push_str(&format!(
-        "\nkubelet + flanneld on 192.168.0.202: {:.1} MiB RSS, {:.1} MiB PSS. An idle nginx pod (its shim and container \
-         process): {:.1} MiB RSS, {:.1} MiB PSS on average over {} pods.\n\nTargets: one pod Running and reachable in under \
-         300 ms ({}); kubelet plus flanneld under 10 MB per host ({} by RSS, {} by PSS).\n<!-- pods:end -->\n",
-        per_host("192.168.0.202", |r| r.2),
-        per_host("192.168.0.202", |r| r.3),
+        "\nkubelet + flanneld on {MEASURED_HOST}, RSS / PSS: {:.1} / {:.1} MiB idle after `kemu up`; {:.1} / {:.1} MiB \
+         after the 111 pods above came and went; {:.1} / {:.1} MiB while its share of 10 idle nginx pods runs. \
+         An idle nginx pod (its shim and container process): {:.1} MiB RSS, {:.1} MiB PSS on average over {} pods.\n\n",
+        mib(idle.0),
+        mib(idle.1),
+        mib(after_churn.0),
+        mib(after_churn.1),
+        mib(with_pods.0),
+        mib(with_pods.1),
         avg(&pod_rss),
         avg(&pod_pss),
         pod_rss.len(),
+    ));
+    // The target is 10 MB (decimal) for the worst of the three moments.
+    let worst =
+        |f: fn(&(u64, u64)) -> u64| [idle, after_churn, with_pods].iter().map(f).max().unwrap();
+    let under_10_mb = |kib: u64| kib * 1024 < 10_000_000;
+    s.push_str(&format!(
+        "Targets: one pod Running and reachable in under 300 ms ({}); kubelet plus flanneld under 10 MB per host at \
+         the worst of those moments ({:.2} MB RSS: {}; {:.2} MB PSS: {}).\n<!-- pods:end -->\n",
         if rows[0].1 < Duration::from_millis(300) { "met" } else { "missed" },
-        if per_host("192.168.0.202", |r| r.2) < 9.54 { "met" } else { "missed" },
-        if per_host("192.168.0.202", |r| r.3) < 9.54 { "met" } else { "missed" },
+        worst(|m| m.0) as f64 * 1024.0 / 1e6,
+        if under_10_mb(worst(|m| m.0)) { "met" } else { "missed" },
+        worst(|m| m.1) as f64 * 1024.0 / 1e6,
+        if under_10_mb(worst(|m| m.1)) { "met" } else { "missed" },
     ));
     print!("{s}");
     write_section("pods", &s);

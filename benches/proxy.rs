@@ -835,7 +835,7 @@ fn main() {
     let mut s = String::from("<!-- proxy:begin -->\n## Service proxy\n\n");
     s.push_str(&format!(
         "Reproduce every figure with `sudo cargo bench --bench proxy` (release build; about {} minutes on this \
-         shared 2-core machine, where other builds ran at the same time).\n\n",
+         2-core machine; the three agents of the live lab share its cores).\n\n",
         begun.elapsed().as_secs().div_ceil(60)
     ));
     s.push_str(

@@ -208,6 +208,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/", get(core_discovery))
         .route("/apis", get(groups_discovery))
         .route("/apis/", get(groups_discovery))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(|| async { axum::Json(openapi::root()) }))
         .route("/openapi/v3/{*gv}", get(openapi_document))
         .fallback(super::rest::handle)
@@ -280,6 +281,25 @@ async fn openapi_document(Path(gv): Path<String>) -> Response {
         Some(doc) => json_with_type(StatusCode::OK, "application/json", &doc),
         None => ApiError::path_not_found().into_response(),
     }
+}
+
+/// `/openapi/v2` exists only in its protobuf form: the JSON form's value to other tools would be
+/// its schemas, which kemu does not serve.
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    let accept = accept(&headers);
+    if !(accept.contains("protobuf") || accept.contains("*/*") || accept.is_empty()) {
+        return ApiError::not_acceptable(format!(
+            "/openapi/v2 is served only as {}",
+            openapi::v2::PROTOBUF_CONTENT_TYPE
+        ))
+        .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, openapi::v2::PROTOBUF_CONTENT_TYPE)],
+        openapi::v2::protobuf(),
+    )
+        .into_response()
 }
 
 /// Serve until the process ends.

@@ -1,10 +1,15 @@
-//! A minimal OpenAPI v3: enough for kubectl 1.29+ to trust server-side field validation.
+//! Minimal OpenAPI documents: enough for kubectl to trust server-side field validation.
 //!
 //! kubectl looks, in the document of the object's group-version, for a PATCH operation tagged with
 //! the object's GVK that declares a `fieldValidation` parameter; when found it skips client-side
-//! schema validation and sends `fieldValidation=Strict`. No schemas are served (`kubectl explain`
-//! is out of scope), and no `requestBody`, so client-side apply uses kubectl's built-in patch
-//! metadata. `/openapi/v2` is a 404, which kubectl tolerates.
+//! schema validation and sends `fieldValidation=Strict`. kubectl 1.29+ reads OpenAPI v3; it reads
+//! v2 (protobuf, [`v2`]) for kinds no v3 document declares, such as a `kind: List` file, whose
+//! items it then validates client-side against v2's schemas. No schemas are served (`kubectl
+//! explain` is out of scope), so that client-side step finds none and leaves the checking to the
+//! server, which validates every item strictly. No `requestBody` either, so client-side apply
+//! uses kubectl's built-in patch metadata.
+
+pub mod v2;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -20,7 +25,7 @@ fn gv_key(group: &str, version: &str) -> String {
     }
 }
 
-fn all_gvs() -> Vec<(&'static str, &'static str)> {
+pub fn all_gvs() -> Vec<(&'static str, &'static str)> {
     let mut gvs = vec![("", "v1")];
     gvs.extend(groups());
     gvs
@@ -51,28 +56,59 @@ fn operation_id(r: &ResourceType) -> String {
     format!("patch{group}{version}{scope}{}", r.kind)
 }
 
-/// The document of one group-version, or `None` if not served.
+/// The query parameters of every PATCH operation, with their OpenAPI types.
+pub const PATCH_PARAMETERS: [(&str, &str); 4] = [
+    ("dryRun", "string"),
+    ("fieldManager", "string"),
+    ("fieldValidation", "string"),
+    ("force", "boolean"),
+];
+
+/// One resource's PATCH operation, as both documents declare it.
+pub struct PatchOperation {
+    pub path: String,
+    pub operation_id: String,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+}
+
+/// The PATCH operations of one group-version (empty if it is not served).
+pub fn patch_operations(group: &str, version: &str) -> Vec<PatchOperation> {
+    in_group(group, version)
+        .map(|r| {
+            let prefix = r.gv_path();
+            let path = if r.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+            } else {
+                format!("{prefix}/{}/{{name}}", r.plural)
+            };
+            PatchOperation {
+                path,
+                operation_id: operation_id(r),
+                group: r.group,
+                version: r.version,
+                kind: r.kind,
+            }
+        })
+        .collect()
+}
+
+/// The v3 document of one group-version, or `None` if not served.
 pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
     let mut paths = Map::new();
-    for r in in_group(group, version) {
-        let prefix = r.gv_path();
-        let path = if r.namespaced {
-            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{prefix}/{}/{{name}}", r.plural)
-        };
+    for op in patch_operations(group, version) {
+        let parameters: Vec<Value> = PATCH_PARAMETERS
+            .iter()
+            .map(|(name, ty)| json!({"name": name, "in": "query", "schema": {"type": ty, "uniqueItems": true}}))
+            .collect();
         paths.insert(
-            path,
+            op.path,
             json!({"patch": {
-                "operationId": operation_id(r),
+                "operationId": op.operation_id,
                 "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
-                "parameters": [
-                    {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                    {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                    {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}},
-                ],
+                "x-kubernetes-group-version-kind": {"group": op.group, "version": op.version, "kind": op.kind},
+                "parameters": parameters,
                 "responses": {"200": {"description": "OK"}, "201": {"description": "Created"}},
             }}),
         );

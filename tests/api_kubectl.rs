@@ -438,3 +438,104 @@ fn get_watch_streams_changes() {
         );
     }
 }
+
+/// kubectl's generators post protobuf (typed clients never fall back to JSON), and a `kind: List`
+/// file makes kubectl fetch the protobuf OpenAPI v2 before it posts the items one by one. Every
+/// kubectl build the tests use, and 1.27, the oldest the dispatcher can pick.
+#[test]
+fn generators_and_list_files_work_with_every_kubectl() {
+    let mut builds = kubectls();
+    builds.push(("v1_27", "/usr/lib/google-cloud-sdk/bin/kubectl.1.27"));
+    for (i, (name, bin)) in builds.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path());
+        let kubectl = Kubectl::new(bin, &server);
+        let ok = |args: &[&str]| {
+            let o = kubectl.output(args);
+            assert!(
+                o.status.success(),
+                "{name}: kubectl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let ns = format!("team{i}");
+        ok(&["create", "namespace", &ns]);
+        ok(&[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            &ns,
+            "--image=nginx:1.27",
+            "--replicas=0",
+            "--port=80",
+        ]);
+        ok(&[
+            "create",
+            "service",
+            "nodeport",
+            "web",
+            "-n",
+            &ns,
+            "--tcp=8080:80",
+        ]);
+        let deploy = ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.selector.matchLabels.app} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.type}",
+        ]);
+        assert_eq!(deploy, "0 web nginx:1.27 80 RollingUpdate", "{name}");
+        let svc = ok(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.type} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
+        ]);
+        assert_eq!(svc, "NodePort 8080 80 web", "{name}");
+        let node_port = ok(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ]);
+        assert!(
+            node_port.parse::<u16>().is_ok_and(|p| p >= 30000),
+            "{name}: {node_port}"
+        );
+
+        // A List: its items are created, and a bad item gets the server's strict validation.
+        let list = format!(
+            r#"{{"kind":"List","apiVersion":"v1","items":[
+              {{"apiVersion":"v1","kind":"Service","metadata":{{"name":"a","namespace":"{ns}"}},"spec":{{"ports":[{{"port":80}}]}}}},
+              {{"apiVersion":"v1","kind":"Service","metadata":{{"name":"b","namespace":"{ns}"}},"spec":{{"ports":[{{"port":80,"bogus":1}}]}}}}]}}"#
+        );
+        let created = kubectl.with_stdin(&["create", "-f", "-"], &list);
+        let stderr = String::from_utf8_lossy(&created.stderr);
+        assert!(
+            String::from_utf8_lossy(&created.stdout).contains("service/a created"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains(r#"unknown field "spec.ports[0].bogus""#),
+            "{name}: {stderr}"
+        );
+        ok(&["get", "svc", "a", "-n", &ns]);
+        assert!(
+            !kubectl
+                .output(&["get", "svc", "b", "-n", &ns])
+                .status
+                .success()
+        );
+    }
+}

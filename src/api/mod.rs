@@ -11,7 +11,8 @@
 //! - [`resources`]: the kind table that drives routing, discovery, OpenAPI and selectors.
 //! - [`registry`]: in-memory objects, the global resourceVersion, watch fan-out and history;
 //!   [`store`]: durability behind the `Store` trait ([`store::log`]: snapshot + append-only log).
-//! - [`watch`]: watch streams; [`table`]: server-side printing; [`discovery`], [`openapi`].
+//! - [`watch`]: watch streams; [`table`]: server-side printing; [`discovery`], [`openapi`];
+//!   [`protobuf`]: the protobuf bodies of kubectl's generators.
 //! - Pure object logic: [`defaults`], [`validation`], [`strict`] (unknown fields),
 //!   [`patch`] (strategic merge, merge, JSON patch, apply), [`selectors`], [`alloc`] and
 //!   [`service`] (ClusterIP/NodePort), [`status`] (Status errors), [`object`] (stored form).
@@ -41,6 +42,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod pods;
+pub mod protobuf;
 pub mod registry;
 pub mod resources;
 pub mod rest;

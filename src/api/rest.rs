@@ -271,18 +271,22 @@ async fn read_json(req: Request) -> ApiResult<Value> {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        .unwrap_or_default()
+        .to_string();
+    if content_type.contains("cbor") {
         return Err(ApiError {
             code: 415,
             reason: "UnsupportedMediaType",
             message: format!(
-                "kemu accepts JSON and YAML request bodies only (got {content_type}); use a manifest with `kubectl create -f`"
+                "kemu accepts JSON, YAML and protobuf request bodies only (got {content_type}); use a manifest with `kubectl create -f`"
             ),
             details: None,
         });
     }
     let bytes = read_bytes(req).await?;
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return super::protobuf::decode_body(&bytes);
+    }
     patch::parse_body(&bytes)
 }
 

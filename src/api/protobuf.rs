@@ -270,7 +270,13 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         match (tag, value) {
             (1, Raw::Bytes(b)) => type_meta = decode_message(b, &TYPE_META, "typeMeta")?,
             (2, Raw::Bytes(b)) => raw = Some(b),
-            _ => {} // contentEncoding and contentType are empty for objects
+            (3, Raw::Bytes(encoding)) if !encoding.is_empty() => {
+                return Err(unsupported(format!(
+                    "the protobuf body's object is encoded ({:?}); kemu decodes plain objects only",
+                    String::from_utf8_lossy(encoding)
+                )));
+            }
+            _ => {} // contentType is empty for objects
         }
     }
     let api_version = type_meta
@@ -562,5 +568,8 @@ mod tests {
             err.message
         );
         assert_eq!(decode_body(b"{}").unwrap_err().code, 400);
+        let mut gzipped = envelope("v1", "Namespace", &[]);
+        gzipped.extend([0x1a, 0x04, b'g', b'z', b'i', b'p']);
+        assert_eq!(decode_body(&gzipped).unwrap_err().code, 415);
     }
 }

@@ -295,6 +295,11 @@ impl Controller {
         let selector = Selector::from_label_selector(&d.spec.as_ref().expect("checked").selector);
         let api: Api<ReplicaSet> = Api::namespaced(self.shared.client.clone(), &ns);
         let mut mine = Vec::new();
+        // Re-read once before the first adoption, as kube's RecheckDeletionTimestamp does: with
+        // `--cascade=orphan` the garbage collector strips the ReplicaSets' references while this
+        // cache may still show the Deployment alive, and adopting them back would make them
+        // dependents of a deleted owner.
+        let mut may_adopt = None;
         for rs in self.shared.rss.list_namespace(&ns) {
             let patch = match rcplan::claim(&uid, deleting, &selector, &rs.metadata) {
                 Claim::Keep => {
@@ -303,6 +308,12 @@ impl Controller {
                 }
                 Claim::Ignore => continue,
                 Claim::Adopt => {
+                    if may_adopt.is_none() {
+                        may_adopt = Some(self.still_alive(d).await?);
+                    }
+                    if may_adopt != Some(true) {
+                        continue;
+                    }
                     let r = rcplan::controller_reference("apps/v1", "Deployment", &d.metadata);
                     serde_json::json!({"metadata": {"ownerReferences": [r], "uid": rs.metadata.uid}})
                 }
@@ -328,6 +339,17 @@ impl Controller {
             }
         }
         Ok(mine)
+    }
+
+    /// Whether the API still has this Deployment (same uid) and it is not being deleted.
+    async fn still_alive(&self, d: &Deployment) -> anyhow::Result<bool> {
+        let api: Api<Deployment> = Api::namespaced(
+            self.shared.client.clone(),
+            &d.namespace().unwrap_or_default(),
+        );
+        Ok(api.get_opt(&d.name_any()).await?.is_some_and(|fresh| {
+            fresh.metadata.uid == d.metadata.uid && fresh.metadata.deletion_timestamp.is_none()
+        }))
     }
 
     /// A resize of the Deployment that its active ReplicaSets have not seen yet.

@@ -480,35 +480,20 @@ fn generators_and_list_files_work_with_every_kubectl() {
             &ns,
             "--tcp=8080:80",
         ]);
-        let deploy = ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            &ns,
-            "-o",
-            "jsonpath={.spec.replicas} {.spec.selector.matchLabels.app} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.type}",
-        ]);
+        let jsonpath = |object: &str, path: &str| {
+            ok(&["get", object, "-n", &ns, "-o", &format!("jsonpath={path}")])
+        };
+        let deploy = jsonpath(
+            "deploy/web",
+            "{.spec.replicas} {.spec.selector.matchLabels.app} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.type}",
+        );
         assert_eq!(deploy, "0 web nginx:1.27 80 RollingUpdate", "{name}");
-        let svc = ok(&[
-            "get",
-            "svc",
-            "web",
-            "-n",
-            &ns,
-            "-o",
-            "jsonpath={.spec.type} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
-        ]);
+        let svc = jsonpath(
+            "svc/web",
+            "{.spec.type} {.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
+        );
         assert_eq!(svc, "NodePort 8080 80 web", "{name}");
-        let node_port = ok(&[
-            "get",
-            "svc",
-            "web",
-            "-n",
-            &ns,
-            "-o",
-            "jsonpath={.spec.ports[0].nodePort}",
-        ]);
+        let node_port = jsonpath("svc/web", "{.spec.ports[0].nodePort}");
         assert!(
             node_port.parse::<u16>().is_ok_and(|p| p >= 30000),
             "{name}: {node_port}"

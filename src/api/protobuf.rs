@@ -242,15 +242,6 @@ static KINDS: [(&str, &str, &[Field]); 3] = [
 /// `runtime.Unknown`: `typeMeta = 1 {apiVersion = 1, kind = 2}`, `raw = 2`.
 static TYPE_META: [Field; 2] = [f(1, "apiVersion", Str), f(2, "kind", Str)];
 
-fn unsupported(message: String) -> ApiError {
-    ApiError {
-        code: 415,
-        reason: "UnsupportedMediaType",
-        message,
-        details: None,
-    }
-}
-
 fn malformed(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("the protobuf body is malformed at {what}: {e}"))
 }
@@ -263,15 +254,12 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         )
     })?;
     let (mut type_meta, mut raw) = (Map::new(), None);
-    let mut buf = envelope;
-    while buf.has_remaining() {
-        let (tag, wire) = decode_key(&mut buf).map_err(|e| malformed("the envelope", e))?;
-        let value = read_value(&mut buf, wire).map_err(|e| malformed("the envelope", e))?;
+    for (tag, value) in fields(envelope).map_err(|e| malformed("the envelope", e))? {
         match (tag, value) {
             (1, Raw::Bytes(b)) => type_meta = decode_message(b, &TYPE_META, "typeMeta")?,
             (2, Raw::Bytes(b)) => raw = Some(b),
             (3, Raw::Bytes(encoding)) if !encoding.is_empty() => {
-                return Err(unsupported(format!(
+                return Err(ApiError::unsupported_body(format!(
                     "the protobuf body's object is encoded ({:?}); kemu decodes plain objects only",
                     String::from_utf8_lossy(encoding)
                 )));
@@ -287,17 +275,17 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let Some((_, _, fields)) = KINDS
+    let Some((_, _, table)) = KINDS
         .iter()
         .find(|(v, k, _)| *v == api_version && *k == kind)
     else {
         let known: Vec<String> = KINDS.iter().map(|(v, k, _)| format!("{k} ({v})")).collect();
-        return Err(unsupported(format!(
+        return Err(ApiError::unsupported_body(format!(
             "kemu decodes protobuf bodies of {} only, not {kind} ({api_version}); send it as JSON or YAML (kubectl create -f)",
             known.join(", ")
         )));
     };
-    let mut object = decode_message(raw.unwrap_or_default(), fields, kind)?;
+    let mut object = decode_message(raw.unwrap_or_default(), table, kind)?;
     object.insert("apiVersion".into(), json!(api_version));
     object.insert("kind".into(), json!(kind));
     Ok(Value::Object(object))
@@ -337,41 +325,30 @@ fn read_value<'a>(buf: &mut &'a [u8], wire: WireType) -> Result<Raw<'a>, String>
 fn is_unset(raw: &Raw, depth: u8) -> bool {
     match raw {
         Raw::Varint(v) | Raw::Fixed(v) => *v == 0,
-        Raw::Bytes([]) => true,
         Raw::Bytes(b) => {
-            let mut buf = *b;
-            depth < 16
-                && std::iter::from_fn(|| {
-                    buf.has_remaining().then(|| {
-                        let (_, wire) = decode_key(&mut buf).ok()?;
-                        read_value(&mut buf, wire).ok()
-                    })
-                })
-                .all(|v| v.is_some_and(|v| is_unset(&v, depth + 1)))
+            b.is_empty()
+                || depth < 16
+                    && fields(b).is_ok_and(|fs| fs.iter().all(|(_, v)| is_unset(v, depth + 1)))
         }
     }
 }
 
 fn decode_message(
     bytes: &[u8],
-    fields: &[Field],
+    table: &[Field],
     path: &str,
 ) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
-    let mut buf = bytes;
-    while buf.has_remaining() {
-        let (tag, wire) = decode_key(&mut buf).map_err(|e| malformed(path, e))?;
-        let raw = read_value(&mut buf, wire).map_err(|e| malformed(path, e))?;
-        let Some(field) = fields.iter().find(|f| f.tag == tag) else {
+    for (tag, raw) in fields(bytes).map_err(|e| malformed(path, e))? {
+        let Some(field) = table.iter().find(|f| f.tag == tag) else {
             if is_unset(&raw, 0) {
                 continue;
             }
-            return Err(unsupported(format!(
+            return Err(ApiError::unsupported_body(format!(
                 "{path} sets protobuf field {tag}, which kemu does not decode; send the object as JSON or YAML (kubectl create ... --dry-run=client -o yaml | kubectl create -f -)"
             )));
         };
         let here = format!("{path}.{}", field.name);
-        let wrong = || malformed(&here, format!("unexpected wire type {wire:?}"));
         let value = match (field.ty, raw) {
             (Str, Raw::Bytes(b)) => json!(text(b, &here)?),
             (Strs, Raw::Bytes(b)) => {
@@ -401,7 +378,7 @@ fn decode_message(
                 push(&mut out, field.name, Value::Object(item));
                 continue;
             }
-            _ => return Err(wrong()),
+            _ => return Err(malformed(&here, "a value of the wrong wire type")),
         };
         if field.pointer || !is_zero(&value) {
             out.insert(field.name.into(), value);
@@ -432,23 +409,20 @@ fn text(b: &[u8], path: &str) -> Result<String, ApiError> {
     String::from_utf8(b.to_vec()).map_err(|e| malformed(path, e))
 }
 
-/// The scalar fields of a small message, by number (for map entries, IntOrString and Time).
-fn scalars<'a>(b: &'a [u8], path: &str) -> Result<Vec<(u32, Raw<'a>)>, ApiError> {
+/// A message's fields in wire order, undecoded.
+fn fields(b: &[u8]) -> Result<Vec<(u32, Raw<'_>)>, String> {
     let mut buf = b;
     let mut out = Vec::new();
     while buf.has_remaining() {
-        let (tag, wire) = decode_key(&mut buf).map_err(|e| malformed(path, e))?;
-        out.push((
-            tag,
-            read_value(&mut buf, wire).map_err(|e| malformed(path, e))?,
-        ));
+        let (tag, wire) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        out.push((tag, read_value(&mut buf, wire)?));
     }
     Ok(out)
 }
 
 fn decode_entry(b: &[u8], path: &str) -> Result<(String, Value), ApiError> {
     let (mut key, mut value) = (String::new(), String::new());
-    for (tag, raw) in scalars(b, path)? {
+    for (tag, raw) in fields(b).map_err(|e| malformed(path, e))? {
         match (tag, raw) {
             (1, Raw::Bytes(k)) => key = text(k, path)?,
             (2, Raw::Bytes(v)) => value = text(v, path)?,
@@ -460,7 +434,7 @@ fn decode_entry(b: &[u8], path: &str) -> Result<(String, Value), ApiError> {
 
 fn int_or_string(b: &[u8], path: &str) -> Result<Value, ApiError> {
     let (mut is_string, mut int, mut string) = (false, 0i32, String::new());
-    for (tag, raw) in scalars(b, path)? {
+    for (tag, raw) in fields(b).map_err(|e| malformed(path, e))? {
         match (tag, raw) {
             (1, Raw::Varint(t)) => is_string = t == 1,
             (2, Raw::Varint(v)) => int = v as i64 as i32,
@@ -473,7 +447,7 @@ fn int_or_string(b: &[u8], path: &str) -> Result<Value, ApiError> {
 
 fn time(b: &[u8], path: &str) -> Result<Value, ApiError> {
     let (mut seconds, mut nanos) = (0i64, 0i32);
-    for (tag, raw) in scalars(b, path)? {
+    for (tag, raw) in fields(b).map_err(|e| malformed(path, e))? {
         match (tag, raw) {
             (1, Raw::Varint(s)) => seconds = s as i64,
             (2, Raw::Varint(n)) => nanos = n as i64 as i32,

@@ -274,14 +274,9 @@ async fn read_json(req: Request) -> ApiResult<Value> {
         .unwrap_or_default()
         .to_string();
     if content_type.contains("cbor") {
-        return Err(ApiError {
-            code: 415,
-            reason: "UnsupportedMediaType",
-            message: format!(
-                "kemu accepts JSON, YAML and protobuf request bodies only (got {content_type}); use a manifest with `kubectl create -f`"
-            ),
-            details: None,
-        });
+        return Err(ApiError::unsupported_body(format!(
+            "kemu accepts JSON, YAML and protobuf request bodies only (got {content_type}); use a manifest with `kubectl create -f`"
+        )));
     }
     let bytes = read_bytes(req).await?;
     if content_type.starts_with("application/vnd.kubernetes.protobuf") {

@@ -221,6 +221,10 @@ impl ApiError {
             ),
         )
     }
+    /// A request body kemu cannot read, with what to send instead.
+    pub fn unsupported_body(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
+    }
     pub fn not_acceptable(message: impl Into<String>) -> Self {
         Self::new(406, "NotAcceptable", message)
     }

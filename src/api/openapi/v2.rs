@@ -1,8 +1,7 @@
 //! `/openapi/v2` in the protobuf form kubectl asks for
 //! (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`: gnostic's `openapi.v2.Document`).
 //!
-//! kubectl reads it when the v3 documents do not declare a kind, as for a `kind: List` file, and
-//! kubectl 1.27 and 1.28 read only this one. It holds the same PATCH operations as the v3
+//! kubectl reads it when the v3 documents do not declare a kind, as for a `kind: List` file. It holds the same PATCH operations as the v3
 //! documents and no definitions. The messages below are the subset of gnostic's
 //! `openapiv2/OpenAPIv2.proto` that the document uses, with its field numbers.
 

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kemu::netns::{self, NetNs};
 use kemu::proxy::RESTORE_ARGS;
-use kemu::proxy::agent::control::{ProxyStatus, status_file};
+use kemu::proxy::agent::control::ProxyStatus;
 use kemu::proxy::agent::{kernel, rules};
 use kemu::proxy::forwarder::Forwarder;
 use kemu::proxy::{NodeContext, ProxyInput, ProxyMode, render};
@@ -450,10 +450,11 @@ fn running_pods(port: u16, selector: &str, n: usize) -> Vec<(String, String, Str
 }
 
 fn statuses(lab: &str) -> Vec<Option<ProxyStatus>> {
-    let dir = kemu::lab::state::LabDir::new(lab);
+    let name = kemu::topology::LabName::parse(lab).expect("a lab name");
+    let dir = kemu::lab::state::LabDir::new(&name).expect("the lab's state directory");
     HOSTS
         .iter()
-        .map(|h| ProxyStatus::read(&status_file(&dir, h)))
+        .map(|h| ProxyStatus::read(&dir.proxy_status_file(h)))
         .collect()
 }
 

@@ -12,6 +12,7 @@ pub mod controllers;
 pub mod events;
 pub mod firewall;
 pub mod flannel;
+pub mod fsguard;
 pub mod images;
 pub mod kubelet;
 pub mod lab;

@@ -15,7 +15,7 @@ use kemu::netns::NetNs;
 #[test]
 fn a_pod_sandbox_is_reachable_across_hosts_and_cleaned_up() {
     let lab = Lab::up("topologies/seed.yaml", "pod", &["--network-only"]);
-    let dir = LabDir::new(&lab.name);
+    let dir = LabDir::new(&kemu::topology::LabName::parse(&lab.name).unwrap()).unwrap();
     let cfg = PodNetConfig {
         lab: lab.name.clone(),
         subnet: "172.16.1.0/24".parse().unwrap(),

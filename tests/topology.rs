@@ -36,7 +36,7 @@ fn dry_run(file: &str) -> String {
     let topo = kemu::topology::Topology::load(Path::new(file)).unwrap();
     let plan = kemu::plan::plan(
         &topo,
-        Path::new("/run/kemu").join(&topo.name).as_path(),
+        Path::new("/run/kemu").join(topo.name.as_str()).as_path(),
         kemu::plan::OverlayBy::Launcher,
     );
     format!("{plan}")

@@ -11,7 +11,7 @@ use crate::lab::teardown::teardown;
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Lab name; may be omitted when exactly one lab exists.
-    pub lab: Option<String>,
+    pub lab: Option<crate::topology::LabName>,
     /// Tear down every lab kemu knows about.
     #[arg(long, conflicts_with = "lab")]
     pub all: bool,
@@ -20,18 +20,31 @@ pub struct DownArgs {
 /// Exit code when teardown left something behind.
 pub const PARTIAL_TEARDOWN: u8 = 3;
 
+fn dir_is_empty(path: &std::path::Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
+}
+
 pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     crate::lab::check_privileges()?;
     let labs = if args.all {
         crate::lab::list_labs()
     } else {
-        vec![super::pick_lab(args.lab.as_deref(), true)?]
+        vec![super::pick_lab(args.lab.as_ref(), true)?]
     };
     let mut failed = false;
     for lab in labs {
-        let dir = LabDir::new(&lab);
+        let dir = LabDir::new(&lab)?;
         if !dir.exists() {
             println!("lab {lab} is not up (nothing to do)");
+            continue;
+        }
+        if !dir.is_lab() && !dir_is_empty(&dir.root) {
+            failed = true;
+            eprintln!(
+                "{} is not a kemu lab (it has no {} mark): leaving it alone",
+                dir.root.display(),
+                crate::lab::state::LAB_MARK
+            );
             continue;
         }
         let report = teardown(&dir);

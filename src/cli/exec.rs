@@ -12,7 +12,7 @@ use crate::lab::state::LabRecord;
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Lab name.
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// Host name or underlay IP, e.g. 192.168.0.202.
     pub host: String,
     /// The command and its arguments (after `--`).

@@ -75,7 +75,7 @@ pub enum Command {
     #[command(hide = true)]
     Supervise {
         /// Lab name.
-        lab: String,
+        lab: crate::topology::LabName,
     },
 }
 
@@ -123,15 +123,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The lab a command refers to: the one given, or the only one that is up.
-pub(crate) fn pick_lab(given: Option<&str>, allow_missing: bool) -> anyhow::Result<String> {
+pub(crate) fn pick_lab(
+    given: Option<&crate::topology::LabName>,
+    allow_missing: bool,
+) -> anyhow::Result<crate::topology::LabName> {
     if let Some(lab) = given {
-        return Ok(lab.to_string());
+        return Ok(lab.clone());
     }
     let labs = crate::lab::list_labs();
     match labs.as_slice() {
         [one] => Ok(one.clone()),
         [] if allow_missing => anyhow::bail!("no labs are up"),
         [] => anyhow::bail!("no labs are up (start one with `kemu up topologies/seed.yaml`)"),
-        many => anyhow::bail!("several labs are up ({}): name one", many.join(", ")),
+        many => anyhow::bail!(
+            "several labs are up ({}): name one",
+            many.iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }

@@ -87,7 +87,7 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 pub struct ModeArgs {
     /// The lab.
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// The new mode.
     #[arg(value_enum)]
     pub mode: ProxyMode,
@@ -187,7 +187,7 @@ fn switch_mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
     let records = ProcessRecord::all(&dir);
     let mut waiting: Vec<(&str, u32)> = Vec::new();
     for host in &hosts {
-        control::write_mode(&control::mode_file(&dir, &host.name), args.mode)
+        control::write_mode(&dir.proxy_mode_file(&host.name), args.mode)
             .with_context(|| format!("write the mode file of {}", host.name))?;
         // Only a PID the lab recorded for this host's proxy, and only while it is that process.
         let id = format!("{}/proxy", host.name);
@@ -220,7 +220,7 @@ fn switch_mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
     }
     let deadline = Instant::now() + args.timeout;
     for (host, pid) in waiting {
-        let path = control::status_file(&dir, host);
+        let path = dir.proxy_status_file(host);
         loop {
             let status = control::ProxyStatus::read(&path);
             if let Some(s) = &status

@@ -20,7 +20,7 @@ use crate::reach::{Cell, Expectations, HostInfo, Outcome, hosts_without_pod, pla
 #[derive(Debug, Args)]
 pub struct ReachArgs {
     /// Lab name.
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// Compare with this file (lines `SOURCE-GLOB TARGET-GLOB reached|unreached`, the last
     /// matching line wins); exit 1 and show the differences when the matrix differs.
     #[arg(long)]

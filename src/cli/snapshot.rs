@@ -13,7 +13,7 @@ use crate::proxy::agent::control;
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// Lab name.
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// Only this host (name or underlay IP); default: every host.
     pub host: Option<String>,
 }
@@ -29,7 +29,7 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         if i > 0 {
             println!();
         }
-        let mode = control::read_mode(&control::mode_file(&dir, &host.name))
+        let mode = control::read_mode(&dir.proxy_mode_file(&host.name))
             .ok()
             .flatten()
             .map(|m| format!(" (proxy mode {m})"))

@@ -12,7 +12,7 @@ use crate::netns;
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Lab name; may be omitted when exactly one lab exists.
-    pub lab: Option<String>,
+    pub lab: Option<crate::topology::LabName>,
     /// Output format: `table` or `json`.
     #[arg(long, short, default_value = "table")]
     pub output: String,
@@ -23,7 +23,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("no labs are up (start one with `kemu up topologies/seed.yaml`)");
         return Ok(ExitCode::SUCCESS);
     }
-    let lab = super::pick_lab(args.lab.as_deref(), false)?;
+    let lab = super::pick_lab(args.lab.as_ref(), false)?;
     let (dir, record) = LabRecord::open(&lab)?;
     let topo = &record.topology;
     let agents = read_status(&dir);

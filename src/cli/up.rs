@@ -17,7 +17,7 @@ pub struct UpArgs {
     pub file: PathBuf,
     /// Lab name (default: the file's `name`); lets tests run one file several times at once.
     #[arg(long)]
-    pub name: Option<String>,
+    pub name: Option<crate::topology::LabName>,
     /// Print the ordered plan and exit; needs no privileges.
     #[arg(long)]
     pub dry_run: bool,
@@ -45,14 +45,7 @@ pub struct UpArgs {
 pub fn load(args: &UpArgs) -> anyhow::Result<Topology> {
     let mut topo = Topology::load(&args.file)?;
     if let Some(name) = &args.name {
-        let mut renamed = topo.clone();
-        renamed.name = name.clone();
-        // Re-validate the name through the same rules as the file.
-        let probe = format!(
-            "name: {name}\nsegments: [{{name: s, cidr: 10.0.0.0/24}}]\nhosts: [{{name: h, ip: 10.0.0.2, roles: [master]}}]\n"
-        );
-        crate::topology::parse("--name", &probe)?;
-        topo = renamed;
+        topo.name = name.clone();
     }
     if let Some(mode) = args.proxy_mode {
         topo.proxy_mode = mode;
@@ -68,7 +61,7 @@ pub fn load(args: &UpArgs) -> anyhow::Result<Topology> {
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let topo = load(&args)?;
-    let dir = LabDir::new(&topo.name);
+    let dir = LabDir::new(&topo.name)?;
     if args.dry_run {
         let agents = crate::lab::agents::agent_specs(&topo, &dir);
         let overlay_by = if args.network_only || agents.is_empty() {

@@ -128,10 +128,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // 3. subnet.env and the Node's annotations.
     let env = overlay::subnet_env(net_conf.network, subnet, backend.mtu(cfg.mtu), cfg.ip_masq);
-    if let Some(dir) = cfg.subnet_file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    crate::lab::state::write_atomic(&cfg.subnet_file, env.as_bytes())
+    let dir = crate::fsguard::parent_of(&cfg.subnet_file)?;
+    dir.create_dir_all(dir.root())?;
+    dir.write_atomic(&cfg.subnet_file, env.as_bytes())
         .with_context(|| format!("write {}", cfg.subnet_file.display()))?;
     let patch = serde_json::json!({"metadata": {"annotations": lease::annotations(backend.name(), cfg.public_ip, vtep_mac)}});
     nodes

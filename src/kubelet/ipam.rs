@@ -10,20 +10,26 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
+use crate::fsguard::OwnedDir;
+
 /// The allocator of one host.
 #[derive(Debug, Clone)]
 pub struct Ipam {
     subnet: Ipv4Net,
     dir: PathBuf,
+    /// Every file written or removed goes through it.
+    owned: OwnedDir,
 }
 
 impl Ipam {
     /// `dir` holds one file per allocated address plus `last_reserved`.
     pub fn new(subnet: Ipv4Net, dir: &Path) -> std::io::Result<Ipam> {
-        std::fs::create_dir_all(dir)?;
+        let owned = OwnedDir::new(dir)?;
+        owned.create_dir_all(dir)?;
         Ok(Ipam {
             subnet,
             dir: dir.to_path_buf(),
+            owned,
         })
     }
 
@@ -64,6 +70,7 @@ impl Ipam {
         for i in 0..size {
             let ip = Ipv4Addr::from(first + (start - first + i) % size);
             let path = self.dir.join(ip.to_string());
+            self.owned.prove(&path)?;
             match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -71,10 +78,8 @@ impl Ipam {
             {
                 Ok(mut file) => {
                     file.write_all(owner.as_bytes())?;
-                    crate::lab::state::write_atomic(
-                        &self.dir.join("last_reserved"),
-                        ip.to_string().as_bytes(),
-                    )?;
+                    self.owned
+                        .write_atomic(&self.dir.join("last_reserved"), ip.to_string().as_bytes())?;
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -91,11 +96,7 @@ impl Ipam {
     pub fn release(&self, owner: &str) -> std::io::Result<()> {
         for (ip, o) in self.allocations() {
             if o == owner {
-                match std::fs::remove_file(self.dir.join(ip.to_string())) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+                self.owned.remove_file(&self.dir.join(ip.to_string()))?;
             }
         }
         Ok(())

@@ -99,7 +99,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip.to_string(),
-        lab_dir: LabDir::new(&cfg.lab),
+        lab_dir: LabDir::new(&crate::topology::LabName::parse(&cfg.lab)?)?,
         net: sandbox::PodNetConfig {
             lab: cfg.lab.clone(),
             subnet: cfg.pod_cidr,

@@ -169,13 +169,10 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
             format!("--cluster-cidr={}", topo.cluster_network.network),
             format!("--service-cidr={}", topo.service_cidr),
             format!("--mode={}", host.proxy_mode),
-            format!(
-                "--mode-file={}",
-                crate::proxy::agent::control::mode_file(dir, &host.name).display()
-            ),
+            format!("--mode-file={}", dir.proxy_mode_file(&host.name).display()),
             format!(
                 "--status-file={}",
-                crate::proxy::agent::control::status_file(dir, &host.name).display()
+                dir.proxy_status_file(&host.name).display()
             ),
         ];
         proxy.extend(seed.iter().cloned());

@@ -93,7 +93,8 @@ fn edit(path: &Path, change: impl FnOnce(&mut Value)) -> anyhow::Result<()> {
     };
     change(&mut config);
     let text = serde_saphyr::to_string(&config)?;
-    super::state::write_atomic(path, text.as_bytes())
+    crate::fsguard::parent_of(path)?
+        .write_atomic(path, text.as_bytes())
         .with_context(|| format!("write {}", path.display()))
 }
 

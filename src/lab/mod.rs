@@ -15,15 +15,21 @@ mod up;
 
 pub use up::{UpOptions, UpReport, up};
 
-/// Names of every lab with a state directory.
-pub fn list_labs() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(state::state_root()) else {
+use crate::topology::LabName;
+
+/// Every lab with a state directory. Entries of the state root that are not a lab's (a name
+/// that is not a lab name, a directory without a lab's mark) are left alone.
+pub fn list_labs() -> Vec<LabName> {
+    let Ok(root) = state::state_root() else {
         return Vec::new();
     };
-    let mut labs: Vec<String> = entries
+    let Ok(entries) = std::fs::read_dir(root.root()) else {
+        return Vec::new();
+    };
+    let mut labs: Vec<LabName> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("lab.json").exists() || e.path().join("journal").exists())
-        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|e| LabName::parse(e.file_name().to_str()?).ok())
+        .filter(|name| state::LabDir::new(name).is_ok_and(|d| d.is_lab()))
         .collect();
     labs.sort();
     labs

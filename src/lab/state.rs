@@ -8,35 +8,87 @@
 //!   recycled PID is never mistaken for ours;
 //! - `hosts/<host>/`: per-host files (`subnet.env`, `hosts`), `logs/`: agent logs.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::Topology;
+use crate::fsguard::OwnedDir;
+use crate::topology::{LabName, Topology};
 
 /// Default root of all lab state.
 pub const DEFAULT_STATE_ROOT: &str = "/run/kemu";
 
-/// The state root: `$KEMU_STATE_DIR` or `/run/kemu`.
-pub fn state_root() -> PathBuf {
-    std::env::var_os("KEMU_STATE_DIR")
+/// The variable that moves the state root (tests of hostile names run against a temporary one).
+pub const STATE_DIR_VAR: &str = "KEMU_STATE_DIR";
+
+/// The state root's path: `$KEMU_STATE_DIR` or `/run/kemu`. Not checked; see [`state_root`].
+pub fn state_root_path() -> PathBuf {
+    std::env::var_os(STATE_DIR_VAR)
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT))
 }
+
+/// The state root, through which every lab file is written and removed: an absolute, plain
+/// path other than `/` (anything else is refused with a message naming the variable).
+pub fn state_root() -> io::Result<OwnedDir> {
+    let path = state_root_path();
+    OwnedDir::new(&path)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{STATE_DIR_VAR}: {e}")))
+}
+
+/// The file that marks a directory of the state root as a lab's, written first by `up`.
+/// `down` removes a directory recursively only when it carries this mark (or the state
+/// files of a lab made before the mark existed).
+pub const LAB_MARK: &str = ".kemu-lab";
 
 /// Paths inside one lab's state directory.
 #[derive(Debug, Clone)]
 pub struct LabDir {
     pub root: PathBuf,
+    /// The state root: every write and removal of the lab's files goes through it.
+    pub owner: OwnedDir,
 }
 
 impl LabDir {
-    pub fn new(lab: &str) -> LabDir {
-        LabDir {
-            root: state_root().join(lab),
+    /// The state directory of `lab` (it need not exist).
+    pub fn new(lab: &LabName) -> io::Result<LabDir> {
+        let owner = state_root()?;
+        let root = owner.root().join(lab.as_str());
+        // A lab name cannot escape (`LabName`); prove it anyway, it is what keeps `/` safe.
+        owner.prove(&root)?;
+        // Everything of a lab is reached through this directory: a symlink planted in its
+        // place would lead every read, write and removal somewhere else.
+        if std::fs::symlink_metadata(&root).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a symlink, not a lab's state directory: kemu will not use it",
+                    root.display()
+                ),
+            ));
         }
+        Ok(LabDir { root, owner })
+    }
+
+    /// A lab directory at an explicit place (tests, tools that were handed a path).
+    pub fn at(root: impl Into<PathBuf>) -> io::Result<LabDir> {
+        let root = root.into();
+        let owner = crate::fsguard::parent_of(&root)?;
+        owner.prove(&root)?;
+        Ok(LabDir { root, owner })
+    }
+
+    pub fn mark(&self) -> PathBuf {
+        self.root.join(LAB_MARK)
+    }
+    /// Whether the directory holds a lab (its mark, or the state files of an older kemu).
+    pub fn is_lab(&self) -> bool {
+        [self.mark(), self.lab_json(), self.journal()]
+            .iter()
+            .any(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
     }
     pub fn lab_json(&self) -> PathBuf {
         self.root.join("lab.json")
@@ -52,6 +104,14 @@ impl LabDir {
     }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+    /// The proxy agent's mode file (`kemu up` writes it, `kemu proxy mode` rewrites it).
+    pub fn proxy_mode_file(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("proxy-mode")
+    }
+    /// The proxy agent's status file, rewritten after every sync.
+    pub fn proxy_status_file(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("proxy-status.json")
     }
     pub fn agents_json(&self) -> PathBuf {
         self.root.join("agents.json")
@@ -96,8 +156,8 @@ pub struct LabRecord {
 
 impl LabRecord {
     /// The state directory and record of the running lab `lab`, or an error that says so.
-    pub fn open(lab: &str) -> anyhow::Result<(LabDir, LabRecord)> {
-        let dir = LabDir::new(lab);
+    pub fn open(lab: &LabName) -> anyhow::Result<(LabDir, LabRecord)> {
+        let dir = LabDir::new(lab)?;
         anyhow::ensure!(
             dir.exists(),
             "lab {lab} is not up (`kemu status` lists the labs that are)"
@@ -131,24 +191,11 @@ impl LabRecord {
 
     /// Write atomically (temp file + rename) so a crash never leaves half a file.
     pub fn save(&self, dir: &LabDir) -> io::Result<()> {
-        write_atomic(
+        dir.owner.write_atomic(
             &dir.lab_json(),
             serde_json::to_string_pretty(self)?.as_bytes(),
         )
     }
-}
-
-/// Write a file atomically.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    // A temporary name per writer: `up` and the supervisor both register the supervisor's
-    // PID at the same moment, and a shared `.tmp` let one rename the other's file away.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}.{n}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// One journal line.
@@ -167,10 +214,7 @@ pub struct Journal {
 
 impl Journal {
     pub fn open(dir: &LabDir) -> io::Result<Journal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.journal())?;
+        let file = dir.owner.open_append(&dir.journal())?;
         Ok(Journal { file })
     }
 
@@ -245,8 +289,8 @@ impl ProcessRecord {
 
     /// Register in `pids/` (one file per process, so writers never conflict).
     pub fn register(&self, dir: &LabDir) -> io::Result<()> {
-        std::fs::create_dir_all(dir.pids())?;
-        write_atomic(
+        dir.owner.create_dir_all(&dir.pids())?;
+        dir.owner.write_atomic(
             &dir.pids().join(self.pid.to_string()),
             serde_json::to_string(self)?.as_bytes(),
         )
@@ -254,7 +298,9 @@ impl ProcessRecord {
 
     /// Remove the registration (after the process has exited).
     pub fn unregister(&self, dir: &LabDir) {
-        let _ = std::fs::remove_file(dir.pids().join(self.pid.to_string()));
+        let _ = dir
+            .owner
+            .remove_file(&dir.pids().join(self.pid.to_string()));
     }
 
     /// Every registered process.
@@ -279,9 +325,8 @@ mod tests {
     #[test]
     fn journal_survives_a_torn_last_line() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir {
-            root: tmp.path().to_path_buf(),
-        };
+        let dir = LabDir::at(tmp.path().join("lab")).unwrap();
+        std::fs::create_dir(&dir.root).unwrap();
         let mut journal = Journal::open(&dir).unwrap();
         journal
             .append(&[

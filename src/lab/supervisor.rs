@@ -15,8 +15,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use super::agents::{AgentSpec, KEMU_BINARY, agent_specs};
-use super::state::{LabDir, LabRecord, ProcessRecord, write_atomic};
+use super::state::{LabDir, LabRecord, ProcessRecord};
 use crate::netns::NetNs;
+use crate::topology::LabName;
 
 /// First restart delay; doubles up to `MAX_BACKOFF` and resets after a long healthy run.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -64,8 +65,8 @@ struct Agent {
 }
 
 /// Run the supervisor of `lab` until SIGTERM/SIGINT. Blocks.
-pub fn run(lab: &str) -> anyhow::Result<()> {
-    let dir = LabDir::new(lab);
+pub fn run(lab: &LabName) -> anyhow::Result<()> {
+    let dir = LabDir::new(lab)?;
     let record = LabRecord::load(&dir)?;
     if let Some(me) = ProcessRecord::of(std::process::id() as i32, "supervisor") {
         me.register(&dir)?;
@@ -84,7 +85,7 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
             .logs()
             .join(&spec.host)
             .join(format!("{}.log", spec.name));
-        std::fs::create_dir_all(log.parent().expect("log dir"))?;
+        dir.owner.create_dir_all(log.parent().expect("log dir"))?;
         let status = AgentStatus {
             host: spec.host.clone(),
             name: spec.name.clone(),
@@ -111,7 +112,8 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
         let ns = std::sync::Arc::new(NetNs::open(&record.topology.host_namespace(master))?);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
-        write_atomic(&dir.api_port(), port.to_string().as_bytes())?;
+        dir.owner
+            .write_atomic(&dir.api_port(), port.to_string().as_bytes())?;
         let target = std::net::SocketAddr::from((master.ip, super::forward::API_PORT));
         tokio::spawn(super::forward::serve(listener, ns, target));
     }
@@ -192,14 +194,11 @@ fn start(
     let (program, args) = agent.spec.program(&record.binary);
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&agent.log)?;
+    let log = dir.owner.open_append(&agent.log)?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .env("KEMU_LAB", &record.topology.name)
+        .env("KEMU_LAB", record.topology.name.as_str())
         .env("KEMU_HOST", &agent.spec.host)
         .env(KEMU_BINARY, &record.binary)
         .kill_on_drop(false);
@@ -255,7 +254,7 @@ async fn watch(
 
 fn publish(dir: &LabDir, agents: &[Agent]) -> anyhow::Result<()> {
     let status: Vec<&AgentStatus> = agents.iter().map(|a| &a.status).collect();
-    write_atomic(
+    dir.owner.write_atomic(
         &dir.agents_json(),
         serde_json::to_string_pretty(&status)?.as_bytes(),
     )?;

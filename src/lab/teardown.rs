@@ -128,13 +128,21 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     }
 
     // 4. The state directory itself, unless something above failed (it is what a retry needs).
-    if report.errors.is_empty()
-        && let Err(e) = std::fs::remove_dir_all(&dir.root)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        report
-            .errors
-            .push(format!("remove {}: {e}", dir.root.display()));
+    //    Recursively only when it is marked as a lab's; an unmarked one only when empty.
+    if report.errors.is_empty() {
+        let removed = if dir.is_lab() {
+            dir.owner.remove_dir_all(&dir.root)
+        } else {
+            match dir.owner.remove_dir(&dir.root) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        if let Err(e) = removed {
+            report
+                .errors
+                .push(format!("remove {}: {e}", dir.root.display()));
+        }
     }
     report
 }

@@ -45,12 +45,18 @@ const NODES_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
     super::check_privileges()?;
     let started = Instant::now();
-    let dir = LabDir::new(&topo.name);
-    std::fs::create_dir_all(super::state::state_root())
-        .with_context(|| format!("create {}", super::state::state_root().display()))?;
+    let dir = LabDir::new(&topo.name)?;
+    dir.owner
+        .create_dir_all(dir.owner.root())
+        .with_context(|| format!("create {}", dir.owner.root().display()))?;
     // create_dir is atomic: two `up`s of one lab cannot both get past this line.
-    match std::fs::create_dir(&dir.root) {
-        Ok(()) => {}
+    match dir.owner.create_dir(&dir.root) {
+        Ok(()) => {
+            // The mark that lets `down` remove this directory (and nothing unmarked).
+            dir.owner
+                .write(&dir.mark(), format!("{}\n", topo.name).as_bytes())
+                .with_context(|| format!("write {}", dir.mark().display()))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
             "lab {} already exists (state in {}): run `kemu down {}` first, or pick another name with --name",
             topo.name,
@@ -73,7 +79,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         .filter(|name| crate::netns::exists(name))
         .collect();
     if !existing.is_empty() {
-        let _ = std::fs::remove_dir(&dir.root);
+        let _ = dir.owner.remove_dir_all(&dir.root);
         anyhow::bail!(
             "network namespaces of lab {} already exist but kemu has no record of them: {} (remove them with `ip netns delete` if they are yours)",
             topo.name,
@@ -97,8 +103,13 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
         let build = build(&plan, &mut journal)?;
         if with_agents {
-            crate::proxy::agent::control::write_mode_files(topo, &dir)
+            for host in topo.minions() {
+                crate::proxy::agent::control::write_mode(
+                    &dir.proxy_mode_file(&host.name),
+                    host.proxy_mode,
+                )
                 .context("write the proxy mode files")?;
+            }
         }
         let mut nodes = Vec::new();
         let supervisor = if !with_agents {
@@ -107,11 +118,12 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             let pid = start_supervisor(&dir, &record)?;
             if let Some(port) = dir.read_api_port() {
                 let server = format!("http://127.0.0.1:{port}");
-                std::fs::write(
-                    dir.kubeconfig(),
-                    super::kubeconfig::standalone(&topo.name, &server),
-                )
-                .with_context(|| format!("write {}", dir.kubeconfig().display()))?;
+                dir.owner
+                    .write(
+                        &dir.kubeconfig(),
+                        super::kubeconfig::standalone(&topo.name, &server).as_bytes(),
+                    )
+                    .with_context(|| format!("write {}", dir.kubeconfig().display()))?;
                 record.api_port = Some(port);
                 if let Some(path) = &opts.kubeconfig {
                     super::kubeconfig::add(path, &topo.name, &server).with_context(|| {
@@ -156,13 +168,10 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
 /// Start `kemu supervise LAB` as a daemon (own session, output to logs/supervisor.log) and wait
 /// until it has started the agents.
 fn start_supervisor(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
-    std::fs::create_dir_all(dir.logs())?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.logs().join("supervisor.log"))?;
+    dir.owner.create_dir_all(&dir.logs())?;
+    let log = dir.owner.open_append(&dir.logs().join("supervisor.log"))?;
     let mut cmd = std::process::Command::new(&record.binary);
-    cmd.args(["supervise", &record.topology.name])
+    cmd.args(["supervise", record.topology.name.as_str()])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
+use crate::fsguard::OwnedDir;
+
 /// Where `ip netns` keeps its namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 
@@ -31,6 +33,8 @@ pub enum NetNsError {
     Exists(String),
     #[error("network namespace {0} does not exist")]
     NotFound(String),
+    #[error("{0:?} cannot name a network namespace (one plain file name under /run/netns)")]
+    BadName(String),
     #[error(
         "{action} network namespace {name}: permission denied; kemu needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN): run it with sudo"
     )]
@@ -64,6 +68,21 @@ pub fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
+/// Whether `name` can name a namespace: one plain file name under `/run/netns` (names come
+/// from the topology, but `down` reads them back from a journal on disk).
+pub fn check_name(name: &str) -> Result<(), NetNsError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name.len() <= 255;
+    if plain {
+        Ok(())
+    } else {
+        Err(NetNsError::BadName(name.to_string()))
+    }
+}
+
 /// Whether a named namespace is pinned.
 pub fn exists(name: &str) -> bool {
     path_of(name).exists()
@@ -75,15 +94,9 @@ fn prepare_netns_dir() -> Result<(), NetNsError> {
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(|e| io_err("prepare", NETNS_DIR, e))?;
     // Several kemu processes may get here at once; without a lock each would see "not a mount
-    // point yet" and stack its own bind mount.
-    std::fs::create_dir_all("/run/kemu").map_err(|e| io_err("prepare", NETNS_DIR, e))?;
-    let lock_path = Path::new("/run/kemu/.netns.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path)
-        .map_err(|e| io_err("lock", NETNS_DIR, e))?;
+    // point yet" and stack its own bind mount. The lock is the directory itself (a lock file
+    // in it would show up in `ip netns list`).
+    let lock = File::open(dir).map_err(|e| io_err("lock", NETNS_DIR, e))?;
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io_err("lock", NETNS_DIR, e))?;
     let shared = || {
@@ -118,6 +131,7 @@ impl NetNs {
         F: FnOnce() -> io::Result<T> + Send,
         T: Send,
     {
+        check_name(name)?;
         prepare_netns_dir()?;
         let path = path_of(name);
         // O_EXCL: the name is ours only if we create the file.
@@ -221,16 +235,16 @@ impl AsFd for NetNs {
 /// teardown can run twice. The kernel frees the namespace (and every link inside it) once the
 /// last process and handle referring to it are gone.
 pub fn delete(name: &str) -> Result<(), NetNsError> {
+    check_name(name)?;
     let path = path_of(name);
     match umount2(&path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
         Err(e) => return Err(io_err("unmount", name, e)),
     }
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("remove", name, e)),
-    }
+    let owner = OwnedDir::new(NETNS_DIR).expect("a plain absolute path");
+    owner
+        .remove_file(&path)
+        .map_err(|e| io_err("remove", name, e))
 }
 
 /// Write sysctls of the calling thread's network namespace (`/proc/sys/net/...` follows the

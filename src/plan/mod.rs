@@ -356,7 +356,7 @@ pub fn plan(topo: &Topology, state_dir: &Path, overlay_by: OverlayBy) -> Plan {
         ),
     });
     Plan {
-        lab: lab.clone(),
+        lab: lab.to_string(),
         state_dir: state_dir.to_path_buf(),
         namespaces,
         steps,

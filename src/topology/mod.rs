@@ -6,6 +6,7 @@
 
 mod error;
 pub mod generate;
+pub mod name;
 pub mod raw;
 mod resolve;
 
@@ -17,6 +18,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Problem, TopologyError};
+pub use name::{LabName, LabNameError, MAX_LAB_NAME};
 pub use raw::{Backend, ProxyMode, Role};
 pub use resolve::{parse, parse_duration};
 
@@ -30,7 +32,7 @@ pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Topology {
-    pub name: String,
+    pub name: LabName,
     pub segments: Vec<Segment>,
     pub hosts: Vec<Host>,
     pub service_cidr: Ipv4Net,

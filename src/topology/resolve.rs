@@ -10,11 +10,10 @@ use ipnet::Ipv4Net;
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{Problem, TopologyError};
+use super::name::LabName;
 use super::raw::{Backend, ProxyMode, RawTopology, Role};
 use super::{ClusterNetwork, ControlPlane, Daemon, Host, PortRange, Segment, Topology};
 
-/// Longest lab name: it prefixes every namespace (`kemu-<lab>-<host>`) and ownership mark.
-pub const MAX_LAB_NAME: usize = 32;
 /// Longest host name: a Kubernetes label value (`kubernetes.io/hostname`) and a UTS hostname.
 pub const MAX_HOST_NAME: usize = 63;
 /// Longest segment name: the fabric bridge `br-<segment>` and the router leg `to-<segment>`
@@ -165,24 +164,10 @@ fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.split('.').all(is_dns_label)
 }
 
-/// Name checks that do not depend on anything else.
+/// Name checks that do not depend on anything else: the one lab-name rule (`super::name`).
 fn check_lab_name(c: &mut Checker, name: &Spanned<String>) {
-    let n = &name.value;
-    if n.len() > MAX_LAB_NAME {
-        c.report(
-            name.referenced,
-            "name",
-            format!(
-                "lab name {n:?} is {} characters long; the limit is {MAX_LAB_NAME} because it prefixes every namespace name (kemu-<lab>-<host>)",
-                n.len()
-            ),
-        );
-    } else if !is_dns_label(n) {
-        c.report(
-            name.referenced,
-            "name",
-            format!("lab name {n:?} must be lowercase letters, digits and '-', starting and ending with a letter or digit"),
-        );
+    if let Some(problem) = super::name::lab_name_problem(&name.value) {
+        c.report(name.referenced, "name", problem);
     }
 }
 
@@ -672,7 +657,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         return Err(c.problems);
     }
     Ok(Topology {
-        name: lab,
+        name: LabName::parse(&lab).expect("checked by check_lab_name"),
         segments,
         hosts,
         service_cidr: service_cidr.expect("checked"),

@@ -1,4 +1,5 @@
-//! The agent's two files in its host's state directory (`/run/kemu/<lab>/hosts/<host>/`):
+//! The agent's two files, whose paths it is given (`--mode-file`, `--status-file`; the launcher
+//! puts them in the host's state directory, `LabDir::proxy_mode_file`):
 //!
 //! - `proxy-mode`: one line, the mode the agent must run (`userspace`, `iptables` or
 //!   `nftables`). `kemu up` writes it from the host's effective mode; `kemu proxy mode`
@@ -7,25 +8,12 @@
 //!   sync, so that `kemu proxy mode`, `kemu snapshot`, tests and benchmarks can tell when a
 //!   change has reached the kernel.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lab::state::{LabDir, write_atomic};
+use crate::fsguard;
 use crate::proxy::ProxyMode;
-
-/// File name of the mode file inside a host directory.
-pub const MODE_FILE: &str = "proxy-mode";
-/// File name of the status file inside a host directory.
-pub const STATUS_FILE: &str = "proxy-status.json";
-
-pub fn mode_file(dir: &LabDir, host: &str) -> PathBuf {
-    dir.host_dir(host).join(MODE_FILE)
-}
-
-pub fn status_file(dir: &LabDir, host: &str) -> PathBuf {
-    dir.host_dir(host).join(STATUS_FILE)
-}
 
 /// Parse a mode name as written in a mode file (surrounding whitespace ignored).
 pub fn parse_mode(text: &str) -> Option<ProxyMode> {
@@ -53,21 +41,11 @@ pub fn read_mode(path: &Path) -> anyhow::Result<Option<ProxyMode>> {
     }
 }
 
-/// Write a mode file atomically.
+/// Write a mode file atomically (only inside the directory it names).
 pub fn write_mode(path: &Path, mode: ProxyMode) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    write_atomic(path, format!("{mode}\n").as_bytes())
-}
-
-/// Write every minion's mode file from its effective mode (`kemu up`, after
-/// `--proxy-mode` has overridden the topology's).
-pub fn write_mode_files(topo: &crate::topology::Topology, dir: &LabDir) -> std::io::Result<()> {
-    for host in topo.minions() {
-        write_mode(&mode_file(dir, &host.name), host.proxy_mode)?;
-    }
-    Ok(())
+    let dir = fsguard::parent_of(path)?;
+    dir.create_dir_all(dir.root())?;
+    dir.write_atomic(path, format!("{mode}\n").as_bytes())
 }
 
 /// What the agent reports after each sync.
@@ -119,7 +97,7 @@ impl ProxyStatus {
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+        fsguard::parent_of(path)?.write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
     }
 }
 
@@ -130,7 +108,7 @@ mod tests {
     #[test]
     fn mode_files_round_trip_and_bad_content_is_named() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("h").join(MODE_FILE);
+        let path = tmp.path().join("h").join("proxy-mode");
         assert_eq!(read_mode(&path).unwrap(), None);
         write_mode(&path, ProxyMode::Nftables).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "nftables\n");

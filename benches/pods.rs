@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{api, write_section};
+use common::{LabApi, api, write_section};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -48,13 +48,13 @@ fn pod_json(name: &str) -> String {
 
 /// Create `n` pods at once and time each one until it is Running and answers on port 80 from
 /// a host that is not its own.
-fn round(port: u16, n: usize) -> Vec<Duration> {
+fn round(lab: LabApi, n: usize) -> Vec<Duration> {
     let started: Vec<(String, Instant)> = (0..n)
         .map(|i| {
             let name = format!("b{n}-{i}");
             let t = Instant::now();
             let (code, body) = api(
-                port,
+                lab,
                 "POST",
                 "/api/v1/namespaces/default/pods",
                 Some(&pod_json(&name)),
@@ -74,7 +74,7 @@ fn round(port: u16, n: usize) -> Vec<Duration> {
             Instant::now() < deadline,
             "pods did not come up in 2 minutes"
         );
-        let (_, body) = api(port, "GET", "/api/v1/namespaces/default/pods", None);
+        let (_, body) = api(lab, "GET", "/api/v1/namespaces/default/pods", None);
         let list: serde_json::Value = serde_json::from_str(&body).unwrap();
         for item in list["items"].as_array().unwrap() {
             let name = item["metadata"]["name"].as_str().unwrap();
@@ -105,7 +105,7 @@ fn round(port: u16, n: usize) -> Vec<Duration> {
     }
     for (name, _) in &started {
         api(
-            port,
+            lab,
             "DELETE",
             &format!("/api/v1/namespaces/default/pods/{name}"),
             Some(r#"{"gracePeriodSeconds":0}"#),
@@ -115,10 +115,10 @@ fn round(port: u16, n: usize) -> Vec<Duration> {
 }
 
 /// Wait until the API holds no benchmark pod and no host has a pod sandbox left.
-fn wait_all_gone(port: u16) {
+fn wait_all_gone(lab: LabApi) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, body) = api(port, "GET", "/api/v1/namespaces/default/pods", None);
+        let (_, body) = api(lab, "GET", "/api/v1/namespaces/default/pods", None);
         let list: serde_json::Value = serde_json::from_str(&body).unwrap();
         let pods = list["items"].as_array().map_or(0, |i| i.len());
         let sandboxes = walk(std::path::Path::new(&format!("/run/kemu/{LAB}/hosts")))
@@ -175,11 +175,7 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let port: u16 = std::fs::read_to_string(format!("/run/kemu/{LAB}/api-port"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let lab = common::lab_api(LAB);
     let agents: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!("/run/kemu/{LAB}/agents.json")).unwrap(),
     )
@@ -208,9 +204,9 @@ fn main() {
 
     let mut rows = Vec::new();
     for n in [1usize, 10, 100] {
-        let mut times = round(port, n);
+        let mut times = round(lab, n);
         rows.push((n, percentile(&mut times, 0.5), percentile(&mut times, 0.99)));
-        wait_all_gone(port);
+        wait_all_gone(lab);
     }
     // Memory after 111 pods came and went: what a busy kubelet keeps.
     std::thread::sleep(SETTLE);
@@ -227,7 +223,7 @@ fn main() {
     let names: Vec<String> = (0..10).map(|i| format!("mem-{i}")).collect();
     for n in &names {
         api(
-            port,
+            lab,
             "POST",
             "/api/v1/namespaces/default/pods",
             Some(&pod_json(n)),

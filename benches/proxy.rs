@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{api, write_section};
+use common::{LabApi, api, write_section};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -70,13 +70,13 @@ fn kemu_ok(args: &[&str]) {
 }
 
 /// An API call that must answer `want`; the response body as JSON.
-fn api_json(port: u16, method: &str, path: &str, body: &str, want: u16) -> serde_json::Value {
+fn api_json(port: LabApi, method: &str, path: &str, body: &str, want: u16) -> serde_json::Value {
     let (code, text) = api(port, method, path, Some(body));
     assert_eq!(code, want, "{method} {path}: {text}");
     serde_json::from_str(&text).unwrap()
 }
 
-fn get_json(port: u16, path: &str) -> serde_json::Value {
+fn get_json(port: LabApi, path: &str) -> serde_json::Value {
     let (code, text) = api(port, "GET", path, None);
     assert_eq!(code, 200, "GET {path}: {text}");
     serde_json::from_str(&text).unwrap()
@@ -337,7 +337,7 @@ fn scratch_round(mode: ProxyMode, n: usize) -> ScratchRow {
 // ---------------------------------------------------------------------------------------------
 // Labs.
 
-fn lab_up(lab: &str, topology: &str, mode: ProxyMode) -> u16 {
+fn lab_up(lab: &str, topology: &str, mode: ProxyMode) -> LabApi {
     let _ = kemu(&["down", lab]);
     kemu_ok(&[
         "up",
@@ -350,16 +350,12 @@ fn lab_up(lab: &str, topology: &str, mode: ProxyMode) -> u16 {
         "--proxy-mode",
         mode.as_str(),
     ]);
-    std::fs::read_to_string(format!("/run/kemu/{lab}/api-port"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    common::lab_api(lab)
 }
 
 /// Delete the lab's pods through the API and wait until the kubelets have stopped them, then
 /// `kemu down`: `kemu down` alone leaves the container shims of running pods behind.
-fn lab_down(lab: &str, port: u16) {
+fn lab_down(lab: &str, port: LabApi) {
     let (code, body) = api(
         port,
         "DELETE",
@@ -402,7 +398,7 @@ fn switch_mode(lab: &str, mode: ProxyMode) {
 }
 
 /// The seed's nginx ReplicationController, two replicas.
-fn create_nginx(port: u16) {
+fn create_nginx(port: LabApi) {
     let rc = serde_json::json!({"apiVersion": "v1", "kind": "ReplicationController",
         "metadata": {"name": "nginx-controller", "namespace": "default"},
         "spec": {"replicas": 2, "selector": {"name": "nginx"},
@@ -419,7 +415,7 @@ fn create_nginx(port: u16) {
 }
 
 /// Wait until `n` pods matching `selector` are Running with an IP; their (name, node, IP, uid).
-fn running_pods(port: u16, selector: &str, n: usize) -> Vec<(String, String, String, String)> {
+fn running_pods(port: LabApi, selector: &str, n: usize) -> Vec<(String, String, String, String)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let list = get_json(
@@ -637,7 +633,7 @@ fn nginx_answers(addr: SocketAddr) -> bool {
 
 /// Create a ClusterIP Service for the nginx pods and time it until every node gets the nginx
 /// page through it; the slowest node's time.
-fn create_to_reachable(port: u16, nodes: &[NetNs], name: &str) -> Duration {
+fn create_to_reachable(port: LabApi, nodes: &[NetNs], name: &str) -> Duration {
     let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"selector": {"name": "nginx"}, "ports": [{"port": 8001, "targetPort": 80}]}});

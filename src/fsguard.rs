@@ -17,7 +17,7 @@
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// A directory whose contents kemu may change.
@@ -223,12 +223,19 @@ impl OwnedDir {
 
     /// Create or truncate a file and write it, never following a symlink at `path`.
     pub fn write(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        self.write_mode(path, contents, 0o644)
+    }
+
+    /// `write` with the permissions a new file gets (0600 for secrets; an existing file keeps
+    /// its own).
+    pub fn write_mode(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         use std::io::Write;
         self.prove_target(path)?;
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
         file.write_all(contents)
@@ -237,6 +244,11 @@ impl OwnedDir {
     /// Write a file atomically (a temporary file, then a rename), so a crash never leaves
     /// half a file.
     pub fn write_atomic(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        self.write_atomic_mode(path, contents, 0o644)
+    }
+
+    /// `write_atomic` with the file's permissions (the new file always gets exactly `mode`).
+    pub fn write_atomic_mode(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         // A temporary name per writer: `up` and the supervisor both register the supervisor's
         // PID at the same moment, and a shared `.tmp` let one rename the other's file away.
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -244,7 +256,9 @@ impl OwnedDir {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".tmp.{}.{n}", std::process::id()));
         let tmp = PathBuf::from(tmp);
-        self.write(&tmp, contents)?;
+        self.write_mode(&tmp, contents, mode)?;
+        // The umask may have taken bits away; the caller asked for exactly these.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         self.rename(&tmp, path).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })

@@ -20,12 +20,24 @@ pub fn write_section(name: &str, section: &str) {
     std::fs::write(path, new).unwrap();
 }
 
-/// One HTTP/1.1 request to the API server on `127.0.0.1:port` (a lab's forwarded port), with
-/// no client library in the measured path: the status code and the body. PATCH bodies are
-/// merge patches.
-pub fn api(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+/// A lab's API server as its hosts reach it (`http://<master>:8080`, over the master's
+/// network namespace). Leaked: a benchmark uses its labs until it exits.
+pub type LabApi = &'static kemu::lab::health::LabApi;
+
+/// The API server of the running lab `lab`.
+pub fn lab_api(lab: &str) -> LabApi {
+    let name = kemu::topology::LabName::parse(lab).expect("a lab name");
+    let (_, record) = kemu::lab::state::LabRecord::open(&name).expect("the lab is up");
+    Box::leak(Box::new(
+        kemu::lab::health::LabApi::of(&record.topology).expect("the master's namespace"),
+    ))
+}
+
+/// One HTTP/1.1 request to a lab's API server, with no client library in the measured path:
+/// the status code and the body. PATCH bodies are merge patches.
+pub fn api(lab: LabApi, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = lab.connect(std::time::Duration::from_secs(5)).unwrap();
     let body = body.unwrap_or("");
     let content_type = if method == "PATCH" {
         "application/merge-patch+json"

@@ -57,17 +57,24 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
     };
     let (_, record) = LabRecord::open(&args.lab)?;
     let topo = &record.topology;
-    let port = record.api_port.with_context(|| {
+    record.api_port.with_context(|| {
         format!(
             "lab {} runs no API server (it was started with --network-only): reach needs the cluster; start it again without that flag",
             args.lab
         )
     })?;
-    let url = format!("http://127.0.0.1:{port}");
+    // The API server as the lab's hosts reach it: its own port, over the master's network.
+    let master = topo.master();
+    let url = format!("http://{}:{}", master.ip, crate::lab::forward::API_PORT);
+    let ns = std::sync::Arc::new(crate::netns::NetNs::open(&topo.host_namespace(master))?);
     let rt = crate::client::agent_runtime()?;
+    let client = {
+        let _entered = rt.enter();
+        crate::client::connect_in(&url, ns)?
+    };
     let list = || {
         rt.block_on(async {
-            let client = crate::client::connect(&url)?;
+            let client = client.clone();
             let lp = ListParams::default();
             let nodes = Api::<Node>::all(client.clone()).list(&lp).await?.items;
             let services = Api::<Service>::all(client.clone()).list(&lp).await?.items;
@@ -94,7 +101,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
             .map(|h| h.name.clone())
             .collect();
         if !lacking.is_empty() {
-            probes = rt.block_on(start_probes(&url, &lacking))?;
+            probes = rt.block_on(start_probes(client.clone(), &lacking))?;
             (nodes, services, pods) = list()?;
         }
     }
@@ -121,7 +128,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
     );
     let answers = probe::probe_all(&sources, &targets, &run_id, args.timeout);
     if !probes.is_empty() {
-        rt.block_on(delete_probes(&url, &probes));
+        rt.block_on(delete_probes(client.clone(), &probes));
     }
     let answers = answers?;
 
@@ -146,7 +153,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if unknown {
-        let served = rt.block_on(served_by(&url, &pods, &run_id));
+        let served = rt.block_on(served_by(client.clone(), &pods, &run_id));
         for (s, _) in sources.iter().enumerate() {
             for (t, _) in targets.iter().enumerate() {
                 let cell = &mut cells[s * targets.len() + t];
@@ -180,11 +187,8 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The pod whose access log shows each probe's `User-Agent`: user agent → pod name.
-async fn served_by(url: &str, pods: &[Pod], run_id: &str) -> HashMap<String, String> {
+async fn served_by(client: kube::Client, pods: &[Pod], run_id: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    let Ok(client) = crate::client::connect(url) else {
-        return out;
-    };
     let marker = format!("kemu-reach/{run_id}-");
     // The log line is written right after the answer: give it a moment to reach the file.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -234,9 +238,8 @@ async fn served_by(url: &str, pods: &[Pod], run_id: &str) -> HashMap<String, Str
 }
 
 /// Start a pause pod on each of `nodes` and wait until they run; returns their names.
-async fn start_probes(url: &str, nodes: &[String]) -> anyhow::Result<Vec<String>> {
-    let client = crate::client::connect(url)?;
-    let api: Api<Pod> = Api::namespaced(client, "default");
+async fn start_probes(client: kube::Client, nodes: &[String]) -> anyhow::Result<Vec<String>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut names = Vec::new();
     for node in nodes {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -265,7 +268,7 @@ async fn start_probes(url: &str, nodes: &[String]) -> anyhow::Result<Vec<String>
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                delete_probes(url, &names).await;
+                delete_probes(client.clone(), &names).await;
                 anyhow::bail!(
                     "probe pod {name} did not start within 30 s (see `kubectl describe pod {name}`; --no-probe-pods skips them)"
                 );
@@ -277,10 +280,7 @@ async fn start_probes(url: &str, nodes: &[String]) -> anyhow::Result<Vec<String>
 }
 
 /// Delete the probe pods at once (no grace period).
-async fn delete_probes(url: &str, names: &[String]) {
-    let Ok(client) = crate::client::connect(url) else {
-        return;
-    };
+async fn delete_probes(client: kube::Client, names: &[String]) {
     let api: Api<Pod> = Api::namespaced(client, "default");
     let dp = kube::api::DeleteParams {
         grace_period_seconds: Some(0),

@@ -59,8 +59,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(port) = record.api_port {
         println!(
-            "API server: http://{}:8080 (from the root namespace: http://127.0.0.1:{port})",
-            topo.master().ip
+            "API server: http://{}:8080 inside the lab; https://127.0.0.1:{port} from this machine (client certificate in {})",
+            topo.master().ip,
+            dir.kubeconfig().display()
         );
     }
     println!();

@@ -175,7 +175,7 @@ fn cluster_summary(
     }
     let _ = writeln!(out, "Done, listing cluster services:\n");
     let _ = writeln!(out, "Kubernetes master is running at {master}\n");
-    let local = format!("http://127.0.0.1:{port}");
+    let local = format!("https://127.0.0.1:{port}");
     if no_kubeconfig {
         let _ = writeln!(
             out,

@@ -1,45 +1,159 @@
-//! The supervisor's port forward from the root namespace to the API server: kubectl on the
-//! machine itself talks to `127.0.0.1:<port>`, and each connection is relayed to
-//! `<master-ip>:8080` by a socket created inside the master's namespace, so the traffic still
-//! enters the lab over the master's own network stack.
+//! The supervisor's HTTPS endpoint on 127.0.0.1: the only way into a lab's API from the
+//! machine. It speaks TLS with the lab's server certificate and lets a connection through only
+//! when the client presented a certificate the lab's CA signed (`pki`, the kubeconfig's):
+//! anyone else on the machine gets `401 Unauthorized`, a plain-HTTP client gets 400. An
+//! authenticated connection is relayed to `<master-ip>:8080` by a socket created inside the
+//! master's namespace, so the traffic still enters the lab over the master's own network stack.
+//!
+//! The 2015 insecure port (`http://<master>:8080`) stays reachable inside the lab only, as in the
+//! article; nothing outside the lab's namespaces can route to it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::pki::LabPki;
 use crate::netns::NetNs;
 
 /// The API server's port on the master, as in the seed (`http://192.168.0.201:8080`).
 pub const API_PORT: u16 = 8080;
 
-/// Accept on `listener` forever, relaying each connection to `target` inside `ns`.
-pub async fn serve(listener: TcpListener, ns: Arc<NetNs>, target: SocketAddr) {
+/// How long a client may take to finish the TLS handshake or send its first request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// rustls's ring provider. ring has no post-quantum key exchange (rustls deprecates its
+/// default for that reason); aws-lc-rs has, but needs cmake and a C toolchain to build, and the
+/// endpoint only ever talks to kubectl on the same machine over loopback.
+#[allow(deprecated)]
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The first certificate of a PEM text.
+pub fn first_cert(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).context("read a PEM certificate")
+}
+
+/// The TLS settings of the endpoint: the lab's server certificate, client certificates
+/// verified against the lab's CA but not required (so that a request without one can be
+/// answered with a Kubernetes 401 instead of a failed handshake), HTTP/1.1 only (the API
+/// server behind it speaks HTTP/1.1).
+pub fn server_config(pki: &LabPki) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(crypto_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(first_cert(&pki.ca_cert)?)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes())
+        .context("read the endpoint's key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![first_cert(&pki.server_cert)?], key)
+        .context("the endpoint's certificate")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accept on `listener` forever, relaying each authenticated connection to `target` inside `ns`.
+pub async fn serve(
+    listener: TcpListener,
+    ns: Arc<NetNs>,
+    target: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
         let ns = ns.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let upstream = tokio::task::spawn_blocking(move || {
-                ns.run(move || {
-                    let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
-                    s.set_nonblocking(true)?;
-                    Ok(s)
-                })
-            })
-            .await;
-            let Ok(Ok(upstream)) = upstream else {
-                tracing::debug!(%target, "API server unreachable");
-                return;
-            };
-            let (Ok(mut upstream), mut client) = (TcpStream::from_std(upstream), client) else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = upstream.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            if let Err(e) = handle(client, acceptor, ns, target).await {
+                tracing::debug!("API endpoint connection: {e:#}");
+            }
         });
     }
+}
+
+async fn handle(
+    mut client: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ns: Arc<NetNs>,
+    target: SocketAddr,
+) -> anyhow::Result<()> {
+    let _ = client.set_nodelay(true);
+    // A TLS handshake starts with a record of type 22; plain HTTP starts with a method name.
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.peek(&mut first)).await??;
+    if n == 1 && first[0].is_ascii_alphabetic() {
+        client
+            .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+            .await?;
+        return Ok(());
+    }
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(client)).await??;
+    let authenticated = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|certs| !certs.is_empty());
+    if !authenticated {
+        // Read the request head before answering, so the client sees the answer rather than a
+        // reset connection.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read(&mut buf)).await??;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        tls.write_all(unauthorized_response().as_bytes()).await?;
+        tls.shutdown().await?;
+        return Ok(());
+    }
+    let upstream = tokio::task::spawn_blocking(move || {
+        ns.run(move || {
+            let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+    })
+    .await?
+    .with_context(|| format!("connect to the API server at {target}"))?;
+    let mut upstream = TcpStream::from_std(upstream)?;
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+    Ok(())
+}
+
+/// kube-apiserver's answer to a request without credentials.
+pub fn unauthorized_response() -> String {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }

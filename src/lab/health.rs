@@ -1,22 +1,50 @@
 //! `kemu up` waits for the cluster the way the seed's `kube-up.sh` does (`validate-cluster`):
-//! first the API server answers, then every minion's Node is Ready. It asks through the
-//! supervisor's forwarded port with a minimal HTTP/1.1 client (no TLS, one request per
-//! connection), which is all a readiness probe needs.
+//! first the API server answers, then every minion's Node is Ready. It asks the API server
+//! from inside the master's namespace, on the lab's own port (`http://<master>:8080`), with a
+//! minimal HTTP/1.1 client (one request per connection), which is all a readiness probe needs.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-/// GET `path` from 127.0.0.1:`port`; returns the status code and body.
-pub fn http_get(port: u16, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)?;
+use crate::netns::NetNs;
+
+/// Where a lab's API server answers: its address inside the master's namespace.
+pub struct LabApi {
+    pub ns: NetNs,
+    pub addr: SocketAddr,
+}
+
+impl LabApi {
+    /// The API server of a lab's topology.
+    pub fn of(topo: &crate::topology::Topology) -> anyhow::Result<LabApi> {
+        let master = topo.master();
+        Ok(LabApi {
+            ns: NetNs::open(&topo.host_namespace(master))?,
+            addr: SocketAddr::from((master.ip, super::forward::API_PORT)),
+        })
+    }
+
+    /// A connection to the API server, opened inside the master's namespace.
+    pub fn connect(&self, timeout: Duration) -> anyhow::Result<TcpStream> {
+        let addr = self.addr;
+        Ok(self
+            .ns
+            .run(move || TcpStream::connect_timeout(&addr, timeout))?)
+    }
+}
+
+/// GET `path` from the lab's API server; returns the status code and body.
+pub fn http_get(api: &LabApi, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let mut stream = api.connect(timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        api.addr
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -56,10 +84,10 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// Wait until `/readyz` answers 200.
-pub fn wait_api(port: u16, timeout: Duration) -> anyhow::Result<()> {
+pub fn wait_api(api: &LabApi, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        match http_get(port, "/readyz", Duration::from_secs(1)) {
+        match http_get(api, "/readyz", Duration::from_secs(1)) {
             Ok((200, _)) => return Ok(()),
             Ok((code, body)) if Instant::now() >= deadline => {
                 anyhow::bail!("the API server is not ready after {timeout:?}: {code} {body}")
@@ -81,8 +109,8 @@ pub struct NodeRow {
     pub version: String,
 }
 
-fn node_rows(port: u16) -> anyhow::Result<Vec<NodeRow>> {
-    let (code, body) = http_get(port, "/api/v1/nodes", Duration::from_secs(2))?;
+fn node_rows(api: &LabApi) -> anyhow::Result<Vec<NodeRow>> {
+    let (code, body) = http_get(api, "/api/v1/nodes", Duration::from_secs(2))?;
     anyhow::ensure!(code == 200, "listing nodes: {code} {body}");
     let list: serde_json::Value = serde_json::from_str(&body)?;
     let mut rows = Vec::new();
@@ -130,13 +158,13 @@ fn node_rows(port: u16) -> anyhow::Result<Vec<NodeRow>> {
 
 /// Wait until every node in `expected` is registered and Ready; returns the final listing.
 pub fn wait_nodes(
-    port: u16,
+    api: &LabApi,
     expected: &[String],
     timeout: Duration,
 ) -> anyhow::Result<Vec<NodeRow>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let rows = node_rows(port).unwrap_or_default();
+        let rows = node_rows(api).unwrap_or_default();
         let ready = expected
             .iter()
             .all(|name| rows.iter().any(|r| &r.name == name && r.ready == "Ready"));

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod forward;
 pub mod health;
 pub mod kubeconfig;
+pub mod pki;
 pub mod snapshot;
 pub mod state;
 pub mod supervisor;

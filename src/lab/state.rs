@@ -128,6 +128,10 @@ impl LabDir {
             .parse()
             .ok()
     }
+    /// The lab's certificates and keys (`lab::pki`).
+    pub fn pki(&self) -> PathBuf {
+        self.root.join("pki")
+    }
     pub fn kubeconfig(&self) -> PathBuf {
         self.root.join("kubeconfig")
     }
@@ -152,6 +156,9 @@ pub struct LabRecord {
     /// The user kubeconfig that got a `kemu-<lab>` context (removed again by `down`).
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// The context that was current in that kubeconfig before `up` (given back by `down`).
+    #[serde(default)]
+    pub previous_context: Option<String>,
 }
 
 impl LabRecord {

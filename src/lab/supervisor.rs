@@ -106,16 +106,18 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
         });
     }
 
-    // kubectl on the machine itself reaches the API server through 127.0.0.1:<port>.
+    // kubectl on the machine itself reaches the API server through https://127.0.0.1:<port>,
+    // with the lab's client certificate.
     if record.topology.hosts.iter().any(|h| h.is_master()) {
         let master = record.topology.master();
         let ns = std::sync::Arc::new(NetNs::open(&record.topology.host_namespace(master))?);
+        let tls = super::forward::server_config(&super::pki::LabPki::load(&dir)?)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         dir.owner
             .write_atomic(&dir.api_port(), port.to_string().as_bytes())?;
         let target = std::net::SocketAddr::from((master.ip, super::forward::API_PORT));
-        tokio::spawn(super::forward::serve(listener, ns, target));
+        tokio::spawn(super::forward::serve(listener, ns, target, tls));
     }
 
     // Each child is awaited by its own task; exits come back here by index.

@@ -118,7 +118,11 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     // 3. The lab's kubeconfig context.
     if let Ok(record) = super::state::LabRecord::load(dir)
         && let Some(path) = &record.kubeconfig
-        && let Err(e) = super::kubeconfig::forget(path, &record.topology.name)
+        && let Err(e) = super::kubeconfig::forget(
+            path,
+            &record.topology.name,
+            record.previous_context.as_deref(),
+        )
     {
         report.errors.push(format!(
             "remove context kemu-{} from {}: {e:#}",

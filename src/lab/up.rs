@@ -96,10 +96,18 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             .unwrap_or(0),
         api_port: None,
         kubeconfig: None,
+        previous_context: None,
     };
     let mut record = record;
     let result = (|| {
         record.save(&dir).context("write lab.json")?;
+        let pki = if with_agents {
+            let pki = super::pki::generate(&topo.name)?;
+            pki.save(&dir)?;
+            Some(pki)
+        } else {
+            None
+        };
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
         let build = build(&plan, &mut journal)?;
         if with_agents {
@@ -116,28 +124,30 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             None
         } else {
             let pid = start_supervisor(&dir, &record)?;
-            if let Some(port) = dir.read_api_port() {
-                let server = format!("http://127.0.0.1:{port}");
-                dir.owner
-                    .write(
-                        &dir.kubeconfig(),
-                        super::kubeconfig::standalone(&topo.name, &server).as_bytes(),
-                    )
-                    .with_context(|| format!("write {}", dir.kubeconfig().display()))?;
+            if let (Some(port), Some(pki)) = (dir.read_api_port(), &pki) {
+                let creds = super::kubeconfig::Credentials {
+                    server: format!("https://127.0.0.1:{port}"),
+                    pki,
+                };
+                super::kubeconfig::write_standalone(&dir, &topo.name, &creds)?;
                 record.api_port = Some(port);
                 if let Some(path) = &opts.kubeconfig {
-                    super::kubeconfig::add(path, &topo.name, &server).with_context(|| {
-                        format!("add context kemu-{} to {}", topo.name, path.display())
-                    })?;
+                    // Recorded before the edit: `down` must clean up even if `up` dies now.
                     record.kubeconfig = Some(path.clone());
+                    record.save(&dir).context("write lab.json")?;
+                    record.previous_context = super::kubeconfig::add(path, &topo.name, &creds)
+                        .with_context(|| {
+                            format!("add context kemu-{} to {}", topo.name, path.display())
+                        })?;
                 }
                 record.save(&dir).context("write lab.json")?;
                 let apiserver_log = dir.logs().join(&topo.master().name).join("apiserver.log");
-                super::health::wait_api(port, API_TIMEOUT)
+                let api = super::health::LabApi::of(topo)?;
+                super::health::wait_api(&api, API_TIMEOUT)
                     .with_context(|| format!("see {}", apiserver_log.display()))?;
                 if agent_specs(topo, &dir).iter().any(|a| a.name == "kubelet") {
                     let expected: Vec<String> = topo.minions().map(|h| h.name.clone()).collect();
-                    nodes = super::health::wait_nodes(port, &expected, NODES_TIMEOUT)?;
+                    nodes = super::health::wait_nodes(&api, &expected, NODES_TIMEOUT)?;
                 }
             }
             Some(pid)

@@ -48,6 +48,11 @@ pub struct Lab {
 impl Lab {
     /// `kemu up FILE --name <unique>` with extra arguments.
     pub fn up(file: &str, prefix: &str, extra: &[&str]) -> Lab {
+        Lab::up_with_env(file, prefix, extra, &[])
+    }
+
+    /// `up` with extra environment variables (e.g. `SUDO_UID` to act as `sudo` does).
+    pub fn up_with_env(file: &str, prefix: &str, extra: &[&str], env: &[(&str, &str)]) -> Lab {
         let name = unique_name(prefix);
         let mut args = vec!["up", file, "--name", &name];
         // Never touch the user's kubeconfig from tests unless a test asks for a file.
@@ -55,7 +60,19 @@ impl Lab {
             args.push("--no-kubeconfig");
         }
         args.extend_from_slice(extra);
-        let up_output = run_kemu(&args);
+        let up_output = kemu()
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run kemu up");
+        assert!(
+            up_output.status.success(),
+            "kemu {} failed ({}):\n{}\n{}",
+            args.join(" "),
+            up_output.status,
+            String::from_utf8_lossy(&up_output.stdout),
+            String::from_utf8_lossy(&up_output.stderr)
+        );
         Lab { name, up_output }
     }
 

@@ -16,6 +16,7 @@ mod image;
 pub mod kubelet;
 pub mod proxy;
 mod reach;
+mod repair;
 mod scheduler;
 mod snapshot;
 mod status;
@@ -42,6 +43,8 @@ pub enum Command {
     Down(down::DownArgs),
     /// Show a lab's hosts, subnets and agents.
     Status(status::StatusArgs),
+    /// Restart a lab's supervisor after it died, adopting the agents that still run.
+    Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
     Exec(exec::ExecArgs),
     /// Print an N-host topology file.
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args),
         Command::Down(args) => down::run(args),
         Command::Status(args) => status::run(args),
+        Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Apiserver(args) => apiserver::run(args),

@@ -27,14 +27,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (dir, record) = LabRecord::open(&lab)?;
     let topo = &record.topology;
     let agents = read_status(&dir);
-    let supervisor = ProcessRecord::all(&dir)
-        .into_iter()
-        .find(|p| p.what == "supervisor");
+    let supervisor = crate::lab::supervisor::alive(&dir).or_else(|| {
+        ProcessRecord::all(&dir)
+            .into_iter()
+            .find(|p| p.what == "supervisor")
+    });
     if args.output == "json" {
         let value = serde_json::json!({
             "lab": topo.name,
             "source": record.source,
-            "supervisor": supervisor.as_ref().map(|s| serde_json::json!({"pid": s.pid, "alive": s.is_alive()})),
+            "supervisor": supervisor.as_ref().map(|s| serde_json::json!({
+                "pid": s.pid, "alive": s.is_alive(),
+                "repairs": record.repairs, "lastRepair": record.last_repair,
+            })),
             "hosts": topo.hosts.iter().map(|h| serde_json::json!({
                 "name": h.name, "ip": h.ip, "roles": h.roles, "segment": h.segment,
                 "podSubnet": h.subnet, "namespace": topo.host_namespace(h),
@@ -98,10 +103,28 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         match &supervisor {
             Some(s) if s.is_alive() => println!("supervisor: pid {} running", s.pid),
             Some(s) => println!(
-                "supervisor: pid {} NOT RUNNING (agents are not restarted)",
-                s.pid
+                "supervisor: pid {} NOT RUNNING: agents are not restarted and the API endpoint is down; `kemu repair {}` starts a new one",
+                s.pid, topo.name
             ),
-            None => println!("supervisor: not running"),
+            None => println!(
+                "supervisor: not running; `kemu repair {}` starts one",
+                topo.name
+            ),
+        }
+        if let Some(r) = &record.last_repair {
+            let ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs().saturating_sub(r.at))
+                .unwrap_or(0);
+            println!(
+                "  restarted by kemu repair {} time(s); the last {ago} s ago found the supervisor{} dead, adopted {} agents and started {} again",
+                record.repairs,
+                r.dead_pid
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default(),
+                r.adopted,
+                r.restarted
+            );
         }
         println!(
             "{:<16} {:<20} {:<8} {:<9} {:<9} LAST EXIT",
@@ -115,6 +138,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             });
             let state = if a.state == "running" && !alive {
                 "dead"
+            } else if a.adopted {
+                "adopted"
             } else {
                 a.state.as_str()
             };

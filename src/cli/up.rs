@@ -86,6 +86,23 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // A lab whose supervisor died is brought back rather than refused (as `kemu repair`).
+    if dir.is_lab()
+        && crate::lab::supervisor::alive(&dir).is_none()
+        && let Ok(mut record) = crate::lab::state::LabRecord::load(&dir)
+        && record.api_port.is_some()
+    {
+        let outcome = crate::lab::repair::repair(&dir, &mut record)?;
+        println!("{}", super::repair::describe(&topo.name, &outcome));
+        if record.topology != topo {
+            eprintln!(
+                "note: the lab runs the topology it was started with, not the changed {}: `kemu down {}` first to apply the change",
+                args.file.display(),
+                topo.name
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = up(
         &topo,
         &UpOptions {

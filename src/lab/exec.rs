@@ -8,6 +8,7 @@ use std::process::Command;
 
 use std::os::unix::process::CommandExt;
 
+use super::cgroup::LabCgroup;
 use super::state::LabDir;
 use crate::netns::NetNs;
 
@@ -31,11 +32,20 @@ pub fn host_command(
     cmd.env("KEMU_LAB", dir.root.file_name().unwrap_or_default())
         .env("KEMU_HOST", host);
     let fd = ns.as_raw_fd();
+    // The command is one of the host's processes: it joins the host's cgroup, so `down` stops
+    // it with the rest (a server left running would keep the host's namespace alive).
+    let cgroup = match dir.name().and_then(|lab| LabCgroup::of(&lab)) {
+        Some(cg) if cg.exists() => Some(cg.open_procs(&cg.host(host))?),
+        _ => None,
+    };
     // SAFETY: only async-signal-safe syscalls between fork and exec; every string was
     // allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            let _keep = &ns;
+            let _keep = (&ns, &cgroup);
+            if let Some(procs) = &cgroup {
+                super::cgroup::join_before_exec(procs.as_raw_fd())?;
+            }
             enter(fd, &hosts_file, hostname.as_bytes())
         });
     }

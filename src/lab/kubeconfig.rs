@@ -195,6 +195,19 @@ pub fn add(path: &Path, lab: &str, creds: &Credentials) -> anyhow::Result<Option
     edit(path, |config| upsert(config, lab, creds))
 }
 
+/// Point the lab's entries in `path` at a new endpoint (after `kemu repair` had to take
+/// another port), leaving the current context as the user set it.
+pub fn refresh(path: &Path, lab: &str, creds: &Credentials) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    edit(path, |config| {
+        let current = config["current-context"].clone();
+        upsert(config, lab, creds);
+        config["current-context"] = current;
+    })
+}
+
 /// Remove the lab from `path` (a missing file or entry is fine), making `previous` the
 /// current context again if the lab's still was.
 pub fn forget(path: &Path, lab: &str, previous: Option<&str>) -> anyhow::Result<()> {

@@ -3,11 +3,13 @@
 
 pub mod agents;
 pub mod build;
+pub mod cgroup;
 pub mod exec;
 pub mod forward;
 pub mod health;
 pub mod kubeconfig;
 pub mod pki;
+pub mod repair;
 pub mod snapshot;
 pub mod state;
 pub mod supervisor;

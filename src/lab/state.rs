@@ -113,6 +113,14 @@ impl LabDir {
     pub fn proxy_status_file(&self, host: &str) -> PathBuf {
         self.host_dir(host).join("proxy-status.json")
     }
+    /// The supervisor's own state (`supervisor::SupervisorState`).
+    pub fn supervisor_json(&self) -> PathBuf {
+        self.root.join("supervisor.json")
+    }
+    /// The lab's name, from the directory's.
+    pub fn name(&self) -> Option<LabName> {
+        LabName::parse(self.root.file_name()?.to_str()?).ok()
+    }
     pub fn agents_json(&self) -> PathBuf {
         self.root.join("agents.json")
     }
@@ -159,6 +167,24 @@ pub struct LabRecord {
     /// The context that was current in that kubeconfig before `up` (given back by `down`).
     #[serde(default)]
     pub previous_context: Option<String>,
+    /// Supervisors started by `kemu repair` after the one before had died, the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair: Option<Repair>,
+    #[serde(default)]
+    pub repairs: u32,
+}
+
+/// What `kemu repair` found and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Repair {
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// The supervisor that was found dead.
+    pub dead_pid: Option<i32>,
+    /// Agents the new supervisor took over, and how many it had to start again.
+    pub adopted: usize,
+    pub restarted: usize,
 }
 
 impl LabRecord {

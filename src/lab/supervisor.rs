@@ -1,13 +1,19 @@
 //! The per-lab supervisor (`kemu supervise LAB`), a small daemon in the root namespace that
-//! `kemu up` starts and `kemu down` stops. It starts every agent inside its host's namespace,
-//! records their PIDs (so `down` can stop them even if the supervisor itself was killed),
-//! restarts them when they exit (with back-off, like a kubelet restarting containers), and
-//! publishes their state in `agents.json` for `kemu status`.
+//! `kemu up` starts ([`launch`]) and `kemu down` stops. It starts every agent inside its host's
+//! namespace and cgroup, records their PIDs, restarts them when they exit (with back-off, like
+//! a kubelet restarting containers), serves the lab's HTTPS endpoint on 127.0.0.1, and
+//! publishes its agents' state in `agents.json` for `kemu status`.
+//!
+//! A supervisor can die (SIGKILL, OOM): its agents and pods keep running, unsupervised, and the
+//! endpoint is gone. `kemu repair` (or `kemu up` of the same lab) launches a new one, which
+//! adopts every recorded agent that is still alive (watching it through a pidfd, since it is
+//! not its child) instead of starting a second copy, and serves the endpoint on the same port
+//! again when it can.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -15,14 +21,18 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use super::agents::{AgentSpec, KEMU_BINARY, agent_specs};
+use super::cgroup::LabCgroup;
 use super::state::{LabDir, LabRecord, ProcessRecord};
 use crate::netns::NetNs;
 use crate::topology::LabName;
 
-/// First restart delay; doubles up to `MAX_BACKOFF` and resets after a long healthy run.
+/// First restart delay; doubles up to the agent's limit and resets after a long healthy run.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// How long a launch may go without the supervisor making progress before `up` gives up.
+const LAUNCH_STALL: Duration = Duration::from_secs(10);
 
 /// An agent as `agents.json` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +48,26 @@ pub struct AgentStatus {
     pub last_exit: Option<String>,
     /// Seconds since the epoch of the current start.
     pub started: Option<u64>,
+    /// Whether the running process was adopted from a supervisor that died.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+}
+
+/// What the supervisor says about itself in `supervisor.json`: written while it starts (so a
+/// launcher can tell progress from a hang) and once it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupervisorState {
+    pub pid: i32,
+    /// `starting` or `running`.
+    pub phase: String,
+    /// Agents started or adopted so far, of `total`.
+    pub agents: usize,
+    pub total: usize,
+    /// Agents taken over from a supervisor that had died.
+    pub adopted: usize,
+    /// Seconds since the epoch.
+    pub since: u64,
 }
 
 fn now() -> u64 {
@@ -55,13 +85,113 @@ pub fn read_status(dir: &LabDir) -> Vec<AgentStatus> {
         .unwrap_or_default()
 }
 
+/// Read `supervisor.json`.
+pub fn read_state(dir: &LabDir) -> Option<SupervisorState> {
+    serde_json::from_str(&std::fs::read_to_string(dir.supervisor_json()).ok()?).ok()
+}
+
+/// The recorded supervisor process, if one is alive.
+pub fn alive(dir: &LabDir) -> Option<ProcessRecord> {
+    ProcessRecord::all(dir)
+        .into_iter()
+        .find(|p| p.what == "supervisor" && p.is_alive())
+}
+
+/// Start `kemu supervise LAB` as a daemon (own session, the lab's supervisor cgroup, output to
+/// logs/supervisor.log) and wait until it runs every agent. There is no fixed time limit:
+/// `launch` waits as long as the supervisor makes progress, so a lab of a thousand hosts takes
+/// the time it needs, and fails when the supervisor dies or stalls.
+pub fn launch(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
+    dir.owner.create_dir_all(&dir.logs())?;
+    let log = dir.owner.open_append(&dir.logs().join("supervisor.log"))?;
+    let mut cmd = std::process::Command::new(&record.binary);
+    cmd.args(["supervise", record.topology.name.as_str()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Into the lab's cgroup before it executes: nothing it ever starts can escape `down`.
+    let cgroup = LabCgroup::of(&record.topology.name);
+    let procs = match &cgroup {
+        Some(cg) => Some(
+            cg.open_procs(&cg.supervisor())
+                .with_context(|| format!("create the lab's cgroup {}", cg.dir.display()))?,
+        ),
+        None => None,
+    };
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: setsid and write are async-signal-safe; the cgroup file stays open until spawn
+    // returns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if let Some(fd) = procs_fd {
+                super::cgroup::join_before_exec(fd)?;
+            }
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().context("start the lab supervisor")?;
+    drop(procs);
+    let pid = child.id() as i32;
+    // Record it at once: if `up` dies now, `down` still finds it (by PID where there is no
+    // cgroup); if it cannot be recorded, nothing would ever stop it.
+    if let Some(p) = ProcessRecord::of(pid, "supervisor")
+        && let Err(e) = p.register(dir)
+    {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(anyhow::Error::from(e).context("register the lab supervisor"));
+    }
+    // The supervisor is not our child for long: reap it in the background if it exits early.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    let mut last = (Instant::now(), None::<SupervisorState>);
+    loop {
+        let state = read_state(dir).filter(|s| s.pid == pid);
+        if state.as_ref().is_some_and(|s| s.phase == "running") {
+            return Ok(pid);
+        }
+        if crate::lab::state::process_is_dead(pid) {
+            // A rollback removes the log with the lab: quote it here.
+            let log =
+                std::fs::read_to_string(dir.logs().join("supervisor.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow::bail!(
+                "the lab supervisor exited during start-up:\n  {}",
+                tail.join("\n  ")
+            );
+        }
+        if state != last.1 {
+            last = (Instant::now(), state);
+        } else if last.0.elapsed() > LAUNCH_STALL {
+            let progress = last
+                .1
+                .map(|s| format!("{} of {} agents started", s.agents, s.total))
+                .unwrap_or_else(|| "no agent started".into());
+            anyhow::bail!(
+                "the lab supervisor made no progress for {} s ({progress}); see {}",
+                LAUNCH_STALL.as_secs(),
+                dir.logs().join("supervisor.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 struct Agent {
     spec: AgentSpec,
     ns: NetNs,
+    /// The host's cgroup (`cgroup.procs`, open), which the agent joins before it executes.
+    cgroup: Option<std::fs::File>,
     log: PathBuf,
     status: AgentStatus,
     record: Option<ProcessRecord>,
     backoff: Duration,
+    max_backoff: Duration,
 }
 
 /// Run the supervisor of `lab` until SIGTERM/SIGINT. Blocks.
@@ -77,7 +207,32 @@ pub fn run(lab: &LabName) -> anyhow::Result<()> {
     runtime.block_on(supervise(dir, record))
 }
 
+/// The longest restart delay of an agent. The control plane must come back well within the
+/// node grace period: a crash-looping API server whose restarts drift apart by 10 s would make
+/// every kubelet's heartbeat miss it, and the nodes look dead.
+fn max_backoff(spec: &AgentSpec, record: &LabRecord) -> Duration {
+    let control_plane = matches!(
+        spec.name.as_str(),
+        "apiserver" | "controller-manager" | "scheduler"
+    ) && spec.kemu;
+    if control_plane {
+        let grace = record.topology.control_plane.node_monitor_grace_period;
+        (grace / 8).clamp(FIRST_BACKOFF, Duration::from_secs(2))
+    } else {
+        MAX_BACKOFF
+    }
+}
+
 async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
+    // Signals first: a SIGTERM during start-up must stop what was started so far.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let cgroup = LabCgroup::of(&record.topology.name);
+    // What a supervisor that died left: agents to adopt, and records of the dead to drop.
+    let previous: Vec<ProcessRecord> = ProcessRecord::all(&dir);
+    for dead in previous.iter().filter(|p| !p.is_alive()) {
+        dead.unregister(&dir);
+    }
     let mut agents = Vec::new();
     for spec in agent_specs(&record.topology, &dir) {
         let ns = NetNs::open(&spec.namespace)?;
@@ -86,6 +241,10 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
             .join(&spec.host)
             .join(format!("{}.log", spec.name));
         dir.owner.create_dir_all(log.parent().expect("log dir"))?;
+        let cgroup = match &cgroup {
+            Some(cg) => Some(cg.open_procs(&cg.host(&spec.host))?),
+            None => None,
+        };
         let status = AgentStatus {
             host: spec.host.clone(),
             name: spec.name.clone(),
@@ -95,24 +254,46 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
             restarts: 0,
             last_exit: None,
             started: None,
+            adopted: false,
         };
+        let max_backoff = max_backoff(&spec, &record);
         agents.push(Agent {
             spec,
             ns,
+            cgroup,
             log,
             status,
             record: None,
             backoff: FIRST_BACKOFF,
+            max_backoff,
         });
     }
+    let mut state = SupervisorState {
+        pid: std::process::id() as i32,
+        phase: "starting".into(),
+        total: agents.len(),
+        since: now(),
+        ..Default::default()
+    };
+    write_state(&dir, &state)?;
 
     // kubectl on the machine itself reaches the API server through https://127.0.0.1:<port>,
-    // with the lab's client certificate.
+    // with the lab's client certificate. A restarted supervisor takes the same port again when
+    // it can, so that the kubeconfigs handed out keep working.
     if record.topology.hosts.iter().any(|h| h.is_master()) {
         let master = record.topology.master();
         let ns = std::sync::Arc::new(NetNs::open(&record.topology.host_namespace(master))?);
         let tls = super::forward::server_config(&super::pki::LabPki::load(&dir)?)?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = match record.api_port {
+            Some(port) => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("port {port} is taken ({e}); serving the API on a new one");
+                    tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
+                }
+            },
+            None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+        };
         let port = listener.local_addr()?.port();
         dir.owner
             .write_atomic(&dir.api_port(), port.to_string().as_bytes())?;
@@ -120,16 +301,29 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
         tokio::spawn(super::forward::serve(listener, ns, target, tls));
     }
 
-    // Each child is awaited by its own task; exits come back here by index.
+    // Each agent is watched by its own task; exits come back here by index.
     let (exited, mut exits) = mpsc::unbounded_channel::<(usize, String, Duration)>();
+    let mut last_progress = Instant::now();
     for (i, agent) in agents.iter_mut().enumerate() {
-        start(&dir, &record, agent, i, exited.clone())?;
+        if let Some(old) = previous.iter().find(|p| p.what == agent.spec.id())
+            && let Some(pidfd) = adoptable(old)
+        {
+            adopt(agent, old.clone(), pidfd, i, exited.clone())?;
+            state.adopted += 1;
+        } else {
+            start(&dir, &record, agent, i, exited.clone())?;
+        }
+        state.agents += 1;
+        if last_progress.elapsed() > Duration::from_millis(100) {
+            write_state(&dir, &state)?;
+            last_progress = Instant::now();
+        }
     }
     publish(&dir, &agents)?;
+    state.phase = "running".into();
+    write_state(&dir, &state)?;
 
     let (restart, mut restarts) = mpsc::unbounded_channel::<usize>();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -142,12 +336,13 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
                 tracing::warn!(agent = %agent.spec.id(), %how, "agent exited; restarting");
                 agent.status.last_exit = Some(how);
                 agent.status.pid = None;
+                agent.status.adopted = false;
                 agent.status.state = "backoff".into();
                 if ran >= HEALTHY_RUN {
                     agent.backoff = FIRST_BACKOFF;
                 }
                 let delay = agent.backoff;
-                agent.backoff = (agent.backoff * 2).min(MAX_BACKOFF);
+                agent.backoff = (agent.backoff * 2).min(agent.max_backoff);
                 publish(&dir, &agents)?;
                 let restart = restart.clone();
                 tokio::spawn(async move {
@@ -185,7 +380,61 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Start one agent inside its namespace and watch it.
+fn write_state(dir: &LabDir, state: &SupervisorState) -> anyhow::Result<()> {
+    dir.owner.write_atomic(
+        &dir.supervisor_json(),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// A pidfd on a recorded agent that is still the same process, or `None` (dead, or its PID
+/// recycled). Checked again after opening: the pidfd then surely refers to our process.
+fn adoptable(record: &ProcessRecord) -> Option<OwnedFd> {
+    if !record.is_alive() {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, record.pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    record.is_alive().then_some(fd)
+}
+
+/// Take over a running agent of a dead supervisor: watch it until it exits, then restart it
+/// like any other.
+fn adopt(
+    agent: &mut Agent,
+    record: ProcessRecord,
+    pidfd: OwnedFd,
+    index: usize,
+    exited: mpsc::UnboundedSender<(usize, String, Duration)>,
+) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the pidfd, which stays open (and is deregistered before it is
+    // closed) for as long as it is registered.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watch pid {}: {e}", record.pid))?;
+    agent.status.pid = Some(record.pid);
+    agent.status.state = "running".into();
+    agent.status.started = Some(now());
+    agent.status.adopted = true;
+    agent.record = Some(record);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        // A pidfd becomes readable when its process exits.
+        let _ = fd.readable().await;
+        let how = "exited (adopted after a supervisor restart: exit status unknown)".to_string();
+        let _ = exited.send((index, how, started.elapsed()));
+    });
+    Ok(())
+}
+
+/// Start one agent inside its namespace and cgroup, and watch it.
 fn start(
     dir: &LabDir,
     record: &LabRecord,
@@ -205,9 +454,14 @@ fn start(
         .env(KEMU_BINARY, &record.binary)
         .kill_on_drop(false);
     let fd = agent.ns.as_raw_fd();
-    // SAFETY: setns is async-signal-safe; the fd stays open in the parent until spawn returns.
+    let procs = agent.cgroup.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: write and setns are async-signal-safe; both fds stay open in the parent until
+    // spawn returns.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(procs) = procs {
+                super::cgroup::join_before_exec(procs)?;
+            }
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -222,7 +476,8 @@ fn start(
     if let Some(p) = &process
         && let Err(e) = p.register(dir)
     {
-        // `down` finds agents only by their registration: one it cannot find must not live.
+        // Where there is no cgroup, `down` finds agents only by their registration: one it
+        // cannot find must not live.
         let _ = child.start_kill();
         return Err(anyhow::Error::from(e).context(format!("register {}", agent.spec.id())));
     }
@@ -261,4 +516,47 @@ fn publish(dir: &LabDir, agents: &[Agent]) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&status)?.as_bytes(),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_plane_comes_back_well_within_the_node_grace_period() {
+        let mut topo = crate::topology::parse(
+            "seed.yaml",
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topologies/seed.yaml"))
+                .unwrap(),
+        )
+        .unwrap();
+        for (grace, want) in [
+            (Duration::from_secs(8), Duration::from_secs(1)),
+            (Duration::from_secs(40), Duration::from_secs(2)),
+            (Duration::from_millis(400), FIRST_BACKOFF),
+        ] {
+            topo.control_plane.node_monitor_grace_period = grace;
+            let dir = LabDir::at("/run/kemu/seed").unwrap();
+            let record = LabRecord {
+                topology: topo.clone(),
+                source: None,
+                binary: "/bin/kemu".into(),
+                created: 0,
+                api_port: None,
+                kubeconfig: None,
+                previous_context: None,
+                last_repair: None,
+                repairs: 0,
+            };
+            for spec in agent_specs(&topo, &dir) {
+                let max = max_backoff(&spec, &record);
+                if ["apiserver", "controller-manager", "scheduler"].contains(&spec.name.as_str()) {
+                    assert_eq!(max, want, "{} with grace {grace:?}", spec.name);
+                    assert!(max * 4 <= grace.max(FIRST_BACKOFF * 4));
+                } else {
+                    assert_eq!(max, MAX_BACKOFF, "{}", spec.name);
+                }
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Teardown, driven only by the state directory: stop every recorded process (by PID and start
-//! time), delete every journaled namespace in reverse order, remove the state. It continues
+//! time), then everything left in the lab's cgroup, delete every journaled namespace in reverse
+//! order, remove the state. It continues
 //! after errors, treats "already gone" as success, and reports every failure at the end, so it
 //! works after a crash, after a SIGKILL of `up` at any point, and twice in a row.
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::cgroup::LabCgroup;
 use super::state::{Journal, JournalEntry, LabDir, ProcessRecord};
 use crate::netns;
 use crate::runtime::process::layout;
@@ -80,6 +82,20 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     // so the kubelets' runtime directories are the record of what is left to stop.
     report.stopped_processes +=
         stop_processes(&lab_containers(dir), STOP_GRACE, &mut report.errors);
+    // The lab's cgroup holds whatever is left, however it got there (a supervisor that `up`
+    // started just before it was killed, anything an agent double-forked): it dies with it,
+    // and the cgroups go too.
+    if let Some(name) = dir.name()
+        && let Some(cgroup) = LabCgroup::of(&name)
+    {
+        match cgroup.kill_and_remove(STOP_GRACE) {
+            Ok(killed) => report.stopped_processes += killed,
+            Err(e) => report.errors.push(format!(
+                "stop the lab's cgroup {}: {e}",
+                cgroup.dir.display()
+            )),
+        }
+    }
     for record in ProcessRecord::all(dir)
         .into_iter()
         .chain(lab_containers(dir))

@@ -2,14 +2,13 @@
 //! what it made, using the same journal-driven teardown as `down`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
 use super::agents::agent_specs;
 use super::build::{BuildReport, build};
-use super::state::{Journal, LabDir, LabRecord, ProcessRecord};
+use super::state::{Journal, LabDir, LabRecord};
 use super::teardown::teardown;
 use crate::plan::{OverlayBy, plan};
 use crate::topology::Topology;
@@ -97,6 +96,8 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         api_port: None,
         kubeconfig: None,
         previous_context: None,
+        last_repair: None,
+        repairs: 0,
     };
     let mut record = record;
     let result = (|| {
@@ -123,7 +124,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         let supervisor = if !with_agents {
             None
         } else {
-            let pid = start_supervisor(&dir, &record)?;
+            let pid = super::supervisor::launch(&dir, &record)?;
             if let (Some(port), Some(pki)) = (dir.read_api_port(), &pki) {
                 let creds = super::kubeconfig::Credentials {
                     server: format!("https://127.0.0.1:{port}"),
@@ -173,60 +174,4 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             )))
         }
     }
-}
-
-/// Start `kemu supervise LAB` as a daemon (own session, output to logs/supervisor.log) and wait
-/// until it has started the agents.
-fn start_supervisor(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
-    dir.owner.create_dir_all(&dir.logs())?;
-    let log = dir.owner.open_append(&dir.logs().join("supervisor.log"))?;
-    let mut cmd = std::process::Command::new(&record.binary);
-    cmd.args(["supervise", record.topology.name.as_str()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = cmd.spawn().context("start the lab supervisor")?;
-    let pid = child.id() as i32;
-    // Record it at once: if `up` dies now, `down` still finds it; if it cannot be recorded,
-    // nothing would ever stop it.
-    if let Some(p) = ProcessRecord::of(pid, "supervisor")
-        && let Err(e) = p.register(dir)
-    {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(anyhow::Error::from(e).context("register the lab supervisor"));
-    }
-    // The supervisor is not our child for long: reap it in the background if it exits early.
-    std::thread::spawn(move || {
-        let mut child = child;
-        let _ = child.wait();
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dir.agents_json().exists() {
-        if crate::lab::state::process_is_dead(pid) {
-            // The rollback removes the log with the lab: quote it here.
-            let log =
-                std::fs::read_to_string(dir.logs().join("supervisor.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow::bail!(
-                "the lab supervisor exited during start-up:\n  {}",
-                tail.join("\n  ")
-            );
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the lab supervisor did not start within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(pid)
 }

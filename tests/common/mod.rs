@@ -132,6 +132,15 @@ pub fn assert_lab_gone(name: &str) {
         !Path::new("/run/kemu").join(name).exists(),
         "state directory left behind"
     );
+    if let Ok(lab) = kemu::topology::LabName::parse(name)
+        && let Some(cgroup) = kemu::lab::cgroup::LabCgroup::of(&lab)
+    {
+        assert!(
+            !cgroup.dir.exists(),
+            "cgroup {} left behind",
+            cgroup.dir.display()
+        );
+    }
     // Every process kemu starts for a lab (agents, container shims) names the lab's state
     // directory or its namespaces on its command line or in its environment.
     let marker = format!("/run/kemu/{name}/");

@@ -2,7 +2,8 @@
 //! process on one current-thread runtime.
 //!
 //! - [`informer`]: one list+watch per resource type, shared by every controller (a cache with
-//!   write-through of the controllers' own writes); [`queue`]: work queues of keys.
+//!   write-through of the controllers' own writes); [`queue`]: work queues of keys;
+//!   [`expectations`]: the creations and deletions a controller waits to see.
 //! - [`replication`]: ReplicationControllers and ReplicaSets keep their pods.
 //! - [`deployment`]: Deployments roll out ReplicaSets (rolling update, recreate, history).
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services with a selector.
@@ -16,6 +17,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod expectations;
 pub mod gc;
 pub mod informer;
 pub mod nodelifecycle;

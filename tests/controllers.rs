@@ -1,14 +1,15 @@
 //! End to end: `kemu controller-manager` on a seed lab, driven with the real kubectl. The
 //! replication controller of the 2015 article (scale, replace, cascade and orphan deletion),
 //! Deployments (rollout, rolling update, undo), Endpoints and EndpointSlices (readiness, named
-//! ports, churn), the node lifecycle (a silent kubelet's node goes Unknown, its pods move) and
-//! the garbage collector (background and foreground deletion).
+//! ports, churn), the node lifecycle (a silent kubelet's node goes Unknown, its pods move; every
+//! kubelet silent at once evicts nothing) and the garbage collector (background and foreground
+//! deletion).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
@@ -19,6 +20,7 @@ use serde_json::Value;
 const SEED: &str = "topologies/seed.yaml";
 const LONG: Duration = Duration::from_secs(90);
 const MASTER: &str = "192.168.0.201";
+const NODES: [&str; 3] = ["192.168.0.201", "192.168.0.202", "192.168.0.203"];
 
 /// A pod as these tests look at it.
 #[derive(Debug, Clone)]
@@ -840,6 +842,76 @@ fn a_silent_node_goes_unknown_and_its_pods_move() {
     wait_ready_pods(&lab, "name=nginx", 2);
     let nodes = lab.kubectl_ok(&["get", "nodes"]);
     assert_eq!(nodes.matches(" Ready ").count(), 3, "{nodes}");
+}
+
+#[test]
+fn every_node_silent_at_once_is_master_disruption_and_nothing_is_evicted() {
+    let lab = Lab::up(SEED, "cz", &[]);
+    lab.kubectl_ok(&["create", "-f", "examples/seed/nginx-rc.yaml"]);
+    let before = wait_ready_pods(&lab, "name=nginx", 2);
+    let uids: BTreeSet<String> = before.iter().map(|p| p.uid.clone()).collect();
+    let stopped: Vec<Stopped> = NODES
+        .iter()
+        .map(|n| Stopped::new(agent_pid(&lab, n, "kubelet")))
+        .collect();
+
+    wait_for("every node Unknown", LONG, || {
+        NODES
+            .iter()
+            .all(|n| node_ready(&lab, n).0 == "Unknown")
+            .then_some(())
+    });
+    // All of the only zone is down: master disruption mode. The NoSchedule taints follow the
+    // conditions; no NoExecute taint stays (the first node down may have had one for a moment,
+    // before the others went).
+    let unreachable = |effect: &str| format!("node.kubernetes.io/unreachable:{effect}");
+    wait_for("NoSchedule taints only", LONG, || {
+        NODES
+            .iter()
+            .all(|n| {
+                let t = node_taints(&lab, n);
+                t.contains(&unreachable("NoSchedule")) && !t.contains(&unreachable("NoExecute"))
+            })
+            .then_some(())
+    });
+    // Twice the seed's podEvictionTimeout (5 s): pods on a tainted node would be gone by now.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(10) {
+        for n in NODES {
+            let taints = node_taints(&lab, n);
+            assert!(
+                !taints.contains(&unreachable("NoExecute")),
+                "{n}: {taints:?}"
+            );
+        }
+        let now = pods(&lab, "name=nginx");
+        assert!(
+            now.iter().all(|p| uids.contains(&p.uid) && !p.deleting) && now.len() == 2,
+            "{now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The kubelets speak again: out of master disruption, no taints, the same pods.
+    drop(stopped);
+    wait_for("every node Ready and untainted", LONG, || {
+        NODES
+            .iter()
+            .all(|n| node_ready(&lab, n).0 == "True" && node_taints(&lab, n).is_empty())
+            .then_some(())
+    });
+    let after = pods(&lab, "name=nginx");
+    assert!(
+        after.iter().all(|p| uids.contains(&p.uid) && !p.deleting) && after.len() == 2,
+        "{after:?}"
+    );
+    let evictions = lab.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+    ]);
+    assert!(!evictions.contains("TaintManagerEviction"), "{evictions}");
 }
 
 #[test]

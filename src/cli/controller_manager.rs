@@ -18,6 +18,20 @@ pub struct ControllerManagerArgs {
     /// How long pods stay on a node that is not Ready before they are evicted (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = crate::topology::parse_duration_arg)]
     pub pod_eviction_timeout: Duration,
+    /// Nodes per second tainted for eviction in a zone that is not disrupted (kube's default).
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// Nodes per second tainted for eviction in a partially disrupted zone of more than
+    /// --large-cluster-size-threshold nodes (smaller ones stop).
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Zones of more nodes than this keep evicting (at the secondary rate) when partially
+    /// disrupted.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+    /// Fraction of not-Ready nodes (at least 3) that makes a zone partially disrupted.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
     /// Seed for generated names (pod and EndpointSlice suffixes).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -28,6 +42,12 @@ pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
         master: args.master,
         node_monitor_grace_period: args.node_monitor_grace_period,
         pod_eviction_timeout: args.pod_eviction_timeout,
+        eviction_rates: crate::controllers::nodelifecycle::zones::Rates {
+            eviction_rate: args.node_eviction_rate,
+            secondary_eviction_rate: args.secondary_node_eviction_rate,
+            large_cluster_size_threshold: args.large_cluster_size_threshold,
+            unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        },
         seed: args.seed,
     };
     crate::client::agent_runtime()?.block_on(crate::controllers::run(cfg))?;

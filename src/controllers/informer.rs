@@ -3,19 +3,26 @@
 //! server, so a sync costs no request (client-go's shared informers, reduced to what kemu uses).
 //!
 //! The cache is also *written through*: after a successful create, update or delete a controller
-//! puts the server's answer into its cache ([`Informer::observe`], [`Informer::observe_deleted`]),
-//! so its next sync sees its own writes even before the watch delivers them. This replaces
-//! client-go's "expectations" (which count creations a controller still waits for): the two
-//! prevent the same thing — creating or deleting a pod twice because the watch lags.
-//! Newer resourceVersions win; a uid seen deleted is ignored until its DELETED event arrives.
+//! may put the server's answer into its cache ([`Informer::observe`], [`Informer::observe_deleted`]),
+//! so its next sync sees its own writes even before the watch delivers them. A re-list can still
+//! take such a write back out for a moment (a list served just before the write), so the
+//! replication controllers do not rely on it for their pods: they count what they asked for in
+//! [`super::expectations`]. Newer resourceVersions win; a uid seen deleted is ignored until its
+//! DELETED event arrives.
+//!
+//! After any watch error the informer lists again (with a short back-off) and records when that
+//! list arrived ([`Informer::fresh_since`]): until then its view has a hole of unknown length, and
+//! a controller that judges by time (the node lifecycle controller) must not read the silence of
+//! its own broken watch as silence of the objects.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -68,7 +75,13 @@ struct State<K> {
     /// Uids this process deleted and whose DELETED event has not arrived yet.
     deleted: HashSet<String>,
     ready: bool,
+    /// When the current list arrived; `None` before the first list and after a watch error.
+    fresh_since: Option<Instant>,
 }
+
+/// First delay before listing again after a watch error; doubled up to [`MAX_RELIST_DELAY`].
+const FIRST_RELIST_DELAY: Duration = Duration::from_millis(100);
+const MAX_RELIST_DELAY: Duration = Duration::from_secs(2);
 
 /// A watch-fed cache of one resource type. Cheap to clone.
 pub struct Informer<K> {
@@ -106,39 +119,69 @@ where
                 objects: BTreeMap::new(),
                 deleted: HashSet::new(),
                 ready: false,
+                fresh_since: None,
             })),
             handlers: Arc::new(Mutex::new(Vec::new())),
             ready: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// List and watch `api` in a background task (relisting with back-off after errors).
+    /// List and watch `api` in a background task, listing again after every error.
     pub fn start(&self, api: Api<K>) {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            let mut fresh: Option<BTreeMap<Key, Arc<K>>> = None;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => fresh = Some(BTreeMap::new()),
-                    Ok(watcher::Event::InitApply(obj)) => {
-                        if let Some(f) = fresh.as_mut() {
-                            f.insert(Key::of(&obj), Arc::new(obj));
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if let Some(f) = fresh.take() {
-                            this.replace(f);
-                        }
-                    }
-                    Ok(watcher::Event::Apply(obj)) => this.apply(obj, false),
-                    Ok(watcher::Event::Delete(obj)) => this.remove(obj, true),
-                    Err(e) => tracing::warn!(kind = std::any::type_name::<K>(), "watch: {e}"),
+            let mut delay = FIRST_RELIST_DELAY;
+            loop {
+                if this.list_and_watch(&api).await {
+                    delay = FIRST_RELIST_DELAY;
                 }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RELIST_DELAY);
             }
         });
+    }
+
+    /// One list and the watch that follows it, until the first error (the watcher resumes a
+    /// watch silently, so it is dropped to make the next view start with a list). Whether the
+    /// list got through.
+    async fn list_and_watch(&self, api: &Api<K>) -> bool {
+        let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+        let mut fresh: Option<BTreeMap<Key, Arc<K>>> = None;
+        let mut listed = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init) => fresh = Some(BTreeMap::new()),
+                Ok(watcher::Event::InitApply(obj)) => {
+                    if let Some(f) = fresh.as_mut() {
+                        f.insert(Key::of(&obj), Arc::new(obj));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(f) = fresh.take() {
+                        self.replace(f);
+                        listed = true;
+                    }
+                }
+                Ok(watcher::Event::Apply(obj)) => self.apply(obj, false),
+                Ok(watcher::Event::Delete(obj)) => self.remove(obj, true),
+                Err(e) => {
+                    tracing::warn!(kind = std::any::type_name::<K>(), "watch: {e}");
+                    break;
+                }
+            }
+        }
+        self.mark_broken();
+        listed
+    }
+
+    fn mark_broken(&self) {
+        self.state.lock().expect("informer lock").fresh_since = None;
+    }
+
+    /// When the cached view was last listed whole; `None` while the watch is broken (or before
+    /// the first list): changes may be missing since some unknown time.
+    pub fn fresh_since(&self) -> Option<Instant> {
+        self.state.lock().expect("informer lock").fresh_since
     }
 
     /// Call `handler` for every later change (and for the initial list).
@@ -273,6 +316,7 @@ where
                 .collect();
             let old = std::mem::replace(&mut state.objects, fresh.clone());
             state.ready = true;
+            state.fresh_since = Some(Instant::now());
             (old, fresh)
         };
         let mut changes = Vec::new();
@@ -348,5 +392,22 @@ mod tests {
         assert!(inf.get(&Key::new("default", "a")).is_some());
         assert_eq!(inf.list_namespace("default").len(), 1);
         assert!(inf.list_namespace("other").is_empty());
+    }
+
+    #[test]
+    fn the_view_is_fresh_from_a_list_until_the_watch_breaks() {
+        let inf: Informer<Pod> = Informer::new();
+        assert_eq!(inf.fresh_since(), None, "never listed");
+        let before = Instant::now();
+        inf.replace(BTreeMap::new());
+        let first = inf.fresh_since().expect("listed");
+        assert!(first >= before);
+        // Watch events keep the view whole.
+        inf.apply(pod("a", "u1", 5, ""), false);
+        assert_eq!(inf.fresh_since(), Some(first));
+        inf.mark_broken();
+        assert_eq!(inf.fresh_since(), None, "a hole of unknown length");
+        inf.replace(BTreeMap::new());
+        assert!(inf.fresh_since().expect("listed again") >= first);
     }
 }

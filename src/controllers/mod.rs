@@ -2,11 +2,13 @@
 //! process on one current-thread runtime.
 //!
 //! - [`informer`]: one list+watch per resource type, shared by every controller (a cache with
-//!   write-through of the controllers' own writes); [`queue`]: work queues of keys.
+//!   write-through of the controllers' own writes); [`queue`]: work queues of keys;
+//!   [`expectations`]: the creations and deletions a controller waits to see.
 //! - [`replication`]: ReplicationControllers and ReplicaSets keep their pods.
 //! - [`deployment`]: Deployments roll out ReplicaSets (rolling update, recreate, history).
 //! - [`endpoints`]: Endpoints and EndpointSlices of Services with a selector.
-//! - [`nodelifecycle`]: heartbeats, NotReady/Unknown conditions, taints, pod eviction.
+//! - [`nodelifecycle`]: heartbeats, NotReady/Unknown conditions, taints, rate-limited and
+//!   zone-aware pod eviction.
 //! - [`gc`]: the garbage collector (dangling owners, `orphan` and `foregroundDeletion`).
 //!
 //! Every controller is driven by watch events: a change queues the keys it affects and a sync
@@ -16,6 +18,7 @@
 
 pub mod deployment;
 pub mod endpoints;
+pub mod expectations;
 pub mod gc;
 pub mod informer;
 pub mod nodelifecycle;
@@ -47,6 +50,8 @@ pub struct Config {
     pub node_monitor_grace_period: Duration,
     /// How long pods stay on a node that is not Ready before they are evicted.
     pub pod_eviction_timeout: Duration,
+    /// How fast nodes that are not Ready are tainted for eviction, by zone state.
+    pub eviction_rates: nodelifecycle::zones::Rates,
     /// Seed for generated names (pod and EndpointSlice suffixes).
     pub seed: Option<u64>,
 }
@@ -156,9 +161,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(endpoints::run(shared.clone())),
         tokio::spawn(nodelifecycle::run(
             shared.clone(),
-            nodelifecycle::Timing {
+            nodelifecycle::Settings {
                 grace_period: cfg.node_monitor_grace_period,
                 eviction_timeout: cfg.pod_eviction_timeout,
+                rates: cfg.eviction_rates,
             },
         )),
         tokio::spawn(gc::run(shared.clone())),

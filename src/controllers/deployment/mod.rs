@@ -449,6 +449,9 @@ impl Controller {
         self.patch_rs(&rs, &patch).await
     }
 
+    /// Patch a ReplicaSet as the controller last saw it: the resourceVersion makes the write
+    /// fail (409, and the sync is retried) if it changed meanwhile, so that sizes decided on a
+    /// stale cache are never written (kube writes the whole object with the same effect).
     async fn patch_rs(
         &self,
         rs: &ReplicaSet,
@@ -458,11 +461,13 @@ impl Controller {
             self.shared.client.clone(),
             &rs.namespace().unwrap_or_default(),
         );
+        let mut patch = patch.clone();
+        patch["metadata"]["resourceVersion"] = rs.metadata.resource_version.clone().into();
         let updated = api
             .patch(
                 &rs.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(patch),
+                &Patch::Merge(&patch),
             )
             .await
             .map_err(|e| anyhow::anyhow!("update replica set {}: {e}", Key::of(rs)))?;

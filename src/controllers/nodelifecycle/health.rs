@@ -1,5 +1,6 @@
 //! The node lifecycle controller's pure decisions: conditions of a silent node, the taints a
-//! node's conditions call for, and when a pod on a `NoExecute`-tainted node is evicted.
+//! node's conditions call for (the `NoExecute` one only when its zone's queue lets it), and when
+//! a pod on a `NoExecute`-tainted node is evicted.
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -75,10 +76,54 @@ fn managed(key: &str) -> bool {
     key == TAINT_UNSCHEDULABLE || CONDITION_TAINTS.iter().any(|(_, _, k)| *k == key)
 }
 
-/// The node's taints as the controller wants them: taints of others kept in place, the
-/// condition taints (NoSchedule for each condition; NoExecute for not-ready/unreachable) and the
-/// cordon taint added or removed, keeping `timeAdded` of those that stay.
-pub fn wanted_taints(node: &Node, now: jiff::Timestamp) -> Vec<Taint> {
+/// What a node's Ready condition calls for in `NoExecute` taints (kube's
+/// `processTaintBaseEviction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoExecute {
+    /// None: the node is Ready (or the controller is in master disruption mode).
+    Clear,
+    /// This taint now: the node has it already, or has the opposite one (not-ready and
+    /// unreachable are swapped at once, without waiting for a token).
+    Now(&'static str),
+    /// This taint, once the node's turn comes in its zone's rate-limited queue.
+    Queue(&'static str),
+}
+
+/// The `NoExecute` condition taint for a Ready status: not-ready for False, unreachable for
+/// Unknown, none for True or no condition.
+pub fn no_execute_key(node: &Node) -> Option<&'static str> {
+    match ready_status(node).as_deref() {
+        Some("False") => Some(TAINT_NOT_READY),
+        Some("Unknown") => Some(TAINT_UNREACHABLE),
+        _ => None,
+    }
+}
+
+/// Decide the node's `NoExecute` condition taint.
+pub fn no_execute(node: &Node, master_disruption: bool) -> NoExecute {
+    let Some(key) = no_execute_key(node) else {
+        return NoExecute::Clear;
+    };
+    if master_disruption {
+        return NoExecute::Clear;
+    }
+    let has = |k: &str| {
+        node.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|ts| ts.iter().any(|t| t.key == k && t.effect == "NoExecute"))
+    };
+    if has(TAINT_NOT_READY) || has(TAINT_UNREACHABLE) {
+        NoExecute::Now(key)
+    } else {
+        NoExecute::Queue(key)
+    }
+}
+
+/// The node's taints as the controller wants them: taints of others kept in place, a NoSchedule
+/// taint for each condition that calls for one, the cordon taint, and `no_execute` as the only
+/// `NoExecute` condition taint; `timeAdded` is kept for those that stay.
+pub fn wanted_taints(node: &Node, now: jiff::Timestamp, no_execute: Option<&str>) -> Vec<Taint> {
     let current: Vec<Taint> = node
         .spec
         .as_ref()
@@ -88,7 +133,7 @@ pub fn wanted_taints(node: &Node, now: jiff::Timestamp) -> Vec<Taint> {
     for (kind, status, key) in CONDITION_TAINTS {
         if condition(node, kind).is_some_and(|c| c.status == status) {
             wanted.push((key.to_string(), "NoSchedule"));
-            if kind == "Ready" {
+            if no_execute == Some(key) {
                 wanted.push((key.to_string(), "NoExecute"));
             }
         }
@@ -195,12 +240,12 @@ mod tests {
             None,
             "already Unknown: nothing to do"
         );
-        let tainted = wanted_taints(&gone, now);
+        let tainted = wanted_taints(&gone, now, Some(TAINT_UNREACHABLE));
         let mut back = gone.clone();
         back.spec.as_mut().unwrap().taints = Some(tainted.clone());
         back.status.as_mut().unwrap().conditions =
             ready.status.as_ref().unwrap().conditions.clone();
-        let untainted = wanted_taints(&back, now);
+        let untainted = wanted_taints(&back, now, None);
         let mut not_ready = node(Some("False"), json!([]));
         not_ready.spec.as_mut().unwrap().unschedulable = Some(true);
         let out = serde_json::to_string_pretty(&json!({
@@ -208,10 +253,70 @@ mod tests {
             "never posted": never,
             "taints when unknown": tainted,
             "taints when ready again": untainted,
-            "taints when not ready and cordoned": wanted_taints(&not_ready, now),
+            "taints when not ready and cordoned": wanted_taints(&not_ready, now, Some(TAINT_NOT_READY)),
         }))
         .unwrap();
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(out));
+    }
+
+    #[test]
+    fn no_execute_taints_wait_for_their_turn_except_swaps() {
+        let unreachable = json!([{"key": TAINT_UNREACHABLE, "effect": "NoExecute"}]);
+        let not_ready = json!([{"key": TAINT_NOT_READY, "effect": "NoExecute"}]);
+        let only_no_schedule = json!([{"key": TAINT_UNREACHABLE, "effect": "NoSchedule"}]);
+        // (Ready status, current taints, master disruption) → decision
+        let table = [
+            (Some("True"), unreachable.clone(), false, NoExecute::Clear),
+            (None, json!([]), false, NoExecute::Clear),
+            (
+                Some("Unknown"),
+                json!([]),
+                false,
+                NoExecute::Queue(TAINT_UNREACHABLE),
+            ),
+            (
+                Some("Unknown"),
+                only_no_schedule,
+                false,
+                NoExecute::Queue(TAINT_UNREACHABLE),
+            ),
+            (
+                Some("False"),
+                json!([]),
+                false,
+                NoExecute::Queue(TAINT_NOT_READY),
+            ),
+            (
+                Some("Unknown"),
+                unreachable.clone(),
+                false,
+                NoExecute::Now(TAINT_UNREACHABLE),
+            ),
+            // Swapped at once.
+            (
+                Some("False"),
+                unreachable.clone(),
+                false,
+                NoExecute::Now(TAINT_NOT_READY),
+            ),
+            (
+                Some("Unknown"),
+                not_ready,
+                false,
+                NoExecute::Now(TAINT_UNREACHABLE),
+            ),
+            // Master disruption: no NoExecute taint at all.
+            (Some("Unknown"), unreachable, true, NoExecute::Clear),
+            (Some("False"), json!([]), true, NoExecute::Clear),
+        ];
+        for (ready, taints, disrupted, want) in table {
+            let n = node(ready, taints.clone());
+            assert_eq!(
+                no_execute(&n, disrupted),
+                want,
+                "{ready:?} {taints} {disrupted}"
+            );
+        }
     }
 
     #[test]

@@ -7,10 +7,18 @@
 //!   `Unknown` (reason `NodeStatusUnknown`, "Kubelet stopped posting node status."), a
 //!   `NodeNotReady` event, and its pods' Ready condition set to False (a `NodeNotReady` warning on
 //!   each pod).
+//! - Silence is judged only on a whole view: while the controller's own node or Lease watch is
+//!   broken (the API server restarting, say) nothing is judged, and after it lists again every
+//!   grace period counts from that list at the earliest. Heartbeats that could not land while
+//!   the API server was down are not the nodes' fault (kube gets the same from its leader
+//!   election: a controller-manager that loses the API server restarts with fresh timestamps).
 //! - Taints follow the conditions ([`health::wanted_taints`]): `node.kubernetes.io/unreachable`
-//!   (Ready Unknown) or `not-ready` (Ready False), each as NoSchedule and NoExecute, pressure
-//!   taints, and `unschedulable` for cordoned nodes. When the kubelet reports Ready again the
-//!   taints go and a `NodeReady` event is recorded.
+//!   (Ready Unknown) or `not-ready` (Ready False) as NoSchedule at once, pressure taints, and
+//!   `unschedulable` for cordoned nodes. The matching NoExecute taint waits for the node's turn
+//!   in its zone's rate-limited queue ([`ratelimit`], `--node-eviction-rate`); the zone's state
+//!   ([`zones`]) sets that rate, and when every zone is fully disrupted (master disruption mode)
+//!   the NoExecute taints go and none are added. When the kubelet reports Ready again the taints
+//!   go and a `NodeReady` event is recorded.
 //! - Pods on a node with a NoExecute taint are evicted (deleted gracefully, event
 //!   `TaintManagerEviction`) when their toleration runs out; `--pod-eviction-timeout` caps the
 //!   wait (the default 300 s tolerations would otherwise keep them there for five minutes). The
@@ -19,34 +27,44 @@
 //! - Pods bound to a node that was deleted are deleted at once (the pod GC).
 //!
 //! No polling loop: each node is synced when it, its Lease or a pod bound to it changes, and
-//! again when its grace period or the next eviction would expire.
+//! again when its grace period or the next eviction would expire; the zones are looked at when
+//! a node's readiness changes, and again when a zone's next taint is due.
 
 pub mod health;
+pub mod ratelimit;
+pub mod zones;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use tokio::time::Instant;
 
 use super::Shared;
 use super::informer::{Change, Key};
 use super::queue::{WorkQueue, run_worker};
 use super::util;
 use crate::events::{Recorder, reference};
+use health::NoExecute;
+use ratelimit::TaintQueue;
+use zones::{Disruption, Step};
 
 /// The namespace of node Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 
-/// The two durations of the controller.
+/// A failed NoExecute taint is tried again this much later (its token is spent, as in kube).
+const TAINT_RETRY: Duration = Duration::from_millis(500);
+
+/// The controller's settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
+pub struct Settings {
     pub grace_period: Duration,
     pub eviction_timeout: Duration,
+    pub rates: zones::Rates,
 }
 
 /// What the controller remembers of a node.
@@ -58,6 +76,40 @@ struct Health {
     probe: Instant,
     /// The Ready status last seen.
     ready: Option<String>,
+}
+
+/// The zones as the controller last saw them, and their taint queues.
+#[derive(Default)]
+struct Zones {
+    disruption: Disruption,
+    queues: BTreeMap<String, TaintQueue>,
+}
+
+/// A unit of work of the controller's one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Work {
+    /// Look at one node.
+    Node(String),
+    /// Recompute the zone states, then taint the nodes whose turn has come.
+    Zones,
+}
+
+impl fmt::Display for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Work::Node(name) => write!(f, "node {name}"),
+            Work::Zones => f.write_str("zones"),
+        }
+    }
+}
+
+/// A zone name for the logs (`""` is the zone of nodes without zone labels).
+fn zone_name(zone: &str) -> String {
+    if zone.is_empty() {
+        "(no zone)".into()
+    } else {
+        zone.replace('\0', "")
+    }
 }
 
 fn heartbeat(
@@ -87,20 +139,20 @@ fn node_of(pod: &Pod) -> Option<&str> {
 }
 
 /// Register the handlers now; the future watches nodes forever once the caches are synced.
-pub fn run(shared: Arc<Shared>, timing: Timing) -> impl Future<Output = ()> + Send {
-    let queue: WorkQueue = WorkQueue::new();
+pub fn run(shared: Arc<Shared>, settings: Settings) -> impl Future<Output = ()> + Send {
+    let queue: WorkQueue<Work> = WorkQueue::new();
     {
         let q = queue.clone();
         shared.nodes.on_change(move |change| match change {
-            Change::Applied { new, .. } => q.add(Key::of(*new)),
-            Change::Deleted(old) => q.add(Key::of(*old)),
+            Change::Applied { new, .. } => q.add(Work::Node(new.name_any())),
+            Change::Deleted(old) => q.add(Work::Node(old.name_any())),
         });
     }
     {
         let q = queue.clone();
         shared.leases.on_change(move |change| {
             if let Change::Applied { new, .. } = change {
-                q.add(Key::new("", new.name_any()));
+                q.add(Work::Node(new.name_any()));
             }
         });
     }
@@ -112,7 +164,7 @@ pub fn run(shared: Arc<Shared>, timing: Timing) -> impl Future<Output = ()> + Se
                 && let Some(node) = node_of(new)
                 && old.and_then(|o| node_of(o)) != Some(node)
             {
-                q.add(Key::new("", node));
+                q.add(Work::Node(node.to_string()));
             }
         });
     }
@@ -126,12 +178,20 @@ pub fn run(shared: Arc<Shared>, timing: Timing) -> impl Future<Output = ()> + Se
                 None,
             ),
             shared,
-            timing,
+            settings,
             health: Mutex::new(HashMap::new()),
+            zones: Mutex::new(Zones::default()),
+            queue: queue.clone(),
         });
-        run_worker("node-lifecycle-controller", queue, move |key| {
+        queue.add(Work::Zones);
+        run_worker("node-lifecycle-controller", queue, move |work| {
             let c = c.clone();
-            async move { c.sync(&key).await }
+            async move {
+                match work {
+                    Work::Node(name) => c.sync_node(&name).await,
+                    Work::Zones => c.sync_zones().await,
+                }
+            }
         })
         .await;
     }
@@ -141,37 +201,54 @@ struct Controller {
     shared: Arc<Shared>,
     node_recorder: Recorder,
     eviction_recorder: Recorder,
-    timing: Timing,
+    settings: Settings,
     health: Mutex<HashMap<String, Health>>,
+    zones: Mutex<Zones>,
+    queue: WorkQueue<Work>,
 }
 
 impl Controller {
-    async fn sync(&self, key: &Key) -> anyhow::Result<Option<Duration>> {
-        let name = key.name.clone();
-        let Some(node) = self.shared.nodes.get(key) else {
+    /// Since when the controller's view of nodes and Leases is whole; `None` while a watch is
+    /// broken.
+    fn view_since(&self) -> Option<Instant> {
+        let nodes = self.shared.nodes.fresh_since()?;
+        let leases = self.shared.leases.fresh_since()?;
+        Some(nodes.max(leases))
+    }
+
+    async fn sync_node(&self, name: &str) -> anyhow::Result<Option<Duration>> {
+        let Some(node) = self.shared.nodes.get(&Key::new("", name)) else {
             let known = self
                 .health
                 .lock()
                 .expect("health lock")
-                .remove(&name)
+                .remove(name)
                 .is_some();
+            for q in self.zones.lock().expect("zones lock").queues.values_mut() {
+                q.remove(name);
+            }
             if known {
-                self.delete_orphaned_pods(&name).await?;
+                self.queue.add(Work::Zones);
+                self.delete_orphaned_pods(name).await?;
             }
             return Ok(None);
         };
         let lease = self
             .shared
             .leases
-            .get(&Key::new(LEASE_NAMESPACE, name.clone()));
+            .get(&Key::new(LEASE_NAMESPACE, name.to_string()));
         let beat = heartbeat(&node, lease.as_deref());
         let now = Instant::now();
         let (probe, previous_ready) = {
             let mut all = self.health.lock().expect("health lock");
-            let h = all.entry(name.clone()).or_insert_with(|| Health {
-                heartbeat: beat.clone(),
-                probe: now,
-                ready: health::ready_status(&node),
+            let h = all.entry(name.to_string()).or_insert_with(|| {
+                // A node the zones have not counted yet.
+                self.queue.add(Work::Zones);
+                Health {
+                    heartbeat: beat.clone(),
+                    probe: now,
+                    ready: health::ready_status(&node),
+                }
             });
             if h.heartbeat != beat {
                 h.heartbeat = beat;
@@ -180,17 +257,25 @@ impl Controller {
             (h.probe, h.ready.clone())
         };
         let mut node = node.as_ref().clone();
+        let grace = self.settings.grace_period;
         let mut again: Option<Duration> = None;
 
-        // 1. A silent node becomes Unknown.
-        let silent_for = now.duration_since(probe);
-        if silent_for > self.timing.grace_period {
-            if let Some(conditions) = health::silent_conditions(&node, jiff::Timestamp::now()) {
-                tracing::info!(node = %name, "no heartbeat for {silent_for:?}: status unknown");
-                node = self.patch_conditions(&name, conditions).await?;
+        // 1. A silent node becomes Unknown, judged on a whole view only.
+        match self.view_since() {
+            None => again = Some(grace),
+            Some(whole) => {
+                let silent_for = now.saturating_duration_since(probe.max(whole));
+                if silent_for > grace {
+                    if let Some(conditions) =
+                        health::silent_conditions(&node, jiff::Timestamp::now())
+                    {
+                        tracing::info!(node = %name, "no heartbeat for {silent_for:?}: status unknown");
+                        node = self.patch_conditions(name, conditions).await?;
+                    }
+                } else {
+                    again = Some(grace - silent_for + Duration::from_millis(50));
+                }
             }
-        } else {
-            again = Some(self.timing.grace_period - silent_for + Duration::from_millis(50));
         }
 
         // 2. Ready transitions: events, and pods no longer ready on a node that is not.
@@ -211,25 +296,19 @@ impl Controller {
                         "NodeNotReady",
                         format!("Node {name} status is now: NodeNotReady"),
                     );
-                    self.mark_pods_not_ready(&name).await?;
+                    self.mark_pods_not_ready(name).await?;
                 }
                 _ => {}
             }
-            if let Some(h) = self.health.lock().expect("health lock").get_mut(&name) {
+            if let Some(h) = self.health.lock().expect("health lock").get_mut(name) {
                 h.ready = ready.clone();
             }
+            self.queue.add(Work::Zones);
         }
 
-        // 3. Taints follow the conditions.
-        let wanted = health::wanted_taints(&node, jiff::Timestamp::now());
-        let current = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
-        if wanted != current {
-            node = self.patch_taints(&node, &wanted).await?;
-        }
+        // 3. Taints follow the conditions; a new NoExecute one waits for its zone's turn.
+        let no_execute = self.no_execute(&node, now);
+        node = self.set_taints(&node, no_execute).await?;
 
         // 4. Evictions from NoExecute taints.
         let taints = node
@@ -240,10 +319,10 @@ impl Controller {
         if taints.iter().any(|t| t.effect == "NoExecute") {
             let now_wall = jiff::Timestamp::now();
             for pod in self.shared.pods.list() {
-                if node_of(&pod) != Some(name.as_str()) || !util::is_active(&pod) {
+                if node_of(&pod) != Some(name) || !util::is_active(&pod) {
                     continue;
                 }
-                let Some(at) = health::eviction_time(&pod, &taints, self.timing.eviction_timeout)
+                let Some(at) = health::eviction_time(&pod, &taints, self.settings.eviction_timeout)
                 else {
                     continue;
                 };
@@ -257,6 +336,158 @@ impl Controller {
             }
         }
         Ok(again)
+    }
+
+    /// The NoExecute condition taint the node may carry now; queues it in its zone when it must
+    /// wait for its turn, and takes it out of the queue when it no longer waits.
+    fn no_execute(&self, node: &Node, now: Instant) -> Option<&'static str> {
+        let name = node.name_any();
+        let zone = zones::zone_key(node);
+        let mut zones = self.zones.lock().expect("zones lock");
+        let decision = health::no_execute(node, zones.disruption.master_disruption());
+        let rate = self.settings.rates.eviction_rate;
+        let queue = zones
+            .queues
+            .entry(zone.clone())
+            .or_insert_with(|| TaintQueue::new(rate, now));
+        match decision {
+            NoExecute::Clear => {
+                queue.remove(&name);
+                None
+            }
+            NoExecute::Now(key) => {
+                queue.remove(&name);
+                Some(key)
+            }
+            NoExecute::Queue(key) => {
+                if queue.add(&name, now) {
+                    tracing::info!(node = %name, zone = %zone_name(&zone), "not ready: queued for the {key}:NoExecute taint");
+                    self.queue.add(Work::Zones);
+                }
+                None
+            }
+        }
+    }
+
+    /// Recompute the zone states (and master disruption mode), then taint the nodes whose turn
+    /// has come; run again when the next turn comes.
+    async fn sync_zones(&self) -> anyhow::Result<Option<Duration>> {
+        let now = Instant::now();
+        let nodes: BTreeMap<String, Arc<Node>> = self
+            .shared
+            .nodes
+            .list()
+            .into_iter()
+            .map(|n| (n.name_any(), n))
+            .collect();
+        let counts = zones::count(nodes.values().map(|n| n.as_ref()));
+        let rates = self.settings.rates;
+        let (step, turns) = {
+            let mut zones = self.zones.lock().expect("zones lock");
+            for zone in counts.keys() {
+                zones
+                    .queues
+                    .entry(zone.clone())
+                    .or_insert_with(|| TaintQueue::new(rates.eviction_rate, now));
+            }
+            zones
+                .queues
+                .retain(|z, q| counts.contains_key(z) || !q.is_empty());
+            let step = zones.disruption.update(&counts, &rates);
+            match &step {
+                Step::Nothing => {}
+                Step::EnterMasterDisruption => {
+                    tracing::warn!(
+                        "Controller detected that all Nodes are not-Ready. Entering master disruption mode"
+                    );
+                    for q in zones.queues.values_mut() {
+                        q.clear();
+                        q.swap_limiter(0.0, now);
+                    }
+                }
+                Step::ExitMasterDisruption(states) | Step::Zones(states) => {
+                    if matches!(step, Step::ExitMasterDisruption(_)) {
+                        tracing::info!(
+                            "Controller detected that some Nodes are Ready. Exiting master disruption mode"
+                        );
+                    }
+                    for (zone, (state, rate)) in states {
+                        tracing::info!(zone = %zone_name(zone), "zone is now {state:?}: tainting at {rate}/s");
+                        if let Some(q) = zones.queues.get_mut(zone) {
+                            q.swap_limiter(*rate, now);
+                        }
+                    }
+                }
+            }
+            let mut turns = Vec::new();
+            for (zone, q) in zones.queues.iter_mut() {
+                turns.extend(q.take(now).into_iter().map(|n| (zone.clone(), n)));
+            }
+            (step, turns)
+        };
+        match step {
+            Step::EnterMasterDisruption => {
+                // Each node's sync removes its NoExecute taint.
+                for name in nodes.keys() {
+                    self.queue.add(Work::Node(name.clone()));
+                }
+            }
+            Step::ExitMasterDisruption(_) => {
+                // Every grace period starts again, and nodes still down queue for their taint.
+                for h in self.health.lock().expect("health lock").values_mut() {
+                    h.probe = now;
+                }
+                for name in nodes.keys() {
+                    self.queue.add(Work::Node(name.clone()));
+                }
+            }
+            _ => {}
+        }
+
+        for (zone, name) in turns {
+            let Some(node) = nodes.get(&name) else {
+                continue;
+            };
+            let Some(key) = health::no_execute_key(node) else {
+                continue;
+            };
+            match self.set_taints(node, Some(key)).await {
+                Ok(_) => {
+                    tracing::info!(node = %name, zone = %zone_name(&zone), "its turn came: {key}:NoExecute")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %name, "NoExecute taint failed: {e:#}");
+                    if let Some(q) = self.zones.lock().expect("zones lock").queues.get_mut(&zone) {
+                        q.retry(&name, Instant::now() + TAINT_RETRY);
+                    }
+                }
+            }
+        }
+
+        let now = Instant::now();
+        let next = self
+            .zones
+            .lock()
+            .expect("zones lock")
+            .queues
+            .values()
+            .filter_map(|q| q.next_turn(now))
+            .min();
+        Ok(next.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1)))
+    }
+
+    /// Bring the node's taints to what its conditions and `no_execute` call for.
+    async fn set_taints(&self, node: &Node, no_execute: Option<&str>) -> anyhow::Result<Node> {
+        let wanted = health::wanted_taints(node, jiff::Timestamp::now(), no_execute);
+        let current = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        if wanted == current {
+            return Ok(node.clone());
+        }
+        self.patch_taints(node, &wanted).await
     }
 
     async fn patch_conditions(

@@ -6,16 +6,21 @@
 //! (slow-start batches of 1, 2, 4, ... creations; deletions in kube's ranking), record
 //! `SuccessfulCreate`/`SuccessfulDelete` (`FailedCreate`/`FailedDelete`) events, and write the
 //! status counts and `observedGeneration`. Pods being deleted and finished pods are not counted,
-//! so an evicted pod is replaced at once. Writes go through the shared pod cache (see
-//! [`super::informer`]), so the next sync never creates a pod twice.
+//! so an evicted pod is replaced at once.
+//!
+//! Expectations ([`super::expectations`]), as kube's: before creating or deleting pods a sync
+//! records how many creations and which deletions it asked for; informer events of the owner's
+//! pods lower them, and until they are met (or five minutes have passed) later syncs update the
+//! status only. So a lagging informer, or one that lists again after the API server restarted,
+//! never makes an owner create the same pods twice.
 //!
 //! Not done: the `ReplicaFailure` status condition.
 
 pub mod plan;
 
 use std::marker::PhantomData;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -26,6 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Shared;
+use super::expectations::Expectations;
 use super::informer::{Change, Informer, Key};
 use super::queue::{WorkQueue, run_worker};
 use super::util::{self, Selector};
@@ -129,6 +135,7 @@ impl ReplicaOwner for ReplicaSet {
 pub struct Controller<K> {
     shared: Arc<Shared>,
     recorder: Recorder,
+    expectations: Arc<Mutex<Expectations>>,
     _kind: PhantomData<K>,
 }
 
@@ -142,17 +149,22 @@ fn is_kind<K: Resource<DynamicType = ()>>(
 /// caches are synced.
 pub fn run<K: ReplicaOwner>(shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
     let queue: WorkQueue = WorkQueue::new();
+    let expectations = Arc::new(Mutex::new(Expectations::default()));
     {
         let queue = queue.clone();
-        K::informer(&shared).on_change(move |change| {
-            if let Change::Applied { new, .. } = change {
-                queue.add(Key::of(*new));
-            }
+        let expectations = expectations.clone();
+        K::informer(&shared).on_change(move |change| match change {
+            Change::Applied { new, .. } => queue.add(Key::of(*new)),
+            Change::Deleted(old) => expectations
+                .lock()
+                .expect("expectations lock")
+                .forget(&Key::of(*old)),
         });
     }
     {
         let queue = queue.clone();
         let owners = K::informer(&shared).clone();
+        let expectations = expectations.clone();
         shared.pods.on_change(move |change| {
             let (old, new) = match change {
                 Change::Applied { old, new } => (*old, *new),
@@ -164,6 +176,9 @@ pub fn run<K: ReplicaOwner>(shared: Arc<Shared>) -> impl Future<Output = ()> + S
                     .filter(|r| is_kind::<K>(r))
                     .map(|r| Key::new(ns.clone(), r.name.clone()))
             };
+            if let Some(owner) = owner_of(new) {
+                observe(&expectations, &owner, change);
+            }
             match owner_of(new) {
                 Some(key) => queue.add(key),
                 None if util::controller_ref(&new.metadata).is_none()
@@ -194,6 +209,7 @@ pub fn run<K: ReplicaOwner>(shared: Arc<Shared>) -> impl Future<Output = ()> + S
         let controller = Arc::new(Controller::<K> {
             recorder: Recorder::new(shared.client.clone(), K::COMPONENT, None),
             shared,
+            expectations,
             _kind: PhantomData,
         });
         run_worker(K::COMPONENT, queue, move |key| {
@@ -204,9 +220,34 @@ pub fn run<K: ReplicaOwner>(shared: Arc<Shared>) -> impl Future<Output = ()> + S
     }
 }
 
+/// Lower the owner's expectations by what an informer event of one of its pods shows: a new pod
+/// is a creation; a pod that got a deletionTimestamp, or is gone, is a deletion.
+fn observe(expectations: &Mutex<Expectations>, owner: &Key, change: &Change<'_, Pod>) {
+    let mut e = expectations.lock().expect("expectations lock");
+    let deleting = |p: &Pod| p.metadata.deletion_timestamp.is_some();
+    match change {
+        Change::Applied { old: None, new } => {
+            e.creation_observed(owner);
+            if deleting(new) {
+                e.deletion_observed(owner, &Key::of(*new));
+            }
+        }
+        Change::Applied {
+            old: Some(old),
+            new,
+        } => {
+            if deleting(new) && !deleting(old) {
+                e.deletion_observed(owner, &Key::of(*new));
+            }
+        }
+        Change::Deleted(p) => e.deletion_observed(owner, &Key::of(*p)),
+    }
+}
+
 impl<K: ReplicaOwner> Controller<K> {
     async fn sync(&self, key: &Key) -> anyhow::Result<Option<Duration>> {
         let Some(owner) = K::informer(&self.shared).get(key) else {
+            self.expectations().forget(key);
             return Ok(None);
         };
         let meta = owner.meta();
@@ -237,11 +278,17 @@ impl<K: ReplicaOwner> Controller<K> {
             }
         }
 
-        if !deleting {
-            self.manage(owner.as_ref(), &pods_api, mine).await?;
-        }
+        // Until the informer shows what the last sync asked for, act on nothing: the cache may not
+        // hold those pods yet (or no longer, after a re-list), and creating them again is what
+        // expectations prevent.
+        let satisfied = self.expectations().satisfied(key, Instant::now());
+        let managed = if !deleting && satisfied {
+            self.manage(key, owner.as_ref(), &pods_api, mine).await
+        } else {
+            Ok(())
+        };
 
-        // Status from the cache, which now holds our own writes.
+        // Status from the cache, also when the pods could not be managed (kube writes it still).
         let now = jiff::Timestamp::now();
         let active: Vec<Arc<Pod>> = self
             .shared
@@ -273,11 +320,16 @@ impl<K: ReplicaOwner> Controller<K> {
                 Err(e) => anyhow::bail!("update status of {} {key}: {e}", K::kind(&())),
             }
         }
+        managed?;
         // Pods that are ready but not yet available become available later.
         if min_ready > 0 && counts.ready_replicas > counts.available_replicas {
             return Ok(Some(Duration::from_secs(min_ready as u64)));
         }
         Ok(None)
+    }
+
+    fn expectations(&self) -> std::sync::MutexGuard<'_, Expectations> {
+        self.expectations.lock().expect("expectations lock")
     }
 
     /// Re-read the owner: adopt only if it is still the same object and not being deleted.
@@ -341,8 +393,15 @@ impl<K: ReplicaOwner> Controller<K> {
         }
     }
 
-    /// Create or delete pods so that `mine` becomes `spec.replicas` pods.
-    async fn manage(&self, owner: &K, api: &Api<Pod>, mine: Vec<Arc<Pod>>) -> anyhow::Result<()> {
+    /// Create or delete pods so that `mine` becomes `spec.replicas` pods, expecting each one
+    /// asked for.
+    async fn manage(
+        &self,
+        key: &Key,
+        owner: &K,
+        api: &Api<Pod>,
+        mine: Vec<Arc<Pod>>,
+    ) -> anyhow::Result<()> {
         let want = owner.replicas().max(0) as usize;
         let have = mine.len();
         let owner_ref = reference(owner);
@@ -351,17 +410,22 @@ impl<K: ReplicaOwner> Controller<K> {
                 return Ok(());
             };
             let n = (want - have).min(plan::BURST_REPLICAS);
+            self.expectations().expect_creations(key, n, Instant::now());
+            let mut created = 0;
             let mut failure = None;
             for batch in plan::slow_start_batches(n) {
                 let results =
                     join_all((0..batch).map(|_| self.create_pod(api, owner, template))).await;
                 for r in results {
                     match r {
-                        Ok(name) => self.recorder.normal(
-                            &owner_ref,
-                            "SuccessfulCreate",
-                            format!("Created pod: {name}"),
-                        ),
+                        Ok(name) => {
+                            created += 1;
+                            self.recorder.normal(
+                                &owner_ref,
+                                "SuccessfulCreate",
+                                format!("Created pod: {name}"),
+                            )
+                        }
                         Err(e) => {
                             self.recorder.warning(
                                 &owner_ref,
@@ -376,6 +440,10 @@ impl<K: ReplicaOwner> Controller<K> {
                     break;
                 }
             }
+            // Creations that failed or were skipped will never show in the informer.
+            for _ in created..n {
+                self.expectations().creation_observed(key);
+            }
             if let Some(e) = failure {
                 anyhow::bail!("create pods for {} {}: {e}", K::kind(&()), Key::of(owner));
             }
@@ -385,25 +453,36 @@ impl<K: ReplicaOwner> Controller<K> {
             let related: Vec<&Pod> = related.iter().map(|p| p.as_ref()).collect();
             let candidates: Vec<&Pod> = mine.iter().map(|p| p.as_ref()).collect();
             let ranked = plan::rank_for_deletion(candidates, &related, jiff::Timestamp::now());
-            let results =
-                join_all(ranked.into_iter().take(n).map(|p| self.delete_pod(api, p))).await;
-            for r in results {
+            let victims: Vec<&Pod> = ranked.into_iter().take(n).collect();
+            self.expectations().expect_deletions(
+                key,
+                victims.iter().map(|p| Key::of(*p)),
+                Instant::now(),
+            );
+            let results = join_all(victims.iter().map(|p| self.delete_pod(api, p))).await;
+            let mut failure = None;
+            for (pod, r) in victims.iter().zip(results) {
                 match r {
                     Ok(Some(name)) => self.recorder.normal(
                         &owner_ref,
                         "SuccessfulDelete",
                         format!("Deleted pod: {name}"),
                     ),
-                    Ok(None) => {}
+                    // Gone already: the informer may have shown it before we expected it.
+                    Ok(None) => self.expectations().deletion_observed(key, &Key::of(*pod)),
                     Err(e) => {
+                        self.expectations().deletion_observed(key, &Key::of(*pod));
                         self.recorder.warning(
                             &owner_ref,
                             "FailedDelete",
                             format!("Error deleting: {e}"),
                         );
-                        return Err(e);
+                        failure.get_or_insert(e);
                     }
                 }
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
         Ok(())
@@ -445,11 +524,9 @@ impl<K: ReplicaOwner> Controller<K> {
         for _ in 0..4 {
             let name = self.shared.generate_name(&prefix);
             let pod = plan::pod_from_template(template, &ns, &prefix, &name, reference.clone());
+            // Not written through to the cache: the expectations wait for the informer.
             match api.create(&PostParams::default(), &pod).await {
-                Ok(created) => {
-                    self.shared.pods.observe(created);
-                    return Ok(name);
-                }
+                Ok(_) => return Ok(name),
                 Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
                     last_err = Some(s.message);
                 }
@@ -471,10 +548,7 @@ impl<K: ReplicaOwner> Controller<K> {
             ..Default::default()
         };
         match api.delete(&name, &params).await {
-            Ok(either) => {
-                self.shared.observe_pod_deletion(pod, either);
-                Ok(Some(name))
-            }
+            Ok(_) => Ok(Some(name)),
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
             Err(kube::Error::Api(s)) => anyhow::bail!("{}", s.message),
             Err(e) => anyhow::bail!("{e}"),

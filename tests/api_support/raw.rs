@@ -129,9 +129,11 @@ fn write_chunks(stream: &mut TcpStream, len: usize) -> std::io::Result<()> {
 fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, what: &str) {
     let mut tmp = [0u8; 64 << 10];
     match stream.read(&mut tmp) {
-        Ok(0) => panic!("the server closed the connection in the middle of {what}"),
+        Ok(0) => panic!("the server closed the connection while sending {what}"),
         Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        Err(e) => panic!("no {what} from the server within {READ_TIMEOUT:?}: {e}"),
+        Err(e) => {
+            panic!("nothing from the server for {READ_TIMEOUT:?} while waiting for {what}: {e}")
+        }
     }
 }
 

@@ -350,6 +350,29 @@ fn kubectl_shows_why_a_node_port_is_refused() {
     }
 }
 
+/// kubectl prints the 413 for an object over the limit. It sends the body while it waits for the
+/// answer: a server that closed the connection on the unread rest would reset it, and kubectl
+/// would report the reset instead (it did, two times in three). Five tries, so that a server
+/// that only sometimes resets is caught too.
+#[test]
+fn kubectl_shows_why_a_big_object_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let kubectl = Kubectl::new("/usr/bin/kubectl", &server);
+    let big = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "big", "annotations": {"padding": "x".repeat(4 << 20)}},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}})
+    .to_string();
+    for _ in 0..5 {
+        let o = kubectl.with_stdin(&["create", "--validate=false", "-f", "-"], &big);
+        assert!(!o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr).trim(),
+            "Error from server (RequestEntityTooLarge): error when creating \"STDIN\": Request entity too large: limit is 3145728"
+        );
+    }
+}
+
 #[test]
 fn reads_and_watches_from_a_future_resource_version_end_with_too_large_resource_version() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,11 +3,13 @@
 //! [`read`], which refuses more than [`MAX_BODY_BYTES`] of raw bytes before anything is decoded;
 //! then the Content-Type picks the decoder, and an unknown one is a 415.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::patch::{self, PatchType};
@@ -18,27 +20,57 @@ use super::status::{ApiError, ApiResult};
 /// JSON's size over protobuf.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-fn too_large() -> ApiError {
+/// After a 413, how much more of the body is read and thrown away, and how long a pause in it
+/// ends that ([`discard_rest`]).
+const DISCARD_MAX_BYTES: usize = 64 << 20;
+const DISCARD_IDLE: Duration = Duration::from_secs(1);
+
+fn too_large(body: Body) -> ApiError {
+    discard_rest(body);
     ApiError::request_entity_too_large(format!("limit is {MAX_BODY_BYTES}"))
 }
 
 /// The raw body, at most [`MAX_BODY_BYTES`]. A larger declared length is refused before a byte
 /// is read, and a chunked body as soon as it passes the limit: the server never holds more.
-pub async fn read(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
+pub async fn read(headers: &HeaderMap, mut body: Body) -> ApiResult<Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+        return Err(too_large(body));
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "reading the request body: {e}"
-        ))),
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                return Err(too_large(body));
+            }
+            buf.extend_from_slice(data);
+        }
     }
+    Ok(buf.freeze())
+}
+
+/// Read and drop, in the background, what the client still sends of a refused body, so that it
+/// gets to read the 413: a connection closed with unread data is reset, and a client still
+/// writing (kubectl, for one) then reports the reset instead of the answer. Go's server, and so
+/// kube-apiserver, avoids the reset too, by pausing before it closes (`rstAvoidanceDelay`).
+/// Bounded by [`DISCARD_MAX_BYTES`] and by [`DISCARD_IDLE`] without data (a client that
+/// stalls); then the connection is closed.
+fn discard_rest(mut body: Body) {
+    tokio::spawn(async move {
+        let mut left = DISCARD_MAX_BYTES;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(DISCARD_IDLE, body.frame()).await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    });
 }
 
 /// The Content-Type without its parameters, lower-cased (`application/json; charset=utf-8` is

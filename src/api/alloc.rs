@@ -133,14 +133,16 @@ impl PortAllocator {
         format!("{}-{}", self.lo, self.hi)
     }
 
-    pub fn allocate_specific(&mut self, port: u16) -> Result<(), AllocError> {
-        if port < self.lo || port > self.hi {
-            return Err(AllocError::NotInRange(self.range()));
-        }
+    /// Claim `port` as a client wrote it: negative, zero and too large are out of range too.
+    pub fn allocate_specific(&mut self, port: i64) -> Result<u16, AllocError> {
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| (self.lo..=self.hi).contains(p))
+            .ok_or_else(|| AllocError::NotInRange(self.range()))?;
         if !self.used.insert(port) {
             return Err(AllocError::Allocated);
         }
-        Ok(())
+        Ok(port)
     }
 
     pub fn allocate(&mut self, rng: &mut impl Rng) -> Result<u16, AllocError> {
@@ -235,10 +237,13 @@ mod tests {
             ]
         );
         assert!(p.allocate(&mut rng).is_err());
-        assert_eq!(
-            p.allocate_specific(80).unwrap_err().port_detail(),
-            "provided port is not in the valid range. The range of valid ports is 30000-30009"
-        );
+        for outside in [80, 0, -1, 30010, 70000] {
+            assert_eq!(
+                p.allocate_specific(outside).unwrap_err().port_detail(),
+                "provided port is not in the valid range. The range of valid ports is 30000-30009",
+                "{outside}"
+            );
+        }
         assert_eq!(parse_port_range("30000-32767"), Ok((30000, 32767)));
         assert!(parse_port_range("5-1").is_err());
     }

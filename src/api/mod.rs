@@ -5,9 +5,14 @@
 //! # Layout
 //! - [`server`]: configuration, start-up (store, allocators, built-in namespaces and the
 //!   `kubernetes` Service/Endpoints/EndpointSlice) and the router.
-//! - [`rest`]: the one generic resource handler (path → target, verbs, subresources status and
-//!   scale, create/update/patch/delete semantics, finalizers, graceful pod deletion, dry run).
+//! - [`request`]: what a request addresses and asks for (path → target, with kube-apiserver's
+//!   path-segment checks; query; `Accept`); [`body`]: request bodies (the 3 MiB limit on raw
+//!   bytes, Content-Type → decoder, 415).
+//! - [`rest`]: the one generic resource handler (verbs, subresources status and scale,
+//!   create/update/patch/delete semantics, finalizers, graceful pod deletion, dry run,
+//!   reads that wait for a resourceVersion).
 //! - [`pods`]: `binding`, `log` and `exec`; [`kubelet_client`]: the kubelet interface they use.
+//!   `rest` dispatches to `pods`; both take the request's shape from `request`.
 //! - [`resources`]: the kind table that drives routing, discovery, OpenAPI and selectors.
 //! - [`registry`]: in-memory objects, the global resourceVersion, watch fan-out and history;
 //!   [`store`]: durability behind the `Store` trait ([`store::log`]: snapshot + append-only log).
@@ -29,12 +34,14 @@
 //!   elsewhere (defaulting, validation, patches, tables), so unknown kinds of data never break.
 //!
 //! # Known gaps
-//! Request bodies must be JSON or YAML (imperative `kubectl create ns|deployment` send protobuf
-//! and get 415); exec needs WebSockets (kubectl 1.30+); server-side apply merges like a strategic
-//! merge patch with minimal `managedFields` (no field ownership or conflicts); the garbage
-//! collector (dependents, `orphan`/`foregroundDeletion` finalizers) is a separate controller.
+//! Request bodies are JSON, YAML or the protobuf of the kinds kubectl's generators post; answers
+//! are JSON only (an `Accept` without JSON gets 406); exec needs WebSockets (kubectl 1.30+);
+//! server-side apply merges like a strategic merge patch with minimal `managedFields` (no field
+//! ownership or conflicts); the garbage collector (dependents, `orphan`/`foregroundDeletion`
+//! finalizers) is a separate controller.
 
 pub mod alloc;
+pub mod body;
 pub mod defaults;
 pub mod discovery;
 pub mod kubelet_client;
@@ -44,6 +51,7 @@ pub mod patch;
 pub mod pods;
 pub mod protobuf;
 pub mod registry;
+pub mod request;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

@@ -12,13 +12,14 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
 use super::kubelet_client::{self, KubeletSocket};
-use super::object::str_at;
+use super::object::{now_rfc3339, str_at};
+use super::registry::Txn;
+use super::request::{Query, Target};
 use super::resources::id;
-use super::rest::{Query, Target, bind_in, success};
 use super::server::Api;
-use super::status::{ApiError, ApiResult};
+use super::status::{ApiError, ApiResult, FieldError, success_status};
 
-/// `POST pods/NAME/binding`.
+/// `POST pods/NAME/binding`: `Status{Success}`, as the real server answers a binding.
 pub fn bind(api: &Api, t: &Target, body: &Value, q: &Query) -> ApiResult<Response> {
     let node = str_at(body, "/target/name").to_string();
     if node.is_empty() {
@@ -26,11 +27,50 @@ pub fn bind(api: &Api, t: &Target, body: &Value, q: &Query) -> ApiResult<Respons
             "Binding",
             "",
             t.name.as_deref().unwrap_or_default(),
-            &[super::status::FieldError::required("target.name", "")],
+            &[FieldError::required("target.name", "")],
         ));
     }
     api.registry.txn(|txn| bind_in(txn, t, &node, q))?;
-    Ok(success(json!({})))
+    Ok((StatusCode::CREATED, axum::Json(success_status(json!({})))).into_response())
+}
+
+/// Set the pod's node and its PodScheduled condition, unless it is bound or being deleted.
+fn bind_in(txn: &mut Txn<'_>, t: &Target, node: &str, q: &Query) -> ApiResult<()> {
+    let name = t.name.clone().unwrap_or_default();
+    let current = txn.get(t.id, t.ns(), &name).ok_or_else(|| t.not_found())?;
+    let mut pod = current.value();
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::conflict(
+            "pods",
+            &name,
+            &format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
+    }
+    let assigned = str_at(&pod, "/spec/nodeName");
+    if !assigned.is_empty() {
+        return Err(ApiError::conflict(
+            "pods",
+            &name,
+            &format!("pod {name} is already assigned to node {assigned:?}"),
+        ));
+    }
+    pod["spec"]["nodeName"] = json!(node);
+    let conditions = pod["status"]
+        .as_object_mut()
+        .map(|s| s.entry("conditions").or_insert_with(|| json!([])))
+        .and_then(Value::as_array_mut);
+    if let Some(conditions) = conditions {
+        conditions.retain(|c| str_at(c, "/type") != "PodScheduled");
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
+    }
+    if q.dry_run() {
+        return Ok(());
+    }
+    txn.put(t.id, pod)?;
+    Ok(())
 }
 
 /// The pod, the chosen container and the kubelet's address.
@@ -129,13 +169,6 @@ fn forward_query(q: &Query, keys: &[&str]) -> String {
 
 fn q_all<'a>(q: &'a Query, key: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
     q.pairs().filter(move |(k, _)| *k == key)
-}
-
-impl Query {
-    /// Every `(key, value)` pair in order.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.raw().iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
 }
 
 /// `GET pods/NAME/log`.

@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::alloc::Allocators;
 use super::object::{Stored, meta_mut};
@@ -97,6 +98,8 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     senders: Vec<broadcast::Sender<Arc<WatchEvent>>>,
+    /// The current resourceVersion, for reads that wait for one ([`Registry::wait_for_rv`]).
+    rv: watch::Sender<u64>,
 }
 
 /// Capacity of each resource's broadcast channel; a watcher further behind is closed with 410.
@@ -145,6 +148,7 @@ impl Registry {
             .map(|_| broadcast::channel(CHANNEL_CAPACITY).0)
             .collect();
         Ok(Registry {
+            rv: watch::Sender::new(inner.rv),
             inner: Mutex::new(inner),
             senders,
         })
@@ -181,6 +185,8 @@ impl Registry {
             senders: &self.senders,
         };
         let out = f(&mut txn);
+        self.rv
+            .send_if_modified(|rv| std::mem::replace(rv, inner.rv) != inner.rv);
         if inner.store.wants_compaction() {
             let Inner {
                 objects, store, rv, ..
@@ -195,6 +201,29 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Wait up to `timeout` for the registry to reach resourceVersion `rv`, like the watch
+    /// cache's `waitUntilFreshAndBlock`; if it does not, "Too large resource version" (504)
+    /// with a hint to retry in `retry_after_seconds`.
+    pub async fn wait_for_rv(
+        &self,
+        rv: u64,
+        timeout: Duration,
+        retry_after_seconds: u64,
+    ) -> ApiResult<()> {
+        let mut current = self.rv.subscribe();
+        let reached = tokio::time::timeout(timeout, current.wait_for(|now| *now >= rv))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            return Ok(());
+        }
+        Err(ApiError::too_large_resource_version(
+            rv,
+            *current.borrow(),
+            retry_after_seconds,
+        ))
     }
 
     /// Start a watch on `rt`: from now (with the current objects) or after resourceVersion `since`.
@@ -363,6 +392,43 @@ mod tests {
 
     fn pod(name: &str) -> Value {
         json!({"metadata": {"name": name, "namespace": "default"}})
+    }
+
+    #[tokio::test]
+    async fn reads_wait_for_a_resource_version_then_time_out() {
+        let reg = Arc::new(registry(10));
+        reg.txn(|t| t.put(id::PODS, pod("a"))).unwrap();
+        // Reached while waiting: served.
+        let waiter = {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.wait_for_rv(2, Duration::from_secs(3), 1).await })
+        };
+        tokio::task::yield_now().await;
+        reg.txn(|t| t.put(id::PODS, pod("b"))).unwrap();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        // Already reached: served at once.
+        assert_eq!(reg.wait_for_rv(1, Duration::ZERO, 1).await, Ok(()));
+        // Never reached: the timeout error, with the version the registry is at.
+        let e = reg
+            .wait_for_rv(9, Duration::from_millis(10), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.reason, e.message.as_str()),
+            (
+                504,
+                "Timeout",
+                "Timeout: Too large resource version: 9, current: 2"
+            )
+        );
+        assert_eq!(
+            e.details,
+            Some(
+                json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1})
+            )
+        );
+        assert_eq!(e.retry_after_seconds(), Some(1));
     }
 
     #[test]

@@ -1,190 +1,48 @@
 //! The generic resource handler: one code path for every kind in the table.
 //!
-//! A request path is parsed into a [`Target`] (resource, namespace, name, subresource); the verb
-//! picks list / watch / get / create / update / patch / delete / deletecollection, or one of the
-//! subresources (`status`, `scale`, `binding`, `log`, `exec`). All writes run inside one registry
-//! transaction so preconditions, allocation and the write are atomic.
+//! The request's [`Target`] (from [`super::request`]) and verb pick list / watch / get / create /
+//! update / patch / delete / deletecollection, or one of the subresources (`status`, `scale`,
+//! `binding`, `log`, `exec`); bodies are read through [`super::body`]. All writes run inside one
+//! registry transaction so preconditions, allocation and the write are atomic.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use super::body;
 use super::defaults;
-use super::discovery;
 use super::object::{Stored, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
 use super::patch::{self, PatchType};
 use super::registry::Txn;
-use super::resources::{RESOURCES, ResourceType, Subresource, find, id};
+use super::request::{Format, Parsed, Query, Target, format, parse_path};
+use super::resources::{RESOURCES, Subresource, id};
 use super::selectors::{
     FieldSelector, LabelSelector, Selectors, format_label_selector, format_labels,
 };
 use super::server::{Api, json_with_type};
 use super::service;
-use super::status::{ApiError, ApiResult, FieldError, success_status};
+use super::status::{ApiError, ApiResult, FieldError};
 use super::strict::{self, FieldValidation};
-use super::table::{self, IncludeObject};
+use super::table;
 use super::validation;
 use super::watch::{self, WatchSpec};
 
-/// What a request addresses.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub rt: &'static ResourceType,
-    pub id: usize,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub sub: Option<Subresource>,
-    /// Old-style `/api/v1/watch/...` path.
-    pub watch_path: bool,
-}
-
-enum Parsed {
-    Doc(Value),
-    Target(Target),
-}
-
-fn parse_path(path: &str) -> ApiResult<Parsed> {
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
-        ["api", v, rest @ ..] => ("", v, rest),
-        ["apis", g] => {
-            return discovery::api_group(g)
-                .map(Parsed::Doc)
-                .ok_or_else(ApiError::path_not_found);
-        }
-        ["apis", g, v, rest @ ..] => (g, v, rest),
-        _ => return Err(ApiError::path_not_found()),
-    };
-    if rest.is_empty() {
-        return discovery::api_resource_list(group, version)
-            .map(Parsed::Doc)
-            .ok_or_else(ApiError::path_not_found);
-    }
-    let (watch_path, rest) = match rest {
-        ["watch", tail @ ..] => (true, tail),
-        _ => (false, rest),
-    };
-    let resource = |plural: &str| find(group, version, plural).ok_or_else(ApiError::path_not_found);
-    let sub_of = |rt: &ResourceType, s: &str| {
-        rt.subresources
-            .iter()
-            .copied()
-            .find(|x| x.name() == s)
-            .ok_or_else(ApiError::path_not_found)
-    };
-    let target = |rt: &'static ResourceType,
-                  ns: Option<&str>,
-                  name: Option<&str>,
-                  sub: Option<Subresource>| Target {
-        rt,
-        id: rt.id(),
-        namespace: ns.map(String::from),
-        name: name.map(String::from),
-        sub,
-        watch_path,
-    };
-    let t = match rest {
-        [r] => target(resource(r)?, None, None, None),
-        ["namespaces", ns, r] if find(group, version, r).is_some_and(|rt| rt.namespaced) => {
-            target(resource(r)?, Some(ns), None, None)
-        }
-        ["namespaces", ns, r, name] => {
-            let rt = resource(r)?;
-            if !rt.namespaced {
-                return Err(ApiError::path_not_found());
-            }
-            target(rt, Some(ns), Some(name), None)
-        }
-        ["namespaces", ns, r, name, sub] => {
-            let rt = resource(r)?;
-            target(rt, Some(ns), Some(name), Some(sub_of(rt, sub)?))
-        }
-        [r, name] => {
-            let rt = resource(r)?;
-            if rt.namespaced {
-                return Err(ApiError::path_not_found());
-            }
-            target(rt, None, Some(name), None)
-        }
-        [r, name, sub] => {
-            let rt = resource(r)?;
-            if rt.namespaced {
-                return Err(ApiError::path_not_found());
-            }
-            target(rt, None, Some(name), Some(sub_of(rt, sub)?))
-        }
-        _ => return Err(ApiError::path_not_found()),
-    };
-    Ok(Parsed::Target(t))
-}
-
-/// Query parameters (repeated keys kept).
-#[derive(Debug, Default)]
-pub struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(q: Option<&str>) -> Query {
-        Query(
-            form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect(),
-        )
-    }
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-    fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true") | Some("1"))
-    }
-    /// The raw pairs.
-    pub fn raw(&self) -> &[(String, String)] {
-        &self.0
-    }
-    fn dry_run(&self) -> bool {
-        self.0.iter().any(|(k, v)| k == "dryRun" && v == "All")
-    }
-}
+/// How long a read with a resourceVersion the server has not reached waits for it, and when
+/// the client is told to retry (kube-apiserver's watch cache: `blockTimeout`,
+/// `resourceVersionTooHighRetrySeconds`).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+const FRESHNESS_RETRY_SECONDS: u64 = 1;
 
 /// The entry point for everything under `/api` and `/apis`.
 pub async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     match route(api, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
-    }
-}
-
-/// How a response object is rendered.
-#[derive(Debug, Clone, Copy)]
-enum Format {
-    Json,
-    Table(IncludeObject),
-}
-
-fn format(headers: &HeaderMap, q: &Query) -> Format {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let wants_table = accept.split(',').any(|m| {
-        let m = m.replace(' ', "");
-        m.contains("as=Table") && m.contains("g=meta.k8s.io")
-    });
-    if wants_table {
-        Format::Table(IncludeObject::parse(q.get("includeObject")))
-    } else {
-        Format::Json
     }
 }
 
@@ -196,63 +54,59 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         Parsed::Target(t) => t,
     };
     let method = req.method().clone();
-    let headers = req.headers().clone();
-    let fmt = format(&headers, &q);
+    // Logs are text and exec a WebSocket: only the object answers negotiate on Accept.
+    let fmt = match t.sub {
+        Some(Subresource::Log | Subresource::Exec) => Format::Json,
+        _ => format(req.headers(), &q)?,
+    };
+    // Every body is read through `body`, and so within its size limit.
     match (&method, &t.name, t.sub) {
-        (&Method::GET, None, _) if t.watch_path || q.flag("watch") => watch(&api, &t, &q, fmt),
-        (&Method::GET, None, _) => list(&api, &t, &q, fmt),
+        (&Method::GET, None, _) if t.watch_path || q.flag("watch") => {
+            watch(&api, &t, &q, fmt).await
+        }
+        (&Method::GET, None, _) => list(&api, &t, &q, fmt).await,
         (&Method::GET, Some(_), Some(Subresource::Log)) => super::pods::logs(&api, &t, &q).await,
         (_, Some(_), Some(Subresource::Exec)) => super::pods::exec(api.clone(), &t, &q, req).await,
-        (&Method::GET, Some(_), _) if t.watch_path => {
+        (&Method::GET, Some(name), _) if t.watch_path => {
             let mut q = q;
-            q.0.push((
-                "fieldSelector".into(),
-                format!("metadata.name={}", t.name.as_deref().unwrap_or_default()),
-            ));
+            q.push("fieldSelector", format!("metadata.name={name}"));
             let coll = Target {
                 name: None,
                 ..t.clone()
             };
-            watch(&api, &coll, &q, fmt)
+            watch(&api, &coll, &q, fmt).await
         }
         (&Method::GET, Some(_), Some(Subresource::Scale)) => {
-            let obj = get_stored(&api, &t)?;
+            let obj = get_stored(&api, &t, &q).await?;
             Ok(json_response(StatusCode::OK, &scale_of(&t, &obj.value())))
         }
         (&Method::GET, Some(_), _) => {
-            let obj = get_stored(&api, &t)?;
+            let obj = get_stored(&api, &t, &q).await?;
             Ok(object_response(StatusCode::OK, &t, &obj, fmt, Vec::new()))
         }
         (&Method::POST, None, None) => {
-            let body = read_json(req).await?;
-            create(&api, &t, body, &q, fmt)
+            let obj = body::object(req).await?;
+            create(&api, &t, obj, &q, fmt)
         }
         (&Method::POST, Some(_), Some(Subresource::Binding)) => {
-            let body = read_json(req).await?;
-            super::pods::bind(&api, &t, &body, &q)
+            let binding = body::object(req).await?;
+            super::pods::bind(&api, &t, &binding, &q)
         }
         (&Method::PUT, Some(_), _) => {
-            let body = read_json(req).await?;
-            update(&api, &t, body, &q, fmt)
+            let obj = body::object(req).await?;
+            update(&api, &t, obj, &q, fmt)
         }
         (&Method::PATCH, Some(_), _) => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let ty = PatchType::from_content_type(&content_type)?;
-            let bytes = read_bytes(req).await?;
-            let body = patch::parse_body(&bytes)?;
-            patch_object(&api, &t, ty, body, &q, fmt)
+            let (ty, patch) = body::patch(req).await?;
+            patch_object(&api, &t, ty, patch, &q, fmt)
         }
         (&Method::DELETE, Some(_), None) => {
-            let bytes = read_bytes(req).await?;
-            delete(&api, &t, &bytes, &q, fmt)
+            let options = body::optional_object(req).await?;
+            delete(&api, &t, options, &q, fmt)
         }
         (&Method::DELETE, None, None) => {
-            let bytes = read_bytes(req).await?;
-            delete_collection(&api, &t, &bytes, &q)
+            let options = body::optional_object(req).await?;
+            delete_collection(&api, &t, options, &q)
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
@@ -260,29 +114,18 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
     }
 }
 
-async fn read_bytes(req: Request) -> ApiResult<bytes::Bytes> {
-    axum::body::to_bytes(req.into_body(), 64 << 20)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))
-}
-
-async fn read_json(req: Request) -> ApiResult<Value> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    if content_type.contains("cbor") {
-        return Err(ApiError::unsupported_body(format!(
-            "kemu accepts JSON, YAML and protobuf request bodies only (got {content_type}); use a manifest with `kubectl create -f`"
-        )));
+/// Wait, as kube-apiserver's watch cache does, for a resourceVersion the client asked for and
+/// the registry has not reached: a client can only have it from a store that was further along
+/// (an in-memory server that restarted), or be wrong. Not reached in time: "Too large resource
+/// version" (504).
+async fn wait_until_fresh(api: &Api, q: &Query) -> ApiResult<Option<u64>> {
+    let requested = q.resource_version()?;
+    if let Some(rv) = requested {
+        api.registry
+            .wait_for_rv(rv, FRESHNESS_WAIT, FRESHNESS_RETRY_SECONDS)
+            .await?;
     }
-    let bytes = read_bytes(req).await?;
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return super::protobuf::decode_body(&bytes);
-    }
-    patch::parse_body(&bytes)
+    Ok(requested)
 }
 
 /// A JSON response from a value.
@@ -341,18 +184,12 @@ fn value_response(
     object_response(status, t, &Stored::new(t.rt, obj, rv), fmt, warnings)
 }
 
-fn not_found(t: &Target) -> ApiError {
-    ApiError::not_found(&t.rt.qualified(), t.name.as_deref().unwrap_or_default())
-}
-
-fn ns_of(t: &Target) -> &str {
-    t.namespace.as_deref().unwrap_or_default()
-}
-
-fn get_stored(api: &Api, t: &Target) -> ApiResult<Arc<Stored>> {
+/// GET of one object; a `resourceVersion` asks for that version or a newer one.
+async fn get_stored(api: &Api, t: &Target, q: &Query) -> ApiResult<Arc<Stored>> {
+    wait_until_fresh(api, q).await?;
     api.registry
-        .get(t.id, ns_of(t), t.name.as_deref().unwrap_or_default())
-        .ok_or_else(|| not_found(t))
+        .get(t.id, t.ns(), t.name.as_deref().unwrap_or_default())
+        .ok_or_else(|| t.not_found())
 }
 
 fn selectors(t: &Target, q: &Query) -> ApiResult<Selectors> {
@@ -362,8 +199,9 @@ fn selectors(t: &Target, q: &Query) -> ApiResult<Selectors> {
     })
 }
 
-fn list(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
+async fn list(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
     let sel = selectors(t, q)?;
+    wait_until_fresh(api, q).await?;
     let (objects, rv) = api.registry.list(t.id, t.namespace.as_deref());
     let objects: Vec<&Arc<Stored>> = objects.iter().filter(|o| sel.matches(o)).collect();
     let body = match fmt {
@@ -402,17 +240,10 @@ fn list(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
     Ok(bytes_response(StatusCode::OK, body, Vec::new()))
 }
 
-fn watch(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
+async fn watch(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
     let sel = selectors(t, q)?;
     let initial_events = q.flag("sendInitialEvents");
-    let since = match q.get("resourceVersion") {
-        _ if initial_events => None,
-        None | Some("") | Some("0") => None,
-        Some(rv) => Some(
-            rv.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?,
-        ),
-    };
+    let requested = q.resource_version()?;
     let spec = WatchSpec {
         rt: t.id,
         namespace: t.namespace.clone(),
@@ -428,17 +259,42 @@ fn watch(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
             .map(Duration::from_secs),
         initial_events_bookmark: initial_events,
     };
+    // A watch from a resourceVersion the registry has not reached. kube-apiserver
+    // (staging/src/k8s.io/apiserver/pkg/storage/cacher, `Cacher.Watch`): with
+    // `sendInitialEvents=true` it waits up to 3 s for its cache to reach that version
+    // (`waitUntilWatchCacheFreshAndForceAllEvents`); if it does not, the watch answers 200 with
+    // one ERROR event carrying the 504 "Too large resource version" Status and ends (past
+    // version parsing, "errors must fail with a watch event of type ERROR"). Without
+    // `sendInitialEvents` it neither waits nor fails: the cache watcher starts at the requested
+    // version and drops events at or below it, which suits a cache lagging behind etcd. Here the
+    // registry is the store itself, so a version it has not reached comes from some other store
+    // (an in-memory server that restarted) or from nowhere, and that watch would stay silent
+    // until the counter passed it, losing every change in between. So every watch from the
+    // future gets the `sendInitialEvents` answer.
+    if let Some(rv) = requested
+        && let Err(e) = api
+            .registry
+            .wait_for_rv(rv, FRESHNESS_WAIT, FRESHNESS_RETRY_SECONDS)
+            .await
+    {
+        return Ok(watch_response(Body::from_stream(watch::error_stream(&e))));
+    }
+    let since = if initial_events { None } else { requested };
     let body = match api.registry.watch(t.id, t.namespace.as_deref(), since) {
         Ok((start, rx, rv)) => Body::from_stream(watch::stream(spec, start, rx, rv)),
-        Err(e) if e.code == 410 => Body::from_stream(watch::expired_stream(e.message)),
+        Err(e) if e.code == 410 => Body::from_stream(watch::error_stream(&e)),
         Err(e) => return Err(e),
     };
-    Ok((
+    Ok(watch_response(body))
+}
+
+fn watch_response(body: Body) -> Response {
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// Check kind/apiVersion, strict fields, and fill in type metadata.
@@ -519,7 +375,7 @@ fn check_namespace(txn: &Txn<'_>, t: &Target, name: &str) -> ApiResult<()> {
     if !t.rt.namespaced {
         return Ok(());
     }
-    let ns = ns_of(t);
+    let ns = t.ns();
     match txn.get(id::NAMESPACES, "", ns) {
         None => Err(ApiError::not_found("namespaces", ns)),
         Some(n)
@@ -557,7 +413,7 @@ fn create_in(
     mut obj: Value,
     q: &Query,
 ) -> ApiResult<(StatusCode, Value)> {
-    let ns = ns_of(t).to_string();
+    let ns = t.ns().to_string();
     {
         let meta = meta_mut(&mut obj);
         if t.rt.namespaced {
@@ -807,13 +663,11 @@ fn update(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> Api
     let warnings = decode(t, &mut body, q)?;
     check_name(t, &body)?;
     let name = t.name.clone().unwrap_or_default();
-    let (code, obj) = api
-        .registry
-        .txn(|txn| match txn.get(t.id, ns_of(t), &name) {
-            Some(current) => update_in(txn, t, &current, body, q),
-            None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q),
-            None => Err(not_found(t)),
-        })?;
+    let (code, obj) = api.registry.txn(|txn| match txn.get(t.id, t.ns(), &name) {
+        Some(current) => update_in(txn, t, &current, body, q),
+        None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q),
+        None => Err(t.not_found()),
+    })?;
     Ok(value_response(code, t, &obj, fmt, warnings))
 }
 
@@ -831,7 +685,7 @@ fn patch_object(
     let name = t.name.clone().unwrap_or_default();
     let mut warnings = Vec::new();
     let (code, obj) = api.registry.txn(|txn| {
-        let Some(current) = txn.get(t.id, ns_of(t), &name) else {
+        let Some(current) = txn.get(t.id, t.ns(), &name) else {
             if ty == PatchType::Apply && t.sub.is_none() {
                 // Server-side apply creates what is absent.
                 let mut obj = body.clone();
@@ -840,7 +694,7 @@ fn patch_object(
                 set_managed_fields(&mut obj, t, q, &body);
                 return create_in(txn, t, obj, q);
             }
-            return Err(not_found(t));
+            return Err(t.not_found());
         };
         let mut patched = patch::apply_patch(ty, t.rt.kind, &current.value(), &body)?;
         if ty == PatchType::Apply {
@@ -934,7 +788,7 @@ fn apply_scale(
         ..t.clone()
     };
     let (_, obj) = api.registry.txn(|txn| {
-        let current = txn.get(t.id, ns_of(t), &name).ok_or_else(|| not_found(t))?;
+        let current = txn.get(t.id, t.ns(), &name).ok_or_else(|| t.not_found())?;
         let parent = current.value();
         let scale = scale_for(&scale_of(t, &parent))?;
         let rv = str_at(&scale, "/metadata/resourceVersion");
@@ -993,12 +847,8 @@ struct DeleteOptions {
     dry_run: bool,
 }
 
-fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
-    let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        patch::parse_body(body)?
-    };
+fn delete_options(body: Option<Value>, q: &Query) -> ApiResult<DeleteOptions> {
+    let v = body.unwrap_or_else(|| json!({}));
     let mut o = DeleteOptions {
         grace: v.get("gracePeriodSeconds").and_then(Value::as_i64),
         policy: v
@@ -1049,7 +899,13 @@ fn delete_options(body: &[u8], q: &Query) -> ApiResult<DeleteOptions> {
     Ok(o)
 }
 
-fn delete(api: &Api, t: &Target, body: &[u8], q: &Query, fmt: Format) -> ApiResult<Response> {
+fn delete(
+    api: &Api,
+    t: &Target,
+    body: Option<Value>,
+    q: &Query,
+    fmt: Format,
+) -> ApiResult<Response> {
     let opts = delete_options(body, q)?;
     let name = t.name.clone().unwrap_or_default();
     let (code, obj) = api.registry.txn(|txn| delete_in(txn, t, &name, &opts))?;
@@ -1064,7 +920,7 @@ fn delete_in(
     name: &str,
     opts: &DeleteOptions,
 ) -> ApiResult<(StatusCode, Value)> {
-    let ns = ns_of(t).to_string();
+    let ns = t.ns().to_string();
     let current = txn
         .get(t.id, &ns, name)
         .ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name))?;
@@ -1180,7 +1036,7 @@ fn delete_in(
     Ok((StatusCode::ACCEPTED, txn.put(t.id, obj)?.value()))
 }
 
-fn delete_collection(api: &Api, t: &Target, body: &[u8], q: &Query) -> ApiResult<Response> {
+fn delete_collection(api: &Api, t: &Target, body: Option<Value>, q: &Query) -> ApiResult<Response> {
     let opts = delete_options(body, q)?;
     let sel = selectors(t, q)?;
     let items = api.registry.txn(|txn| {
@@ -1204,95 +1060,4 @@ fn delete_collection(api: &Api, t: &Target, body: &[u8], q: &Query) -> ApiResult
         &json!({"kind": t.rt.list_kind(), "apiVersion": t.rt.api_version(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
     ))
-}
-
-/// `Status{Success}` for writes that answer no object (bindings).
-pub fn success(details: Value) -> Response {
-    (StatusCode::CREATED, axum::Json(success_status(details))).into_response()
-}
-
-/// Used by the pods module to run a status-style update of a pod.
-pub fn bind_in(txn: &mut Txn<'_>, t: &Target, node: &str, q: &Query) -> ApiResult<()> {
-    let name = t.name.clone().unwrap_or_default();
-    let current = txn.get(t.id, ns_of(t), &name).ok_or_else(|| not_found(t))?;
-    let mut pod = current.value();
-    if pod
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-    {
-        return Err(ApiError::conflict(
-            "pods",
-            &name,
-            &format!("pod {name} is being deleted, cannot be assigned to a host"),
-        ));
-    }
-    let assigned = str_at(&pod, "/spec/nodeName");
-    if !assigned.is_empty() {
-        return Err(ApiError::conflict(
-            "pods",
-            &name,
-            &format!("pod {name} is already assigned to node {assigned:?}"),
-        ));
-    }
-    pod["spec"]["nodeName"] = json!(node);
-    let conditions = pod["status"]
-        .as_object_mut()
-        .map(|s| s.entry("conditions").or_insert_with(|| json!([])))
-        .and_then(Value::as_array_mut);
-    if let Some(conditions) = conditions {
-        conditions.retain(|c| str_at(c, "/type") != "PodScheduled");
-        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
-    }
-    if q.dry_run() {
-        return Ok(());
-    }
-    txn.put(t.id, pod)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn describe(path: &str) -> String {
-        match parse_path(path) {
-            Ok(Parsed::Doc(d)) => format!("doc {}", d["kind"].as_str().unwrap_or_default()),
-            Ok(Parsed::Target(t)) => format!(
-                "{} ns={:?} name={:?} sub={:?} watch={}",
-                t.rt.plural,
-                t.namespace,
-                t.name,
-                t.sub.map(|s| s.name()),
-                t.watch_path
-            ),
-            Err(e) => format!("error {}", e.code),
-        }
-    }
-
-    #[test]
-    fn paths() {
-        let cases = [
-            "/api/v1",
-            "/apis/apps",
-            "/apis/apps/v1",
-            "/api/v1/pods",
-            "/api/v1/namespaces",
-            "/api/v1/namespaces/default",
-            "/api/v1/namespaces/default/status",
-            "/api/v1/namespaces/default/pods",
-            "/api/v1/namespaces/default/pods/p1",
-            "/api/v1/namespaces/default/pods/p1/log",
-            "/api/v1/namespaces/default/pods/p1/nope",
-            "/api/v1/nodes/n1/status",
-            "/api/v1/watch/namespaces/default/pods",
-            "/apis/apps/v1/namespaces/x/deployments/d/scale",
-            "/apis/batch/v1/jobs",
-            "/api/v1/namespaces/default/nodes/n1",
-        ];
-        let out: Vec<String> = cases
-            .iter()
-            .map(|c| format!("{c:50} {}", describe(c)))
-            .collect();
-        crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(out.join("\n")));
-    }
 }

@@ -100,10 +100,12 @@ pub fn carry_over(svc: &mut Value, old: &Value) {
         let Some(p) = port.as_object_mut() else {
             continue;
         };
+        // Only an unset (or 0) nodePort is filled in; any other value is the client's, to be
+        // allocated or refused.
         let has = p
             .get("nodePort")
-            .and_then(Value::as_u64)
-            .is_some_and(|n| n > 0);
+            .and_then(Value::as_i64)
+            .is_some_and(|n| n != 0);
         if uses_node_ports(&ty) && !has {
             let same = old_ports.iter().find(|o| {
                 o.get("port") == p.get("port")
@@ -189,15 +191,19 @@ pub fn allocate(
             .unwrap_or(0);
         for i in 0..count {
             let port = &mut svc["spec"]["ports"][i];
-            let requested = port.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
-            if requested > 0 {
-                let p = requested.min(65535) as u16;
-                if old_ports.contains(&p) && !kept.contains(&p) {
+            // 0 (or unset) asks for one; anything else, negative included, is a request for
+            // that port, which the allocator refuses outside its range (as kube-apiserver's does).
+            let requested = port.get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+            if requested != 0 {
+                if let Some(p) = u16::try_from(requested)
+                    .ok()
+                    .filter(|p| old_ports.contains(p) && !kept.contains(p))
+                {
                     kept.push(p);
                     continue;
                 }
-                match alloc.ports.allocate_specific(p) {
-                    Ok(()) => done.claimed_ports.push(p),
+                match alloc.ports.allocate_specific(requested) {
+                    Ok(p) => done.claimed_ports.push(p),
                     Err(e) => errs.push(FieldError::invalid(
                         format!("spec.ports[{i}].nodePort"),
                         requested,
@@ -257,7 +263,7 @@ pub fn restore(alloc: &mut Allocators, svc: &Value) {
         );
     }
     for p in node_ports(svc) {
-        if let Err(e) = alloc.ports.allocate_specific(p) {
+        if let Err(e) = alloc.ports.allocate_specific(p.into()) {
             tracing::warn!(
                 "stored service {} holds node port {p}: {e:?}",
                 str_at(svc, "/metadata/name")
@@ -322,5 +328,38 @@ mod tests {
             .unwrap()
             .commit(&mut alloc);
         assert_eq!(str_at(&h, "/spec/clusterIP"), "None");
+    }
+
+    #[test]
+    fn explicit_node_ports_outside_the_range_are_refused() {
+        let mut alloc = allocators();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let svc = |np: i64| json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": np}]}});
+        for np in [-1, 1, 29999, 30011, 40000, 70000] {
+            let errs = allocate(&mut alloc, &mut rng, &mut svc(np), None).unwrap_err();
+            let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert_eq!(
+                msgs,
+                [format!(
+                    "spec.ports[0].nodePort: Invalid value: {np}: provided port is not in the valid range. The range of valid ports is 30000-30010"
+                )]
+            );
+        }
+        // 0 asks for one.
+        let mut auto = svc(0);
+        allocate(&mut alloc, &mut rng, &mut auto, None)
+            .unwrap()
+            .commit(&mut alloc);
+        let given = auto["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..=30010).contains(&given));
+        // On update, -1 is not "keep the old one": it is refused like on create.
+        let mut update = svc(-1);
+        carry_over(&mut update, &auto);
+        assert_eq!(update["spec"]["ports"][0]["nodePort"], json!(-1));
+        assert!(allocate(&mut alloc, &mut rng, &mut update, Some(&auto)).is_err());
+        // Leaving it out keeps the old one.
+        let mut kept = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        carry_over(&mut kept, &auto);
+        assert_eq!(kept["spec"]["ports"][0]["nodePort"], json!(given));
     }
 }

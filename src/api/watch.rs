@@ -19,6 +19,7 @@ use super::object::Stored;
 use super::registry::{EventType, WatchEvent, WatchStart};
 use super::resources::RESOURCES;
 use super::selectors::Selectors;
+use super::status::ApiError;
 use super::table::{self, IncludeObject};
 
 /// What a watcher asked for.
@@ -110,12 +111,10 @@ fn table_line(rt: usize, kind: EventType, obj: &Stored, include: IncludeObject) 
     Bytes::from(line)
 }
 
-/// The ERROR event that tells a client to relist.
-pub fn expired_line(message: &str) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": "Expired", "code": 410}}))
-    .expect("serialisable");
+/// An ERROR event carrying `e`'s Status.
+pub fn error_line(e: &ApiError) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
+        .expect("serialisable");
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -193,9 +192,9 @@ pub fn stream(
                     }
                 }
                 Some(Err(broadcast::error::RecvError::Lagged(n))) => {
-                    st.pending.push_back(expired_line(&format!(
+                    st.pending.push_back(error_line(&ApiError::expired(format!(
                         "the watcher fell {n} events behind; too old resource version"
-                    )));
+                    ))));
                     st.done = true;
                 }
                 Some(Err(broadcast::error::RecvError::Closed)) => return None,
@@ -204,11 +203,12 @@ pub fn stream(
     })
 }
 
-/// A watch stream that only reports that the requested resourceVersion is too old.
-pub fn expired_stream(
-    message: String,
+/// A watch stream of one ERROR event, for a watch that cannot start (its resourceVersion is
+/// too old, or newer than the registry): the client sees the Status, then the end.
+pub fn error_stream(
+    e: &ApiError,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures::stream::iter([Ok(expired_line(&message))])
+    futures::stream::iter([Ok(error_line(e))])
 }
 
 /// Whether a JSON value is an object the watch would select (used by tests).

@@ -16,18 +16,29 @@ pub enum PatchType {
     Apply,
 }
 
+/// The patch types of built-in resources, in kube-apiserver's order (CBOR apply is behind a
+/// feature gate that is off by default).
+const PATCH_MEDIA_TYPES: [(&str, PatchType); 4] = [
+    ("application/json-patch+json", PatchType::Json),
+    ("application/merge-patch+json", PatchType::Merge),
+    (
+        "application/strategic-merge-patch+json",
+        PatchType::Strategic,
+    ),
+    ("application/apply-patch+yaml", PatchType::Apply),
+];
+
+/// kube-apiserver's `maxJSONPatchOperations`.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
 impl PatchType {
-    pub fn from_content_type(ct: &str) -> Result<PatchType, ApiError> {
-        let mime = ct.split(';').next().unwrap_or_default().trim();
-        match mime {
-            "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
-            "application/merge-patch+json" => Ok(PatchType::Merge),
-            "application/json-patch+json" => Ok(PatchType::Json),
-            "application/apply-patch+yaml"
-            | "application/apply-patch+json"
-            | "application/apply-patch+cbor" => Ok(PatchType::Apply),
-            _ => Err(ApiError::unsupported_media_type(ct)),
-        }
+    /// The patch type a Content-Type names, without its parameters; any other is a 415.
+    pub fn from_media_type(media: &str) -> Result<PatchType, ApiError> {
+        PATCH_MEDIA_TYPES
+            .iter()
+            .find(|(m, _)| *m == media)
+            .map(|(_, ty)| *ty)
+            .ok_or_else(|| ApiError::unsupported_media_type(&PATCH_MEDIA_TYPES.map(|(m, _)| m)))
     }
 }
 
@@ -68,6 +79,12 @@ pub fn apply_patch(
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is invalid: {e}")))?;
+            if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+                return Err(ApiError::request_entity_too_large(format!(
+                    "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+                    ops.0.len()
+                )));
+            }
             json_patch::patch(&mut out, &ops.0)
                 .map_err(|e| ApiError::invalid_json_patch(&e.to_string()))?;
         }
@@ -133,7 +150,7 @@ mod tests {
             jp,
             bad.code,
             bad.message,
-            PatchType::from_content_type("text/plain").unwrap_err().code
+            PatchType::from_media_type("text/plain").unwrap_err().code
         );
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(out));
     }
@@ -143,5 +160,59 @@ mod tests {
         let v = parse_body(b"kind: Pod\nmetadata:\n  name: x\n").unwrap();
         assert_eq!(v, json!({"kind": "Pod", "metadata": {"name": "x"}}));
         assert_eq!(parse_body(b"{\"a\":1}").unwrap(), json!({"a": 1}));
+    }
+
+    #[test]
+    fn json_patch_operations_are_limited() {
+        let ops = |n: usize| {
+            json!(
+                (0..n)
+                    .map(|_| json!({"op": "test", "path": "/a", "value": 1}))
+                    .collect::<Vec<_>>()
+            )
+        };
+        let target = json!({"a": 1});
+        assert!(
+            apply_patch(
+                PatchType::Json,
+                "Pod",
+                &target,
+                &ops(MAX_JSON_PATCH_OPERATIONS)
+            )
+            .is_ok()
+        );
+        let e = apply_patch(
+            PatchType::Json,
+            "Pod",
+            &target,
+            &ops(MAX_JSON_PATCH_OPERATIONS + 1),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.reason, e.message.as_str()),
+            (
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+            )
+        );
+    }
+
+    #[test]
+    fn patch_media_types() {
+        assert_eq!(
+            PatchType::from_media_type("application/apply-patch+yaml"),
+            Ok(PatchType::Apply)
+        );
+        for refused in [
+            "application/json",
+            "text/plain",
+            "application/apply-patch+cbor",
+        ] {
+            assert_eq!(
+                PatchType::from_media_type(refused).unwrap_err().message,
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+            );
+        }
     }
 }

@@ -191,7 +191,7 @@ fn one_image_from_a_docker_archive_and_oci_layouts_shares_its_layers() {
     std::fs::create_dir(&merged).unwrap();
     let script = format!(
         "mount -t overlay overlay -o lowerdir={} {m} && chroot {m} /bin/kemu --version && \
-         ls {m}/etc {m}/data && cat {m}/etc/motd-link && readlink {m}/bin/k",
+         ls {m}/etc && ls {m}/data && cat {m}/etc/motd-link && readlink {m}/bin/k",
         prepared.lowerdir(),
         m = merged.display()
     );

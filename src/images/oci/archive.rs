@@ -225,8 +225,32 @@ struct DockerManifestItem {
     layers: Vec<String>,
 }
 
-/// Load every image of an archive into the store; returns the images recorded.
-pub fn load(store: &Store, path: &Path, scope: &Scope) -> Result<Vec<ImageRecord>, StoreError> {
+/// An image an archive held: its ID and the names the archive gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub id: Digest,
+    pub names: BTreeSet<String>,
+}
+
+fn loaded(record: ImageRecord, names: BTreeSet<String>) -> Loaded {
+    Loaded {
+        id: record.id,
+        names,
+    }
+}
+
+/// Load every image of an archive into the store.
+pub fn load(store: &Store, path: &Path, scope: &Scope) -> Result<Vec<Loaded>, StoreError> {
+    let result = load_locked(store, path, scope);
+    if result.is_err() {
+        // Layers unpacked before the failure belong to no image: take them out again, so a
+        // refused archive leaves the store as it was.
+        store.discard_unreferenced()?;
+    }
+    result
+}
+
+fn load_locked(store: &Store, path: &Path, scope: &Scope) -> Result<Vec<Loaded>, StoreError> {
     // Before anything is written to the store's tmp/, which `gc` empties.
     let _shared = store.lock_shared()?;
     let source = Source::open_path(store, path)?;
@@ -292,11 +316,7 @@ fn add_layers(
     Ok(size)
 }
 
-fn load_docker(
-    store: &Store,
-    source: &Source,
-    scope: &Scope,
-) -> Result<Vec<ImageRecord>, StoreError> {
+fn load_docker(store: &Store, source: &Source, scope: &Scope) -> Result<Vec<Loaded>, StoreError> {
     let (items, _) = source.read_json::<Vec<DockerManifestItem>>("manifest.json")?;
     let mut out = Vec::new();
     for item in items {
@@ -325,7 +345,7 @@ fn load_docker(
         store.put_blob(&config_bytes)?;
         let record = ImageRecord {
             id,
-            names,
+            names: names.clone(),
             repo_digests: BTreeSet::new(),
             manifests: BTreeSet::new(),
             labs: None,
@@ -333,7 +353,7 @@ fn load_docker(
             size: config_bytes.len() as u64 + layer_bytes,
             added: jiff::Timestamp::now(),
         };
-        out.push(store.add_image(record, scope)?);
+        out.push(loaded(store.add_image(record, scope)?, names));
     }
     Ok(out)
 }
@@ -356,7 +376,7 @@ fn blob_name(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-fn load_oci(store: &Store, source: &Source, scope: &Scope) -> Result<Vec<ImageRecord>, StoreError> {
+fn load_oci(store: &Store, source: &Source, scope: &Scope) -> Result<Vec<Loaded>, StoreError> {
     let (layout, _) = source.read_json::<serde_json::Value>("oci-layout")?;
     if layout
         .get("imageLayoutVersion")
@@ -388,7 +408,7 @@ fn load_oci_descriptor(
     name: Option<String>,
     scope: &Scope,
     depth: usize,
-) -> Result<ImageRecord, StoreError> {
+) -> Result<Loaded, StoreError> {
     let digest = Digest::parse(desc.digest().as_ref()).map_err(|e| invalid(e.to_string()))?;
     let media = desc.media_type().to_string();
     if depth > 4 {
@@ -443,7 +463,7 @@ fn load_oci_descriptor(
         .collect();
     let record = ImageRecord {
         id: config_digest,
-        names,
+        names: names.clone(),
         repo_digests,
         manifests: BTreeSet::from([digest]),
         labs: None,
@@ -451,7 +471,7 @@ fn load_oci_descriptor(
         size: config_bytes.len() as u64 + layer_bytes,
         added: jiff::Timestamp::now(),
     };
-    store.add_image(record, scope)
+    Ok(loaded(store.add_image(record, scope)?, names))
 }
 
 #[cfg(test)]

@@ -451,6 +451,13 @@ impl Store {
         self.collect(true)
     }
 
+    /// Remove every layer, blob and temporary file no image or lease needs (what `rm` does
+    /// after removing an image), waiting for adders to finish first.
+    pub fn discard_unreferenced(&self) -> Result<GcReport, StoreError> {
+        let _guard = self.lock_exclusive()?;
+        self.collect(false)
+    }
+
     /// The body of `gc` and `rm`; the caller holds the exclusive lock, so no adder is
     /// running and everything in `tmp/` is left over from a crash.
     fn collect(&self, dangling: bool) -> Result<GcReport, StoreError> {

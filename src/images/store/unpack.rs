@@ -203,13 +203,18 @@ fn file_type(stat: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
 }
 
+/// Open a subdirectory, never following a symlink. A symlink gives `ELOOP` (the kernel
+/// answers `ENOTDIR` for `O_DIRECTORY | O_NOFOLLOW` on a symlink; it is told apart here), any
+/// other non-directory `ENOTDIR`.
 fn open_dir(dir: impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
-    openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(&dir, name, flags, Mode::empty()) {
+        Err(Errno::ENOTDIR | Errno::ELOOP) => match lstat_at(&dir, name) {
+            Ok(stat) if file_type(&stat) == SFlag::S_IFLNK => Err(Errno::ELOOP),
+            _ => Err(Errno::ENOTDIR),
+        },
+        other => other,
+    }
 }
 
 fn lstat_at(dir: impl AsFd, name: &OsStr) -> nix::Result<FileStat> {

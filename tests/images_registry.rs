@@ -228,7 +228,7 @@ fn a_node_pulls_from_a_registry_on_the_lab_network() {
                 let mut events = Vec::new();
                 let result =
                     rt.block_on(manager.ensure(&req, t0 + Duration::from_secs(at), &mut events));
-                rounds.push((events, result.err().expect("the tag does not exist")));
+                rounds.push((events, result.expect_err("the tag does not exist")));
             }
             Ok(rounds)
         })

@@ -150,7 +150,7 @@ fn key_matches(key: &str, image: &str) -> bool {
 fn is_default_registry(image: &str) -> bool {
     match image.split_once('/') {
         None => !image.is_empty(),
-        Some((first, _)) if first.is_empty() => false,
+        Some(("", _)) => false,
         Some((first, _)) => {
             first == "docker.io" || first == "index.docker.io" || !first.contains(['.', ':'])
         }

@@ -129,7 +129,7 @@ fn ready_pods(lab: &Lab, label: &str, n: usize) -> Option<BTreeSet<String>> {
 
 /// The registered API server process of the lab, if one runs.
 fn apiserver(lab: &Lab) -> Option<ProcessRecord> {
-    let dir = kemu::lab::state::LabDir::new(&lab.name);
+    let dir = kemu::lab::state::LabDir::new(&lab.name.parse().unwrap()).unwrap();
     ProcessRecord::all(&dir)
         .into_iter()
         .find(|r| r.what == format!("{MASTER}/apiserver") && r.is_alive())

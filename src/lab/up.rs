@@ -110,7 +110,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             None
         };
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
-        let build = build(&plan, &mut journal)?;
+        let build = build(&plan, &mut journal, &dir.owner)?;
         if with_agents {
             for host in topo.minions() {
                 crate::proxy::agent::control::write_mode(

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use crate::lab::state::LabDir;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::process::ProcessRuntime;
+use crate::runtime::process::userns::IdRange;
 use worker::{Ctx, Worker};
 
 /// Everything the kubelet is told on its command line.
@@ -53,6 +54,8 @@ pub struct Config {
     pub max_pods: u32,
     /// The kemu binary: container shims and built-in images run from it.
     pub kemu_binary: PathBuf,
+    /// The host uids and gids pods' user namespaces map onto (the lab's range).
+    pub pod_ids: IdRange,
 }
 
 /// Run until SIGTERM (pods keep running).
@@ -61,6 +64,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(ProcessRuntime::new(
         cfg.root_dir.join("runtime"),
         cfg.kemu_binary.clone(),
+        cfg.pod_ids,
     ));
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;

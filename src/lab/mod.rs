@@ -6,6 +6,7 @@ pub mod build;
 pub mod exec;
 pub mod forward;
 pub mod health;
+pub mod idrange;
 pub mod kubeconfig;
 pub mod snapshot;
 pub mod state;

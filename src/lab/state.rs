@@ -92,6 +92,10 @@ pub struct LabRecord {
     /// The user kubeconfig that got a `kemu-<lab>` context (removed again by `down`).
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// The host uids and gids the lab's pods' user namespaces map onto (`super::idrange`);
+    /// none in a record written before pods had user namespaces.
+    #[serde(default)]
+    pub pod_id_range: Option<crate::runtime::process::userns::IdRange>,
 }
 
 impl LabRecord {

@@ -78,7 +78,7 @@ pub fn run(lab: &str) -> anyhow::Result<()> {
 
 async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
     let mut agents = Vec::new();
-    for spec in agent_specs(&record.topology, &dir) {
+    for spec in agent_specs(&record.topology, &dir, record.pod_id_range) {
         let ns = NetNs::open(&spec.namespace)?;
         let log = dir
             .logs()

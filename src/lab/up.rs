@@ -59,7 +59,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         ),
         Err(e) => return Err(e).with_context(|| format!("create {}", dir.root.display())),
     }
-    let with_agents = !opts.network_only && !agent_specs(topo, &dir).is_empty();
+    let with_agents = !opts.network_only && !agent_specs(topo, &dir, None).is_empty();
     let overlay_by = if with_agents {
         OverlayBy::Agents
     } else {
@@ -90,10 +90,15 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             .unwrap_or(0),
         api_port: None,
         kubeconfig: None,
+        pod_id_range: None,
     };
     let mut record = record;
     let result = (|| {
+        // The range is chosen under a lock that is released once lab.json records it.
+        let (pod_ids, lock) = super::idrange::allocate(&super::state::state_root())?;
+        record.pod_id_range = Some(pod_ids);
         record.save(&dir).context("write lab.json")?;
+        drop(lock);
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
         let build = build(&plan, &mut journal)?;
         if with_agents {
@@ -123,7 +128,10 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                 let apiserver_log = dir.logs().join(&topo.master().name).join("apiserver.log");
                 super::health::wait_api(port, API_TIMEOUT)
                     .with_context(|| format!("see {}", apiserver_log.display()))?;
-                if agent_specs(topo, &dir).iter().any(|a| a.name == "kubelet") {
+                if agent_specs(topo, &dir, None)
+                    .iter()
+                    .any(|a| a.name == "kubelet")
+                {
                     let expected: Vec<String> = topo.minions().map(|h| h.name.clone()).collect();
                     nodes = super::health::wait_nodes(port, &expected, NODES_TIMEOUT)?;
                 }

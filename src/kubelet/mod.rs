@@ -1,5 +1,6 @@
 //! `kemu kubelet`: the node agent of a minion. It registers the Node and heartbeats (`node`),
-//! watches the pods bound to it and gives each a worker (`worker`) that makes its network
+//! watches the pods bound to it and gives each a worker (`worker`) that refuses the pods kemu
+//! will not run (`admission`: host PID or IPC namespace, host paths), makes its network
 //! sandbox (`sandbox`, addresses from `ipam`), runs its containers through the runtime,
 //! probes them (`probes`) and reports status (`status`); it serves logs and exec (`server`).
 //!
@@ -7,6 +8,7 @@
 //! containers and sandboxes it finds on disk for pods still bound to it, and removes the ones
 //! of pods that are gone, so no namespace, address or process leaks.
 
+pub mod admission;
 pub mod env;
 pub mod ipam;
 pub mod node;

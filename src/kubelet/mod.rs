@@ -1,5 +1,6 @@
 //! `kemu kubelet`: the node agent of a minion. It registers the Node and heartbeats (`node`),
-//! watches the pods bound to it and gives each a worker (`worker`) that makes its network
+//! watches the pods bound to it and gives each a worker (`worker`) that refuses the pods kemu
+//! will not run (`admission`: host PID or IPC namespace, host paths), makes its network
 //! sandbox (`sandbox`, addresses from `ipam`), runs its containers through the runtime,
 //! probes them (`probes`) and reports status (`status`); it serves logs and exec (`server`).
 //!
@@ -7,6 +8,7 @@
 //! containers and sandboxes it finds on disk for pods still bound to it, and removes the ones
 //! of pods that are gone, so no namespace, address or process leaks.
 
+pub mod admission;
 pub mod env;
 pub mod ipam;
 pub mod node;
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 use crate::lab::state::LabDir;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::process::ProcessRuntime;
+use crate::runtime::process::userns::IdRange;
 use worker::{Ctx, Worker};
 
 /// Everything the kubelet is told on its command line.
@@ -53,6 +56,8 @@ pub struct Config {
     pub max_pods: u32,
     /// The kemu binary: container shims and built-in images run from it.
     pub kemu_binary: PathBuf,
+    /// The host uids and gids pods' user namespaces map onto (the lab's range).
+    pub pod_ids: IdRange,
 }
 
 /// Run until SIGTERM (pods keep running).
@@ -61,6 +66,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(ProcessRuntime::new(
         cfg.root_dir.join("runtime"),
         cfg.kemu_binary.clone(),
+        cfg.pod_ids,
     ));
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;

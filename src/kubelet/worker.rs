@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 
+use super::admission;
 use super::ipam::Ipam;
 use super::probes::{self, Outcome, ProbeState};
 use super::sandbox::{self, PodNetConfig, PodNetwork};
@@ -32,6 +33,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often a pod's containers are checked when nothing else wakes the worker.
 const POLL: Duration = Duration::from_millis(500);
+/// A refused pod has nothing to check: its next change (deletion) wakes the worker.
+const REJECTED_POLL: Duration = Duration::from_secs(3600);
 
 /// Which container instances a pod has, for `logs` and `exec`.
 #[derive(Debug, Clone, Default)]
@@ -161,6 +164,8 @@ pub struct Worker {
     slots: Vec<Slot>,
     start_time: Option<Timestamp>,
     reported: Option<PodStatus>,
+    /// Refused by admission, and reported so.
+    rejected: bool,
 }
 
 fn restart_policy(pod: &Pod) -> String {
@@ -215,6 +220,7 @@ impl Worker {
             slots,
             start_time,
             reported,
+            rejected: false,
         }
     }
 
@@ -273,6 +279,13 @@ impl Worker {
     /// One pass over the pod; returns when to look again.
     async fn sync(&mut self, pod: &Pod) -> Instant {
         let now = Instant::now();
+        if let Some(refusal) = admission::refusal(pod) {
+            // Nothing of the pod is made; only its deletion wakes the worker again.
+            if !self.rejected {
+                self.rejected = self.reject(pod, &refusal).await;
+            }
+            return now + if self.rejected { REJECTED_POLL } else { POLL };
+        }
         let mut wake = now + POLL;
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
@@ -321,6 +334,52 @@ impl Worker {
         }
         self.report(pod).await;
         wake.max(Instant::now() + Duration::from_millis(20))
+    }
+
+    /// Report a refused pod as the kubelet's `rejectPod` does: a Warning event and the phase
+    /// Failed with the reason. True once the status is written (or was already, by an earlier
+    /// kubelet).
+    async fn reject(&mut self, pod: &Pod, refusal: &admission::Refusal) -> bool {
+        let status = pod.status.as_ref();
+        if status.and_then(|s| s.phase.as_deref()) == Some("Failed")
+            && status.and_then(|s| s.reason.as_deref()) == Some(refusal.reason)
+        {
+            return true;
+        }
+        self.ctx
+            .events
+            .pod(
+                pod,
+                None,
+                "Warning",
+                refusal.reason,
+                refusal.message.clone(),
+            )
+            .await;
+        let pods: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let patch = serde_json::json!({"status": {
+            "phase": "Failed",
+            "reason": refusal.reason,
+            "message": refusal.status_message(),
+            "qosClass": "BestEffort",
+        }});
+        match pods
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(pod = %label(pod), "report the rejection: {e}");
+                false
+            }
+        }
     }
 
     async fn ensure_sandbox(&self, pod: &Pod) -> anyhow::Result<PodNetwork> {

@@ -1,8 +1,9 @@
 //! The `process` runtime: a container is a process tree in the pod's network namespace with
 //! its own mount, UTS, IPC and PID namespaces, the host's filesystem read-only, private
 //! `/tmp`, `/var/tmp`, `/run` and `/dev/shm`, the pod's `/etc/hosts` and `/etc/resolv.conf`,
-//! a minimal `/dev`, user 65534 unless the securityContext says otherwise, Docker's default
-//! capabilities and `no_new_privs`.
+//! a minimal `/dev`, and a user namespace of its own that maps its ids onto an unprivileged
+//! host range (`userns`): user 65534 unless the securityContext says otherwise, Docker's
+//! default capabilities and `no_new_privs`, all of it inside that user namespace only.
 //!
 //! Each container is owned by a `kemu container-shim` process in its own session (`shim`),
 //! which outlives the kubelet; everything about a container is in its directory (`layout`),
@@ -17,6 +18,7 @@ mod init;
 pub mod layout;
 pub mod shim;
 pub mod spec;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use tokio::io::AsyncBufReadExt;
 
 use self::layout::{ContainerRecord, ExitRecord, ProcessRecord};
 use self::spec::ShimSpec;
+use self::userns::IdRange;
 use super::{
     ContainerConfig, ContainerId, ContainerRuntime, ContainerState, ContainerStatus, ExecRequest,
     ExecSession, LogOptions, LogStream, RuntimeError, SandboxInfo, logs,
@@ -41,16 +44,23 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 pub struct ProcessRuntime {
     root: PathBuf,
     kemu_exe: PathBuf,
+    ids: IdRange,
 }
 
 impl ProcessRuntime {
     /// A runtime whose state lives under `root` (e.g. `<kubelet state>/runtime`), starting
     /// shims and built-in images from `kemu_exe` (the kubelet's own binary, resolved once at
-    /// start: `std::env::current_exe()`).
-    pub fn new(root: impl Into<PathBuf>, kemu_exe: impl Into<PathBuf>) -> ProcessRuntime {
+    /// start: `std::env::current_exe()`). Containers' user namespaces map their ids onto the
+    /// host ids `ids` (the lab's range).
+    pub fn new(
+        root: impl Into<PathBuf>,
+        kemu_exe: impl Into<PathBuf>,
+        ids: IdRange,
+    ) -> ProcessRuntime {
         ProcessRuntime {
             root: root.into(),
             kemu_exe: kemu_exe.into(),
+            ids,
         }
     }
 
@@ -189,6 +199,7 @@ impl ProcessRuntime {
             sandbox,
             container,
             &self.kemu_exe,
+            self.ids,
             &|uid| spec::passwd_gid(&passwd, uid),
         )?;
         let write = || -> std::io::Result<()> {

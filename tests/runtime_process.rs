@@ -89,7 +89,7 @@ impl Root {
     fn new() -> Root {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("rt-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let runtime = ProcessRuntime::new(&dir, env!("CARGO_BIN_EXE_kemu"), test_ids());
+        let runtime = ProcessRuntime::new(&dir, env!("CARGO_BIN_EXE_kemu"), test_ids()).unwrap();
         Root { dir, runtime }
     }
 
@@ -544,7 +544,7 @@ async fn restarts_keep_previous_logs_and_a_fresh_runtime_adopts_containers() {
         .create_and_start(&sandbox, &sleeper)
         .await
         .expect("start sleeper");
-    let adopted = ProcessRuntime::new(&root.dir, env!("CARGO_BIN_EXE_kemu"), test_ids());
+    let adopted = ProcessRuntime::new(&root.dir, env!("CARGO_BIN_EXE_kemu"), test_ids()).unwrap();
     let listed = adopted.list().await.unwrap();
     let found = listed
         .iter()
@@ -553,8 +553,22 @@ async fn restarts_keep_previous_logs_and_a_fresh_runtime_adopts_containers() {
     assert!(matches!(found.state, ContainerState::Running { .. }));
     assert_eq!(found.container_name, "sleeper");
     let pid = found.pid.unwrap();
-    let (code, out, _) = exec(&adopted, &id, &["cat", "/proc/1/cmdline"]).await;
-    assert_eq!((code, out.as_str()), (0, "sleep\x003600\0"));
+    // `sh` replaces itself with sleep after its echo: wait for that exec, not for a time.
+    let mut seen = Vec::new();
+    for _ in 0..250 {
+        let (code, out, _) = exec(&adopted, &id, &["cat", "/proc/1/cmdline"]).await;
+        assert_eq!(code, 0, "{out}");
+        if out == "sleep\x003600\0" {
+            break;
+        }
+        seen.push(out);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.len() < 250, "PID 1 never became sleep: {seen:?}");
+    assert!(
+        seen.iter().all(|c| c.starts_with("sh\0-c\0")),
+        "PID 1 was neither sh nor sleep: {seen:?}"
+    );
 
     let follower = {
         let adopted = adopted.clone();

@@ -57,16 +57,19 @@ pub fn main(spec_path: &Path) -> anyhow::Result<ExitCode> {
     let _ = writeln!(ready, "ok");
     let _ = ready.flush();
     // From here on the shim's own output goes to shim.log, which closes the runtime's pipe.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.dir.join(layout::SHIM_LOG))
+    let log = owned_dir(&spec)
+        .and_then(|dir| dir.open_append(&spec.dir.join(layout::SHIM_LOG)))
         .or_else(|_| File::options().write(true).open("/dev/null"))?;
     nix::unistd::dup2_stdout(&log)?;
     nix::unistd::dup2_stderr(&log)?;
     let exit = supervise(&spec, started);
-    layout::write_json(&spec.dir.join(layout::EXIT), &exit)?;
+    layout::write_json(&owned_dir(&spec)?, &spec.dir.join(layout::EXIT), &exit)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The container's directory, where the shim writes its state files (through the guard).
+fn owned_dir(spec: &ShimSpec) -> std::io::Result<crate::fsguard::OwnedDir> {
+    Ok(crate::fsguard::OwnedDir::new(&spec.dir)?)
 }
 
 struct Started {
@@ -154,9 +157,10 @@ fn start(spec: &ShimSpec) -> Result<Started, String> {
                 started_at: Timestamp::now(),
             };
             let shim = ProcessRecord::of(std::process::id()).map_err(err("read own start time"))?;
-            layout::write_json(&spec.dir.join(layout::SHIM), &shim)
+            let dir = owned_dir(spec).map_err(err("the container's directory"))?;
+            layout::write_json(&dir, &spec.dir.join(layout::SHIM), &shim)
                 .map_err(err("write shim.json"))?;
-            layout::write_json(&spec.dir.join(layout::CONTAINER), &container)
+            layout::write_json(&dir, &spec.dir.join(layout::CONTAINER), &container)
                 .map_err(err("write container.json"))?;
             Ok(Started {
                 child,

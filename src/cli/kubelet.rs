@@ -29,7 +29,7 @@ pub struct KubeletArgs {
     pub pod_cidr: Ipv4Net,
     /// Lab name (pod namespaces are kemu-<lab>-pod-<id>).
     #[arg(long, env = "KEMU_LAB")]
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// State directory (containers, IP allocations).
     #[arg(long)]
     pub root_dir: PathBuf,

@@ -45,7 +45,7 @@ pub struct Config {
     pub node_name: String,
     pub node_ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// State: containers, IP allocations.
     pub root_dir: PathBuf,
     pub pod_mtu: u32,
@@ -67,7 +67,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.root_dir.join("runtime"),
         cfg.kemu_binary.clone(),
         cfg.pod_ids,
-    ));
+    )?);
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =
@@ -105,9 +105,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip.to_string(),
-        lab_dir: LabDir::new(&crate::topology::LabName::parse(&cfg.lab)?)?,
+        lab_dir: LabDir::new(&cfg.lab)?,
         net: sandbox::PodNetConfig {
-            lab: cfg.lab.clone(),
+            lab: cfg.lab.to_string(),
             subnet: cfg.pod_cidr,
             mtu: cfg.pod_mtu,
         },
@@ -115,7 +115,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         host,
         events: crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
         registry: Arc::new(Mutex::new(BTreeMap::new())),
-        pods_dir: cfg.root_dir.join("pods"),
+        pods_dir: crate::fsguard::OwnedDir::new(cfg.root_dir.join("pods"))?,
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),
     });

@@ -52,7 +52,7 @@ pub struct Ctx {
     pub client: kube::Client,
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Where pods' files go (`<kubelet root>/pods/<uid>`).
-    pub pods_dir: std::path::PathBuf,
+    pub pods_dir: crate::fsguard::OwnedDir,
     pub node_name: String,
     pub node_ip: String,
     pub lab_dir: LabDir,
@@ -696,7 +696,7 @@ impl Worker {
             namespace: ns.clone(),
             netns_path: crate::netns::path_of(&net.namespace),
             hostname: hostname.clone(),
-            pod_dir: self.ctx.pods_dir.join(&self.uid),
+            pod_dir: self.ctx.pods_dir.root().join(&self.uid),
             etc_hosts: format!(
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n",
                 net.ip
@@ -873,7 +873,9 @@ impl Worker {
         }
         let previous = self.reported.clone().or_else(|| pod.status.clone());
         let status = pod_status(pod, &view, previous.as_ref(), Timestamp::now());
-        if Some(&status) == self.reported.as_ref() {
+        // Unchanged since the last report, unless the API's copy has drifted from it (the node
+        // lifecycle controller marks pods not ready while the node looked unreachable).
+        if Some(&status) == self.reported.as_ref() && !drifted(pod.status.as_ref(), &status) {
             return;
         }
         let pods: Api<Pod> = Api::namespaced(
@@ -991,7 +993,23 @@ async fn remove_pod(ctx: &Ctx, uid: &str) {
     if let Err(e) = sandbox::destroy(&ctx.host, &ctx.net, &ctx.ipam, uid).await {
         tracing::warn!(%uid, "remove the pod sandbox: {e:#}");
     }
-    let _ = std::fs::remove_dir_all(ctx.pods_dir.join(uid));
+    let _ = ctx.pods_dir.remove_dir_all(&ctx.pods_dir.root().join(uid));
+}
+
+/// Whether the API's status of a pod says something else than `reported` about what others
+/// act on: its phase and its Ready condition.
+fn drifted(api: Option<&PodStatus>, reported: &PodStatus) -> bool {
+    let ready = |s: &PodStatus| {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status.clone())
+    };
+    match api {
+        None => true,
+        Some(api) => api.phase != reported.phase || ready(api) != ready(reported),
+    }
 }
 
 #[cfg(test)]
@@ -1002,5 +1020,25 @@ mod tests {
         assert_eq!(super::go_duration(Duration::from_secs(10)), "10s");
         assert_eq!(super::go_duration(Duration::from_secs(80)), "1m20s");
         assert_eq!(super::go_duration(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn a_status_the_api_changed_behind_the_kubelet_is_sent_again() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let status = |phase: &str, ready: &str| PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let reported = status("Running", "True");
+        assert!(!super::drifted(Some(&status("Running", "True")), &reported));
+        // The node lifecycle controller marked it not ready while the node looked gone.
+        assert!(super::drifted(Some(&status("Running", "False")), &reported));
+        assert!(super::drifted(Some(&status("Pending", "True")), &reported));
+        assert!(super::drifted(None, &reported));
     }
 }

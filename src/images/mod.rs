@@ -12,6 +12,7 @@
 //! large buffers, nothing started that a request does not need.
 
 pub mod agnhost;
+pub mod config;
 mod http;
 pub mod manager;
 pub mod nginx;

@@ -56,6 +56,7 @@ build() {
 # Each binary's output goes to target/test-logs/; a failing one is printed whole at the end.
 run_tests() {
   local logs=target/test-logs jobs=${TEST_JOBS:-3} failed=() bins=() exe name
+  mkdir -p target
   cargo test --locked --no-run 2>&1 | tee target/test-build.log
   mapfile -t bins < <(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' target/test-build.log)
   rm -rf "$logs" && mkdir -p "$logs"

@@ -314,37 +314,25 @@ mod tests {
         nodes.map(|ns| ns.iter().filter_map(|n| n.metadata.name.clone()).collect())
     }
 
+    /// A full list of nodes "a" and "b": no peer set until the list is complete.
+    fn relist_a_then_b(view: &mut NodeView) {
+        assert_eq!(names(view.apply(watcher::Event::Init)), None);
+        for n in ["a", "b"] {
+            assert_eq!(names(view.apply(watcher::Event::InitApply(node(n)))), None);
+        }
+        assert_eq!(
+            names(view.apply(watcher::Event::InitDone)),
+            Some(vec!["a".into(), "b".into()])
+        );
+    }
+
     #[test]
     fn a_relist_never_shows_a_half_listed_set() {
         let mut view = NodeView::default();
-        assert_eq!(names(view.apply(watcher::Event::Init)), None);
-        assert_eq!(
-            names(view.apply(watcher::Event::InitApply(node("a")))),
-            None
-        );
-        assert_eq!(
-            names(view.apply(watcher::Event::InitApply(node("b")))),
-            None
-        );
-        assert_eq!(
-            names(view.apply(watcher::Event::InitDone)),
-            Some(vec!["a".into(), "b".into()])
-        );
+        relist_a_then_b(&mut view);
         // The API server restarts: the watch lists again. Until the list is complete, no peer
         // set is offered (before, "b" vanished for the time between the two InitApply).
-        assert_eq!(names(view.apply(watcher::Event::Init)), None);
-        assert_eq!(
-            names(view.apply(watcher::Event::InitApply(node("a")))),
-            None
-        );
-        assert_eq!(
-            names(view.apply(watcher::Event::InitApply(node("b")))),
-            None
-        );
-        assert_eq!(
-            names(view.apply(watcher::Event::InitDone)),
-            Some(vec!["a".into(), "b".into()])
-        );
+        relist_a_then_b(&mut view);
         // A node that went away during the outage is gone after the relist.
         view.apply(watcher::Event::Init);
         view.apply(watcher::Event::InitApply(node("a")));

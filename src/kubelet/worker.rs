@@ -356,24 +356,13 @@ impl Worker {
                 refusal.message.clone(),
             )
             .await;
-        let pods: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
         let patch = serde_json::json!({"status": {
             "phase": "Failed",
             "reason": refusal.reason,
             "message": refusal.status_message(),
             "qosClass": "BestEffort",
         }});
-        match pods
-            .patch_status(
-                pod.metadata.name.as_deref().unwrap_or(""),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        match patch_pod_status(&self.ctx.client, pod, &patch).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(pod = %label(pod), "report the rejection: {e}");
@@ -878,19 +867,8 @@ impl Worker {
         if Some(&status) == self.reported.as_ref() && !drifted(pod.status.as_ref(), &status) {
             return;
         }
-        let pods: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
         let patch = serde_json::json!({"status": status});
-        match pods
-            .patch_status(
-                pod.metadata.name.as_deref().unwrap_or(""),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        match patch_pod_status(&self.ctx.client, pod, &patch).await {
             Ok(_) => self.reported = Some(status),
             Err(e) => tracing::warn!(pod = %label(pod), "update status: {e}"),
         }
@@ -994,6 +972,24 @@ async fn remove_pod(ctx: &Ctx, uid: &str) {
         tracing::warn!(%uid, "remove the pod sandbox: {e:#}");
     }
     let _ = ctx.pods_dir.remove_dir_all(&ctx.pods_dir.root().join(uid));
+}
+
+/// Merge-patch the status of `pod` (the kubelet's one way of reporting it).
+async fn patch_pod_status(
+    client: &kube::Client,
+    pod: &Pod,
+    patch: &serde_json::Value,
+) -> kube::Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(
+        client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    pods.patch_status(
+        pod.metadata.name.as_deref().unwrap_or(""),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
 }
 
 /// Whether the API's status of a pod says something else than `reported` about what others

@@ -69,6 +69,12 @@ run_tests() {
       echo "$r $name $((SECONDS - start)) s" | tee -a "$logs/summary" ) &
   done
   wait
+  # Each binary's own counts, as `cargo test` prints them, so that a log reader sees what ran.
+  for exe in "${bins[@]}"; do
+    name=$(basename "$exe")
+    echo "     Running $name"
+    grep -E '^(running [0-9]+ tests?|test result: )' "$logs/$name.log" || echo "no test result line"
+  done
   sort -k3 -n -r "$logs/summary" 2>/dev/null | sed 's/^/  /'
   while read -r r name _; do [ "$r" = ok ] || failed+=("$name"); done <"$logs/summary"
   if [ "$(wc -l <"$logs/summary")" -ne ${#bins[@]} ]; then

@@ -16,6 +16,7 @@ pub mod caps;
 pub mod exec;
 mod init;
 pub mod layout;
+pub mod rootfs;
 pub mod shim;
 pub mod spec;
 pub mod userns;
@@ -194,6 +195,18 @@ impl ProcessRuntime {
         ));
         let dir = self.container_dir(&id);
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let image_passwd = container
+            .rootfs
+            .as_ref()
+            .and_then(|r| rootfs::read_image_file(&r.layers, "etc/passwd"));
+        let image_group = container
+            .rootfs
+            .as_ref()
+            .and_then(|r| rootfs::read_image_file(&r.layers, "etc/group"));
+        let accounts = crate::images::config::Accounts {
+            passwd: image_passwd.as_deref(),
+            group: image_group.as_deref(),
+        };
         let spec = spec::build_spec(
             &id.0,
             attempt,
@@ -203,6 +216,7 @@ impl ProcessRuntime {
             &self.kemu_exe,
             self.ids,
             &|uid| spec::passwd_gid(&passwd, uid),
+            accounts,
         )?;
         let write = || -> std::io::Result<()> {
             let owned = &self.owned;
@@ -214,6 +228,22 @@ impl ProcessRuntime {
                 &dir.join(spec::HOSTNAME_FILE),
                 format!("{}\n", sandbox.hostname).as_bytes(),
             )?;
+            if let Some(rootfs) = &container.rootfs {
+                // The overlay's directories (see `rootfs`); the writable layer's root is the
+                // pod's root's, as the image's `/` is through its idmapped layers.
+                for sub in [spec::ROOTFS_DIR, spec::UPPER_DIR, spec::WORK_DIR] {
+                    owned.create_dir(&dir.join(sub))?;
+                }
+                std::os::unix::fs::chown(
+                    dir.join(spec::UPPER_DIR),
+                    Some(self.ids.start),
+                    Some(self.ids.start),
+                )?;
+                owned.create_dir(&dir.join(spec::LOWER_DIR))?;
+                for n in 0..rootfs.layers.len() {
+                    owned.create_dir(&dir.join(spec::LOWER_DIR).join(n.to_string()))?;
+                }
+            }
             layout::write_json(owned, &dir.join(layout::SPEC), &spec)
         };
         write().map_err(|e| io_error("create", &id, e))?;

@@ -212,7 +212,7 @@ fn pods_run_images_of_the_store() {
 
     // Two containers of a pod: a shared emptyDir, and localhost.
     lab.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: duo}\nspec:\n  terminationGracePeriodSeconds: 1\n  nodeName: 192.168.0.203\n  volumes: [{name: cache, emptyDir: {}}]\n  containers:\n  - name: main\n    image: kemu/web:oci\n    imagePullPolicy: Never\n    args: [builtin-image, agnhost, netexec, --http-port=8080, --udp-port=-1]\n    volumeMounts: [{name: cache, mountPath: /cache}]\n  - name: side\n    image: kemu/web:oci\n    imagePullPolicy: Never\n    args: [builtin-image, agnhost, netexec, --http-port=8081, --udp-port=-1]\n    volumeMounts: [{name: cache, mountPath: /cache}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: duo}\nspec:\n  terminationGracePeriodSeconds: 1\n  nodeName: 192.168.0.203\n  volumes: [{name: cache, emptyDir: {}}]\n  containers:\n  - name: main\n    image: kemu/web:oci\n    imagePullPolicy: Never\n    command: [/bin/kemu, builtin-image, agnhost]\n    args: [netexec, --http-port=8080, --udp-port=-1]\n    volumeMounts: [{name: cache, mountPath: /cache}]\n  - name: side\n    image: kemu/web:oci\n    imagePullPolicy: Never\n    command: [/bin/kemu, builtin-image, agnhost]\n    args: [netexec, --http-port=8081, --udp-port=-1]\n    volumeMounts: [{name: cache, mountPath: /cache}]\n",
     );
     wait_for("the duo pod ready", LONG, || {
         (lab.jsonpath(

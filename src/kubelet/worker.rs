@@ -569,11 +569,13 @@ impl Worker {
         match self.image_rootfs(pod, &container).await {
             Ok(rootfs) => config.rootfs = rootfs,
             Err(failure) => {
-                self.slots[i].state = RunState::Waiting {
+                let slot = &mut self.slots[i];
+                slot.state = RunState::Waiting {
                     reason: failure.reason.into(),
                     message: Some(failure.message),
                 };
-                return Some(Instant::now() + IMAGE_RETRY);
+                slot.not_before = Some(Instant::now() + IMAGE_RETRY);
+                return slot.not_before;
             }
         }
         let from_store = config.rootfs.is_some();
@@ -778,7 +780,16 @@ impl Worker {
                 .pod(pod, Some(&c.name), kind, event.reason, event.message)
                 .await;
         }
-        let prepared = result?;
+        let prepared = result.map_err(|mut failure| {
+            if docker_hub && failure.reason != "ErrImageNeverPull" {
+                // Labs rarely reach Docker Hub: say what works without it.
+                failure.message.push_str(&format!(
+                    " (kemu: built-in images are {}; other images must be loaded into kemu's image store with `kemu image load`, or pulled from a registry the lab reaches)",
+                    crate::images::builtin_list()
+                ));
+            }
+            failure
+        })?;
         Ok(Some(ImageRootfs {
             image_id: prepared.record.id.to_string(),
             layers: prepared.layer_dirs,

@@ -9,8 +9,10 @@
 //! which outlives the kubelet; everything about a container is in its directory (`layout`),
 //! so a new `ProcessRuntime` on the same root adopts the containers of an old one.
 //!
-//! Built-in images (`crate::images`) run the kemu binary as `kemu builtin-image <name> ...`; other
-//! images run the container's `command:` from the host.
+//! Built-in images (`crate::images`) run the kemu binary as `kemu builtin-image <name> ...`;
+//! images of kemu's store (`ContainerConfig::rootfs`) run in a root filesystem of their own
+//! (`rootfs`: their layers idmapped onto the pod's ids, an overlay, `pivot_root`, all in stage
+//! 1 so that stage 2 locks it); other images run the container's `command:` from the host.
 
 pub mod caps;
 pub mod exec;

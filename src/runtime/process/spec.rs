@@ -578,6 +578,97 @@ mod tests {
     }
 
     #[test]
+    fn store_images_run_their_config_in_their_own_root() {
+        let config: oci_spec::image::Config = serde_json::from_value(serde_json::json!({
+            "Entrypoint": ["/bin/app"],
+            "Cmd": ["serve"],
+            "Env": ["PATH=/bin", "MODE=image"],
+            "WorkingDir": "/srv",
+            "User": "app",
+        }))
+        .unwrap();
+        let container = ContainerConfig {
+            name: "app".into(),
+            image: "team/app:1".into(),
+            args: vec!["check".into()],
+            env: vec![("MODE".into(), "pod".into())],
+            rootfs: Some(crate::runtime::ImageRootfs {
+                image_id: "sha256:ab".into(),
+                layers: vec!["/store/layers/a/fs".into(), "/store/layers/b/fs".into()],
+                config: Some(config),
+            }),
+            volume_mounts: vec![VolumeMount {
+                source: "/pods/u/volumes/kubernetes.io~empty-dir/cache".into(),
+                target: "/cache".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        let spec = build_spec(
+            "u_app_0",
+            0,
+            Path::new("/state/containers/u_app_0"),
+            &sandbox(),
+            &container,
+            Path::new("/usr/local/bin/kemu"),
+            IdRange::new(1_073_741_824, 65536).unwrap(),
+            &|_| None,
+            Accounts {
+                passwd: Some("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/srv:/bin/sh\n"),
+                group: Some("app:x:1001:\nextra:x:7:app\n"),
+            },
+        )
+        .unwrap();
+        let p = &spec.process;
+        assert_eq!(
+            p.program,
+            Program::Host {
+                name: "/bin/app".into()
+            }
+        );
+        assert_eq!(p.argv, ["/bin/app", "check"]);
+        assert_eq!(
+            p.env,
+            ["PATH=/bin", "MODE=pod", "HOSTNAME=nginx-controller-abcde"]
+        );
+        assert_eq!(
+            (p.uid, p.gid, p.groups.clone()),
+            (1000, 1001, vec![1001, 7])
+        );
+        assert_eq!(p.cwd, "/srv");
+        let kinds: Vec<String> = spec
+            .mounts
+            .iter()
+            .map(|m| {
+                format!("{m:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        // The image root first; no host tree, no tmpfs over the image's /tmp and /run.
+        assert_eq!(&kinds[..4], ["MakePrivate", "ImageRoot", "Dev", "Proc"]);
+        assert!(
+            !kinds.iter().any(|k| k == "ReadOnlyRoot" || k == "Tmpfs"),
+            "{kinds:?}"
+        );
+        assert!(spec.mounts.contains(&MountStep::BindDir {
+            source: "/pods/u/volumes/kubernetes.io~empty-dir/cache".into(),
+            target: "/cache".into(),
+            read_only: false,
+        }));
+        let MountStep::ImageRoot {
+            layers, make_dirs, ..
+        } = &spec.mounts[1]
+        else {
+            unreachable!()
+        };
+        assert_eq!(layers.len(), 2);
+        assert_eq!(make_dirs, &["/dev", "/proc", "/sys", "/srv"]);
+    }
+
+    #[test]
     fn users_and_groups() {
         let with = |security: SecurityContext| {
             let container = ContainerConfig {

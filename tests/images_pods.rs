@@ -261,6 +261,58 @@ fn pods_run_images_of_the_store() {
     )
     .unwrap();
     assert_eq!(dial.trim(), r#"{"responses":["duo"]}"#);
+
+    // Removing the images while their pods run keeps the layers under them (the containers'
+    // leases); once the pods are gone, gc frees them.
+    for image in ["kemu/web:1", "kemu/web:oci"] {
+        kemu_ok(store, &["image", "rm", image]);
+    }
+    assert_eq!(kemu_ok(store, &["image", "ls", "-q"]), "");
+    assert_eq!(
+        std::fs::read(kemu_binary_in_store(store)).unwrap(),
+        kemu_binary(),
+        "the running pods' layers were removed"
+    );
+    let (ok, out) = exec(
+        &lab,
+        pod,
+        "web",
+        &[
+            "/bin/kemu",
+            "builtin-image",
+            "agnhost",
+            "mounttest",
+            "--file_content=/etc/hello",
+        ],
+    );
+    assert!(ok && out.contains("from the image"), "{out}");
+    lab.kubectl_ok(&["delete", "deployment", "web", "--wait=false"]);
+    lab.kubectl_ok(&["delete", "pod", "duo", "--wait=false"]);
+    wait_for("the pods gone", LONG, || {
+        lab.jsonpath("pods", "{.items[*].metadata.name}")
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    kemu_ok(store, &["image", "gc"]);
+    assert_eq!(
+        tree(&store.join("layers")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        tree(&store.join("leases")),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+/// `bin/kemu` in the store's layer directories (the one layer that has it).
+fn kemu_binary_in_store(store: &Path) -> std::path::PathBuf {
+    let found: Vec<std::path::PathBuf> = tree(&store.join("layers"))
+        .into_iter()
+        .filter(|p| p.ends_with("fs/bin/kemu"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    store.join("layers").join(&found[0])
 }
 
 /// The host PID of a pod's first container.

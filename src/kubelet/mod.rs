@@ -66,11 +66,16 @@ pub struct Config {
 /// Run until SIGTERM (pods keep running).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client = crate::client::connect(&cfg.api_server)?;
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(ProcessRuntime::new(
+    let images = image_manager();
+    let mut process = ProcessRuntime::new(
         cfg.root_dir.join("runtime"),
         cfg.kemu_binary.clone(),
         cfg.pod_ids,
-    )?);
+    )?;
+    if let Some(manager) = &images {
+        process = process.with_image_store(manager.store().clone());
+    }
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(process);
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =
@@ -121,7 +126,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods_dir: crate::fsguard::OwnedDir::new(cfg.root_dir.join("pods"))?,
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),
-        images: image_manager(),
+        images,
     });
     tokio::spawn(service_links(client.clone(), ctx.clone()));
 

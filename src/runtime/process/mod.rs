@@ -50,6 +50,10 @@ pub struct ProcessRuntime {
     owned: OwnedDir,
     kemu_exe: PathBuf,
     ids: IdRange,
+    /// kemu's image store, when containers of its images run here: each such container holds
+    /// a lease on its image (named by the container's ID) until it is removed, so that
+    /// `kemu image rm` and `gc` leave the layers under its root filesystem in place.
+    images: Option<crate::images::store::Store>,
 }
 
 impl ProcessRuntime {
@@ -66,7 +70,32 @@ impl ProcessRuntime {
             owned: OwnedDir::new(root)?,
             kemu_exe: kemu_exe.into(),
             ids,
+            images: None,
         })
+    }
+
+    /// The same runtime, leasing the images of `store` its containers run (see `images`).
+    pub fn with_image_store(mut self, store: crate::images::store::Store) -> ProcessRuntime {
+        self.images = Some(store);
+        self
+    }
+
+    /// Lease the image of a container of a store image (nothing to do for others).
+    fn lease(&self, id: &ContainerId, container: &ContainerConfig) -> Result<(), String> {
+        let (Some(store), Some(rootfs)) = (&self.images, &container.rootfs) else {
+            return Ok(());
+        };
+        let image = crate::images::store::digest::Digest::parse(&rootfs.image_id)
+            .map_err(|e| format!("image ID {:?}: {e}", rootfs.image_id))?;
+        store
+            .lease(&id.0, &image)
+            .map_err(|e| format!("lease the image {}: {e}", rootfs.image_id))
+    }
+
+    fn release(&self, id: &ContainerId) {
+        if let Some(store) = &self.images {
+            let _ = store.release(&id.0);
+        }
     }
 
     fn containers_dir(&self) -> PathBuf {
@@ -250,7 +279,12 @@ impl ProcessRuntime {
         };
         write().map_err(|e| io_error("create", &id, e))?;
 
-        if let Err(message) = self.run_shim(&dir).await {
+        let started = match self.lease(&id, container) {
+            Ok(()) => self.run_shim(&dir).await,
+            Err(message) => Err(message),
+        };
+        if let Err(message) = started {
+            self.release(&id);
             let _ = self.owned.remove_dir_all(&dir);
             return Err(RuntimeError::StartFailed {
                 pod: format!("{}/{}", sandbox.namespace, sandbox.pod_name),
@@ -264,6 +298,7 @@ impl ProcessRuntime {
                 && matches!(status.state, ContainerState::Exited { .. })
             {
                 let _ = self.owned.remove_dir_all(&self.container_dir(old));
+                self.release(old);
             }
         }
         Ok(id)
@@ -413,7 +448,10 @@ impl ContainerRuntime for ProcessRuntime {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(io_error("remove", id, e))
                 }
-                _ => Ok(()),
+                _ => {
+                    self.release(id);
+                    Ok(())
+                }
             }
         })
     }

@@ -223,7 +223,6 @@ fn main() {
     };
     let docker_fresh = fresh(&docker);
     let oci_fresh = fresh(&oci);
-    drop(fresh);
     let store = tempfile::tempdir().unwrap();
     load(store.path(), &docker);
     let again = median((0..runs).map(|_| load(store.path(), &docker)).collect());

@@ -44,6 +44,8 @@ pub mod alloc;
 pub mod body;
 pub mod defaults;
 pub mod discovery;
+pub mod eviction;
+pub mod kinds;
 pub mod kubelet_client;
 pub mod object;
 pub mod openapi;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::body;
 use super::defaults;
-use super::object::{Stored, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
+use super::object::{Stored, ensure_map, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
 use super::patch::{self, PatchType};
 use super::registry::Txn;
 use super::request::{Format, Parsed, Query, Target, format, parse_path};
@@ -91,6 +91,10 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         (&Method::POST, Some(_), Some(Subresource::Binding)) => {
             let binding = body::object(req).await?;
             super::pods::bind(&api, &t, &binding, &q)
+        }
+        (&Method::POST, Some(_), Some(Subresource::Eviction)) => {
+            let eviction = body::object(req).await?;
+            super::eviction::evict(&api, &t, &eviction, &q)
         }
         (&Method::PUT, Some(_), _) => {
             let obj = body::object(req).await?;
@@ -383,12 +387,19 @@ fn check_namespace(txn: &Txn<'_>, t: &Target, name: &str) -> ApiResult<()> {
                 .pointer("/metadata/deletionTimestamp")
                 .is_some_and(|v| !v.is_null()) =>
         {
+            // The NamespaceLifecycle admission plugin; clients (controllers, kubectl drain)
+            // recognise the cause.
             Err(ApiError::forbidden(
                 &t.rt.qualified(),
                 name,
                 &format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ),
+            )
+            .with_cause(
+                "NamespaceTerminating",
+                &format!("namespace {ns} is being terminated"),
+                Some("metadata.namespace"),
             ))
         }
         Some(_) => Ok(()),
@@ -520,7 +531,15 @@ fn update_in(
             "the object has been modified; please apply your changes to the latest version and try again",
         ));
     }
-    if t.sub == Some(Subresource::Status) {
+    if t.sub == Some(Subresource::Finalize) {
+        // Only the namespace's finalizers change through `finalize`.
+        let finalizers = new.pointer("/spec/finalizers").cloned();
+        new = old.clone();
+        match finalizers {
+            Some(f) => ensure_map(&mut new, "spec").insert("finalizers".into(), f),
+            None => ensure_map(&mut new, "spec").remove("finalizers"),
+        };
+    } else if t.sub == Some(Subresource::Status) {
         // Only the status changes through the status subresource.
         let status = new.get("status").cloned();
         new = old.clone();
@@ -602,7 +621,17 @@ fn update_in(
     if let Some(a) = allocation {
         a.commit(txn.alloc());
     }
-    if finalized(&new) {
+    let namespace_held = t.id == id::NAMESPACES
+        && new
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+    // An update removes an object being deleted when it takes away its last finalizer.
+    let had_finalizers = old
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if finalized(&new) && !namespace_held && (t.id != id::NAMESPACES || had_finalizers) {
         let last = remove(txn, t.id, &current.namespace, &name)?;
         return Ok((StatusCode::OK, last));
     }
@@ -839,15 +868,15 @@ fn patch_scale(
 
 /// `DeleteOptions` from the body and the query.
 #[derive(Debug, Default)]
-struct DeleteOptions {
-    grace: Option<i64>,
-    policy: Option<String>,
-    uid: Option<String>,
-    resource_version: Option<String>,
-    dry_run: bool,
+pub struct DeleteOptions {
+    pub grace: Option<i64>,
+    pub policy: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub dry_run: bool,
 }
 
-fn delete_options(body: Option<Value>, q: &Query) -> ApiResult<DeleteOptions> {
+pub fn delete_options(body: Option<Value>, q: &Query) -> ApiResult<DeleteOptions> {
     let v = body.unwrap_or_else(|| json!({}));
     let mut o = DeleteOptions {
         grace: v.get("gracePeriodSeconds").and_then(Value::as_i64),
@@ -914,7 +943,7 @@ fn delete(
 
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
-fn delete_in(
+pub fn delete_in(
     txn: &mut Txn<'_>,
     t: &Target,
     name: &str,
@@ -955,19 +984,7 @@ fn delete_in(
                 "this namespace may not be deleted",
             ));
         }
-        if opts.dry_run {
-            return Ok((StatusCode::OK, obj));
-        }
-        // Delete the namespace's content, then the namespace (the real namespace controller's job).
-        for (rt, r) in RESOURCES.iter().enumerate() {
-            if !r.namespaced {
-                continue;
-            }
-            for o in txn.list(rt, Some(name)) {
-                remove(txn, rt, name, &o.name)?;
-            }
-        }
-        return Ok((StatusCode::OK, remove(txn, t.id, "", name)?));
+        return delete_namespace(txn, obj, opts);
     }
     // Finalizers asked for by the propagation policy (the garbage collector removes them).
     let mut finalizers: Vec<Value> = obj
@@ -1034,6 +1051,53 @@ fn delete_in(
         return Ok((StatusCode::ACCEPTED, obj));
     }
     Ok((StatusCode::ACCEPTED, txn.put(t.id, obj)?.value()))
+}
+
+/// A namespace is deleted in two steps, as kube-apiserver's namespace storage does it: the first
+/// DELETE marks it `Terminating` (new content is refused from then on); the namespace controller
+/// deletes its content, empties `spec.finalizers` through the `finalize` subresource, and
+/// deletes it again, which removes it once no finalizer is left.
+fn delete_namespace(
+    txn: &mut Txn<'_>,
+    mut obj: Value,
+    opts: &DeleteOptions,
+) -> ApiResult<(StatusCode, Value)> {
+    let name = str_at(&obj, "/metadata/name").to_string();
+    let has = |obj: &Value, p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    };
+    let already = obj
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null());
+    if !already {
+        meta_mut(&mut obj).insert("deletionTimestamp".into(), json!(now_rfc3339()));
+        ensure_map(&mut obj, "status").insert("phase".into(), json!("Terminating"));
+        if let Some(f) = match opts.policy.as_deref() {
+            Some("Orphan") => Some("orphan"),
+            Some("Foreground") => Some("foregroundDeletion"),
+            _ => None,
+        } {
+            let meta = meta_mut(&mut obj);
+            let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut()
+                && !list.contains(&json!(f))
+            {
+                list.push(json!(f));
+            }
+        }
+    }
+    if opts.dry_run {
+        return Ok((StatusCode::OK, obj));
+    }
+    if !has(&obj, "/spec/finalizers") && !has(&obj, "/metadata/finalizers") {
+        return Ok((StatusCode::OK, remove(txn, id::NAMESPACES, "", &name)?));
+    }
+    if already {
+        return Ok((StatusCode::OK, obj));
+    }
+    Ok((StatusCode::OK, txn.put(id::NAMESPACES, obj)?.value()))
 }
 
 fn delete_collection(api: &Api, t: &Target, body: Option<Value>, q: &Query) -> ApiResult<Response> {

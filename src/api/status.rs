@@ -26,6 +26,8 @@ pub enum FieldErrorKind {
     Duplicate(Value),
     NotSupported(Value, Vec<String>),
     Forbidden,
+    /// Longer than the given number of bytes.
+    TooLong(usize),
 }
 
 impl FieldError {
@@ -84,6 +86,13 @@ impl FieldError {
             detail: detail.into(),
         }
     }
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::TooLong(max_bytes),
+            detail: String::new(),
+        }
+    }
 
     /// `reason` of the Status cause (`FieldValueInvalid`, ...).
     pub fn reason(&self) -> &'static str {
@@ -93,6 +102,7 @@ impl FieldError {
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
             FieldErrorKind::NotSupported(..) => "FieldValueNotSupported",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::TooLong(_) => "FieldValueTooLong",
         }
     }
 
@@ -101,6 +111,7 @@ impl FieldError {
         let mut s = match &self.kind {
             FieldErrorKind::Required => "Required value".to_string(),
             FieldErrorKind::Forbidden => "Forbidden".to_string(),
+            FieldErrorKind::TooLong(max) => format!("Too long: may not be more than {max} bytes"),
             FieldErrorKind::Invalid(v) => format!("Invalid value: {}", go_value(v)),
             FieldErrorKind::InvalidGo(v) => format!("Invalid value: {v}"),
             FieldErrorKind::Duplicate(v) => format!("Duplicate value: {}", go_value(v)),
@@ -276,6 +287,25 @@ impl ApiError {
             format!("{resource} \"{name}\" is forbidden: {why}"),
         )
         .with_details(json!({"name": name, "kind": short_resource(resource)}))
+    }
+
+    /// 429 (`errors.NewTooManyRequests`), without a retry hint.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message).with_details(json!({}))
+    }
+
+    /// The same error with one more `details.causes` entry (`type` is written `reason`).
+    pub fn with_cause(mut self, reason: &str, message: &str, field: Option<&str>) -> Self {
+        let mut cause = json!({"reason": reason, "message": message});
+        if let Some(f) = field {
+            cause["field"] = json!(f);
+        }
+        let details = self.details.get_or_insert_with(|| json!({}));
+        match details.get_mut("causes").and_then(Value::as_array_mut) {
+            Some(causes) => causes.push(cause),
+            None => details["causes"] = json!([cause]),
+        }
+        self
     }
 
     /// 422 Invalid with the field errors, formatted like `errors.NewInvalid`.

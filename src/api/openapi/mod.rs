@@ -154,8 +154,13 @@ mod tests {
             [
                 "api/v1",
                 "apis/apps/v1",
+                "apis/batch/v1",
                 "apis/coordination.k8s.io/v1",
-                "apis/discovery.k8s.io/v1"
+                "apis/discovery.k8s.io/v1",
+                "apis/networking.k8s.io/v1",
+                "apis/policy/v1",
+                "apis/rbac.authorization.k8s.io/v1",
+                "apis/storage.k8s.io/v1"
             ]
         );
         let apps = group_version_document("apps", "v1").unwrap();
@@ -164,6 +169,6 @@ mod tests {
         assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         let core = group_version_document("", "v1").unwrap();
         assert!(core["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
-        assert!(group_version_document("batch", "v1").is_none());
+        assert!(group_version_document("batch", "v2").is_none());
     }
 }

@@ -41,6 +41,7 @@
 //! finalizers) is a separate controller.
 
 pub mod alloc;
+pub mod auth;
 pub mod body;
 pub mod defaults;
 pub mod discovery;

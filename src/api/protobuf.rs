@@ -648,6 +648,26 @@ static SELF_SUBJECT_ACCESS_REVIEW: &[Field] = &[
     f(2, "spec", Msg(SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
 ];
 
+static SELF_SUBJECT_RULES_REVIEW_SPEC: &[Field] = &[f(1, "namespace", Str)];
+
+static SELF_SUBJECT_RULES_REVIEW: &[Field] = &[
+    f(1, "metadata", Msg(&OBJECT_META)),
+    f(2, "spec", Msg(SELF_SUBJECT_RULES_REVIEW_SPEC)),
+];
+
+static SUBJECT_ACCESS_REVIEW_SPEC: &[Field] = &[
+    ptr(1, "resourceAttributes", Msg(RESOURCE_ATTRIBUTES)),
+    ptr(2, "nonResourceAttributes", Msg(NON_RESOURCE_ATTRIBUTES)),
+    f(3, "user", Str),
+    f(4, "groups", Strs),
+    f(6, "uid", Str),
+];
+
+static SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    f(1, "metadata", Msg(&OBJECT_META)),
+    f(2, "spec", Msg(SUBJECT_ACCESS_REVIEW_SPEC)),
+];
+
 static SELF_SUBJECT_REVIEW: &[Field] = &[f(1, "metadata", Msg(&OBJECT_META))];
 
 static BOUND_OBJECT_REFERENCE: &[Field] = &[
@@ -749,6 +769,21 @@ static KINDS: &[(&str, &str, &[Field])] = &[
         "authentication.k8s.io/v1",
         "SelfSubjectReview",
         SELF_SUBJECT_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectRulesReview",
+        SELF_SUBJECT_RULES_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SubjectAccessReview",
+        SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "LocalSubjectAccessReview",
+        SUBJECT_ACCESS_REVIEW,
     ),
     ("authentication.k8s.io/v1", "TokenRequest", TOKEN_REQUEST),
     ("authentication.k8s.io/v1", "TokenReview", TOKEN_REVIEW),

@@ -20,6 +20,8 @@ pub enum Subresource {
     /// `namespaces/finalize`: writes `spec.finalizers` of a namespace (the namespace controller
     /// empties it once the namespace's content is gone).
     Finalize,
+    /// `serviceaccounts/token`: a `TokenRequest` answered with a signed token.
+    Token,
 }
 
 impl Subresource {
@@ -32,6 +34,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
+            Subresource::Token => "token",
         }
     }
     /// (group, version, kind) answered by the subresource; `None` means the parent's kind.
@@ -41,6 +44,7 @@ impl Subresource {
             Subresource::Exec => Some(("", "v1", "PodExecOptions")),
             Subresource::Binding => Some(("", "v1", "Binding")),
             Subresource::Eviction => Some(("policy", "v1", "Eviction")),
+            Subresource::Token => Some(("authentication.k8s.io", "v1", "TokenRequest")),
             _ => None,
         }
     }
@@ -49,7 +53,7 @@ impl Subresource {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Log => &["get"],
             Subresource::Exec => &["create", "get"],
-            Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
             Subresource::Finalize => &["update"],
         }
     }
@@ -78,6 +82,8 @@ pub struct ResourceType {
     /// Defaults, validation and table of the kinds declared in [`super::kinds`]; the original
     /// kinds have theirs in `defaults`, `validation` and `table`.
     pub hooks: Option<&'static Hooks>,
+    /// False for the reviews, which are answered (POST only) and never stored.
+    pub stored: bool,
 }
 
 /// The standard verbs of a collection resource.
@@ -99,7 +105,8 @@ pub const NAMESPACE_VERBS: &[&str] = &[
 use Subresource::*;
 
 use k8s_openapi::api::{
-    apps, batch, coordination, core, discovery, networking, policy, rbac, storage,
+    apps, authentication, authorization, batch, coordination, core, discovery, networking, policy,
+    rbac, storage,
 };
 use serde_json::Value;
 
@@ -124,6 +131,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Namespace>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -139,6 +147,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Node>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -163,6 +172,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Pod>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -178,6 +188,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Service>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -193,6 +204,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Endpoints>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -208,6 +220,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<core::v1::ReplicationController>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -235,6 +248,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Event>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "apps",
@@ -250,6 +264,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<apps::v1::Deployment>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "apps",
@@ -265,6 +280,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<apps::v1::ReplicaSet>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "discovery.k8s.io",
@@ -280,6 +296,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<discovery::v1::EndpointSlice>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "coordination.k8s.io",
@@ -295,6 +312,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<coordination::v1::Lease>,
         hooks: None,
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -310,6 +328,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::ConfigMap>,
         hooks: Some(&kinds::config::CONFIG_MAP),
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -325,6 +344,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::Secret>,
         hooks: Some(&kinds::config::SECRET),
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -335,11 +355,12 @@ pub static RESOURCES: &[ResourceType] = &[
         namespaced: true,
         short_names: &["sa"],
         categories: &[],
-        subresources: &[],
+        subresources: &[Token],
         fields: &[],
         generation: false,
         typed: round_trip::<core::v1::ServiceAccount>,
         hooks: Some(&kinds::config::SERVICE_ACCOUNT),
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -355,6 +376,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::PersistentVolume>,
         hooks: Some(&kinds::storage::PERSISTENT_VOLUME),
+        stored: true,
     },
     ResourceType {
         group: "",
@@ -370,6 +392,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<core::v1::PersistentVolumeClaim>,
         hooks: Some(&kinds::storage::PERSISTENT_VOLUME_CLAIM),
+        stored: true,
     },
     ResourceType {
         group: "batch",
@@ -385,6 +408,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<batch::v1::Job>,
         hooks: Some(&kinds::batch::JOB),
+        stored: true,
     },
     ResourceType {
         group: "batch",
@@ -400,6 +424,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<batch::v1::CronJob>,
         hooks: Some(&kinds::batch::CRON_JOB),
+        stored: true,
     },
     ResourceType {
         group: "apps",
@@ -415,6 +440,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<apps::v1::DaemonSet>,
         hooks: Some(&kinds::apps::DAEMON_SET),
+        stored: true,
     },
     ResourceType {
         group: "apps",
@@ -430,6 +456,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<apps::v1::StatefulSet>,
         hooks: Some(&kinds::apps::STATEFUL_SET),
+        stored: true,
     },
     ResourceType {
         group: "storage.k8s.io",
@@ -445,6 +472,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<storage::v1::StorageClass>,
         hooks: Some(&kinds::storage::STORAGE_CLASS),
+        stored: true,
     },
     ResourceType {
         group: "policy",
@@ -460,6 +488,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<policy::v1::PodDisruptionBudget>,
         hooks: Some(&kinds::policy::POD_DISRUPTION_BUDGET),
+        stored: true,
     },
     ResourceType {
         group: "networking.k8s.io",
@@ -475,6 +504,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<networking::v1::NetworkPolicy>,
         hooks: Some(&kinds::networking::NETWORK_POLICY),
+        stored: true,
     },
     ResourceType {
         group: "networking.k8s.io",
@@ -490,6 +520,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         typed: round_trip::<networking::v1::Ingress>,
         hooks: Some(&kinds::networking::INGRESS),
+        stored: true,
     },
     ResourceType {
         group: "networking.k8s.io",
@@ -505,6 +536,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<networking::v1::IngressClass>,
         hooks: Some(&kinds::networking::INGRESS_CLASS),
+        stored: true,
     },
     ResourceType {
         group: "rbac.authorization.k8s.io",
@@ -520,6 +552,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<rbac::v1::Role>,
         hooks: Some(&kinds::rbac::ROLE),
+        stored: true,
     },
     ResourceType {
         group: "rbac.authorization.k8s.io",
@@ -535,6 +568,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<rbac::v1::RoleBinding>,
         hooks: Some(&kinds::rbac::ROLE_BINDING),
+        stored: true,
     },
     ResourceType {
         group: "rbac.authorization.k8s.io",
@@ -550,6 +584,7 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<rbac::v1::ClusterRole>,
         hooks: Some(&kinds::rbac::CLUSTER_ROLE),
+        stored: true,
     },
     ResourceType {
         group: "rbac.authorization.k8s.io",
@@ -565,6 +600,103 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         typed: round_trip::<rbac::v1::ClusterRoleBinding>,
         hooks: Some(&kinds::rbac::CLUSTER_ROLE_BINDING),
+        stored: true,
+    },
+    ResourceType {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "tokenreviews",
+        singular: "tokenreview",
+        kind: "TokenReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<authentication::v1::TokenReview>,
+        hooks: None,
+        stored: false,
+    },
+    ResourceType {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<authentication::v1::SelfSubjectReview>,
+        hooks: None,
+        stored: false,
+    },
+    ResourceType {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<authorization::v1::SelfSubjectAccessReview>,
+        hooks: None,
+        stored: false,
+    },
+    ResourceType {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        kind: "SelfSubjectRulesReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<authorization::v1::SelfSubjectRulesReview>,
+        hooks: None,
+        stored: false,
+    },
+    ResourceType {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        kind: "SubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<authorization::v1::SubjectAccessReview>,
+        hooks: None,
+        stored: false,
+    },
+    ResourceType {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "localsubjectaccessreviews",
+        singular: "localsubjectaccessreview",
+        kind: "LocalSubjectAccessReview",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<authorization::v1::LocalSubjectAccessReview>,
+        hooks: None,
+        stored: false,
     },
 ];
 
@@ -599,6 +731,12 @@ pub mod id {
     pub const ROLE_BINDINGS: usize = 26;
     pub const CLUSTER_ROLES: usize = 27;
     pub const CLUSTER_ROLE_BINDINGS: usize = 28;
+    pub const TOKEN_REVIEWS: usize = 29;
+    pub const SELF_SUBJECT_REVIEWS: usize = 30;
+    pub const SELF_SUBJECT_ACCESS_REVIEWS: usize = 31;
+    pub const SELF_SUBJECT_RULES_REVIEWS: usize = 32;
+    pub const SUBJECT_ACCESS_REVIEWS: usize = 33;
+    pub const LOCAL_SUBJECT_ACCESS_REVIEWS: usize = 34;
 }
 
 impl ResourceType {
@@ -633,7 +771,9 @@ impl ResourceType {
         self.subresources.contains(&sub)
     }
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.plural == "namespaces" {
+        if !self.stored {
+            &["create"]
+        } else if self.plural == "namespaces" {
             NAMESPACE_VERBS
         } else {
             VERBS
@@ -696,10 +836,21 @@ mod tests {
             RESOURCES[id::CLUSTER_ROLE_BINDINGS].plural,
             "clusterrolebindings"
         );
-        assert_eq!(RESOURCES.len(), id::CLUSTER_ROLE_BINDINGS + 1);
+        assert_eq!(RESOURCES.len(), id::LOCAL_SUBJECT_ACCESS_REVIEWS + 1);
+        assert_eq!(
+            RESOURCES[id::SELF_SUBJECT_ACCESS_REVIEWS].kind,
+            "SelfSubjectAccessReview"
+        );
         // Every kind declared in `kinds` has its hooks, and only those.
         for r in RESOURCES {
-            assert_eq!(r.hooks.is_some(), r.id() > id::LEASES, "{}", r.plural);
+            let declared = r.id() > id::LEASES && r.id() <= id::CLUSTER_ROLE_BINDINGS;
+            assert_eq!(r.hooks.is_some(), declared, "{}", r.plural);
+            assert_eq!(
+                r.stored,
+                r.id() <= id::CLUSTER_ROLE_BINDINGS,
+                "{}",
+                r.plural
+            );
         }
         assert_eq!(
             find("apps", "v1", "replicasets").unwrap().kind,
@@ -720,6 +871,8 @@ mod tests {
                 ("policy", "v1"),
                 ("networking.k8s.io", "v1"),
                 ("rbac.authorization.k8s.io", "v1"),
+                ("authentication.k8s.io", "v1"),
+                ("authorization.k8s.io", "v1"),
             ]
         );
     }

@@ -18,6 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use super::alloc::{Allocators, IpAllocator, PortAllocator};
+use super::auth::{
+    self,
+    token::{self, Signer},
+};
 use super::discovery;
 use super::object::{new_uid, now_rfc3339, str_at};
 use super::openapi;
@@ -43,6 +47,12 @@ pub struct Config {
     pub fsync: bool,
     /// Watch events kept per resource for resuming watches.
     pub watch_history: usize,
+    /// PEM private key (ECDSA P-256, PKCS#8: the lab CA's `ca.key`) that signs service-account
+    /// tokens; without it a key of this process signs them, and they die with it.
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// More PEM private keys whose tokens are accepted (kube's `--service-account-key-file`;
+    /// the signing key's own tokens always are).
+    pub service_account_key_files: Vec<PathBuf>,
 }
 
 /// Shared state of all handlers.
@@ -51,6 +61,12 @@ pub struct Api {
     pub config: Config,
     /// The address and port actually bound (the port may have been 0).
     pub bound: SocketAddr,
+    /// Signs service-account tokens.
+    pub signer: Signer,
+    /// Keys besides the signer's whose tokens are accepted.
+    pub verification_keys: Vec<Signer>,
+    /// The audiences a token must name to authenticate here (`--api-audiences`: the issuer).
+    pub audiences: Vec<String>,
 }
 
 impl Api {
@@ -72,14 +88,31 @@ impl Api {
             None => ChaCha8Rng::from_os_rng(),
         };
         let registry = Registry::open(store, alloc, rng, config.watch_history)?;
+        let signer = match &config.service_account_signing_key_file {
+            Some(path) => Signer::from_file(path)?,
+            None => Signer::ephemeral(),
+        };
+        let verification_keys = config
+            .service_account_key_files
+            .iter()
+            .map(|p| Signer::from_file(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let api = Api {
             registry,
             config,
             bound,
+            signer,
+            verification_keys,
+            audiences: vec![token::ISSUER.to_string()],
         };
         api.bootstrap()
             .map_err(|e| anyhow::anyhow!("creating the built-in objects: {e}"))?;
         Ok(api)
+    }
+
+    /// Every key a token may be signed with.
+    pub fn verifiers(&self) -> impl Iterator<Item = &Signer> {
+        std::iter::once(&self.signer).chain(self.verification_keys.iter())
     }
 
     /// The address other hosts reach this server at.
@@ -103,6 +136,7 @@ impl Api {
                 let value = svc.value();
                 service::restore(txn.alloc(), &value);
             }
+            auth::bootstrap_policy(txn)?;
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
                 if txn.get(id::NAMESPACES, "", ns).is_none() {
                     let uid = new_uid(txn.rng());

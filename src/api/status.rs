@@ -289,6 +289,29 @@ impl ApiError {
         .with_details(json!({"name": name, "kind": short_resource(resource)}))
     }
 
+    /// 401 for a request whose credentials are not valid.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 with a message already worded (authorization, impersonation).
+    pub fn forbidden_plain(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message).with_details(json!({}))
+    }
+
+    /// `details.{name, kind, group}` naming the refused resource.
+    pub fn with_resource_details(mut self, name: &str, resource: &str, group: &str) -> Self {
+        let details = self.details.get_or_insert_with(|| json!({}));
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        details["kind"] = json!(resource);
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        self
+    }
+
     /// 429 (`errors.NewTooManyRequests`), without a retry hint.
     pub fn too_many_requests(message: impl Into<String>) -> Self {
         Self::new(429, "TooManyRequests", message).with_details(json!({}))

@@ -67,6 +67,7 @@ fn unreachable(node: &str, addr: SocketAddr, err: impl std::fmt::Display) -> Api
         reason: "InternalError",
         message: format!("error talking to the kubelet of node {node:?} at {addr}: {err}"),
         details: None,
+        continue_token: None,
     }
 }
 
@@ -117,6 +118,7 @@ pub async fn container_logs(
                 text
             },
             details: None,
+            continue_token: None,
         });
     }
     Ok(Body::new(response.into_body()))

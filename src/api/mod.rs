@@ -50,6 +50,7 @@ pub mod kinds;
 pub mod kubelet_client;
 pub mod object;
 pub mod openapi;
+pub mod paging;
 pub mod patch;
 pub mod pods;
 pub mod protobuf;

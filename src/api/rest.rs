@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use super::body;
 use super::defaults;
 use super::object::{Stored, ensure_map, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
+use super::paging;
 use super::patch::{self, PatchType};
 use super::registry::Txn;
 use super::request::{Format, Parsed, Query, Target, format, parse_path};
@@ -252,27 +253,74 @@ fn selectors(t: &Target, q: &Query) -> ApiResult<Selectors> {
 
 async fn list(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
     let sel = selectors(t, q)?;
-    wait_until_fresh(api, q).await?;
-    let (objects, rv) = api.registry.list(t.id, t.namespace.as_deref());
-    let objects: Vec<&Arc<Stored>> = objects.iter().filter(|o| sel.matches(o)).collect();
+    let ns = t.namespace.as_deref();
+    let limit = match q.get("limit") {
+        None | Some("") => 0,
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}: not an integer")))?
+            .max(0) as usize,
+    };
+    let resume = match q.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(token) => Some(paging::decode(token, ns)?),
+    };
+    // The first page (or a whole list) is the current state; later pages that of the first.
+    let (objects, rv) = match &resume {
+        Some(paging::Continue {
+            rv: Some(rv),
+            after,
+        }) => {
+            let objects = api
+                .registry
+                .list_at(t.id, ns, *rv)
+                .ok_or_else(|| paging::expired(ns, (&after.0, &after.1)))?;
+            (objects, *rv)
+        }
+        _ => {
+            wait_until_fresh(api, q).await?;
+            api.registry.list(t.id, ns)
+        }
+    };
+    let page = paging::page(
+        objects,
+        resume.as_ref().map(|c| &c.after),
+        limit,
+        ["labelSelector", "fieldSelector"]
+            .iter()
+            .any(|k| q.get(k).is_some_and(|s| !s.is_empty())),
+        |o| sel.matches(o),
+    );
+    let objects = page.items;
+    let next = page
+        .more_after
+        .map(|(n, name)| paging::encode(Some(rv), ns, (&n, &name)));
+    let mut list_meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(next) = &next {
+        list_meta["continue"] = json!(next);
+    }
+    if let Some(remaining) = page.remaining {
+        list_meta["remainingItemCount"] = json!(remaining);
+    }
     let body = match fmt {
         Format::Table(include) => {
             let values: Vec<Value> = objects.iter().map(|o| o.value()).collect();
-            serde_json::to_vec(&table::table(
+            let mut table = table::table(
                 t.id,
                 &values,
                 include,
                 &rv.to_string(),
                 jiff::Timestamp::now(),
-            ))
-            .expect("serialisable")
+            );
+            table["metadata"] = list_meta;
+            serde_json::to_vec(&table).expect("serialisable")
         }
         Format::Json => {
             let size: usize = objects.iter().map(|o| o.json.len() + 1).sum();
             let mut out = Vec::with_capacity(size + 128);
             out.extend_from_slice(
                 format!(
-                    "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"}},\"items\":[",
+                    "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{list_meta},\"items\":[",
                     t.rt.list_kind(),
                     t.rt.api_version()
                 )

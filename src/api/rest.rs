@@ -12,10 +12,11 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::body;
 use super::defaults;
+use super::managed;
 use super::object::{Stored, ensure_map, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
 use super::paging;
 use super::patch::{self, PatchType};
@@ -49,7 +50,19 @@ pub async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
 
 async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
     let path = req.uri().path().to_string();
-    let q = Query::parse(req.uri().query());
+    let mut q = Query::parse(req.uri().query());
+    if q.get("fieldManager").is_none_or(str::is_empty) {
+        // kube's default manager: the User-Agent up to its first '/'.
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let prefix = agent.split('/').next().unwrap_or_default();
+        if !prefix.is_empty() {
+            q.push("fieldManager", prefix.chars().take(128).collect());
+        }
+    }
     let t = match parse_path(&path)? {
         Parsed::Doc(doc) => return Ok(json_with_type(StatusCode::OK, "application/json", &doc)),
         Parsed::Target(t) => t,
@@ -509,8 +522,37 @@ fn resets_status(rt: usize) -> bool {
 
 fn create(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> ApiResult<Response> {
     let warnings = decode(t, &mut body, q)?;
-    let (code, obj) = api.registry.txn(|txn| create_in(txn, t, body, q))?;
+    let manager = updater(t, q);
+    let (code, obj) = api
+        .registry
+        .txn(|txn| create_in(txn, t, body, q, manager.as_ref()))?;
     Ok(value_response(code, t, &obj, fmt, warnings))
+}
+
+/// Who a write records in `managedFields`: `None` for a server-side apply, which did.
+fn updater(t: &Target, q: &Query) -> Option<managed::Manager> {
+    Some(managed::Manager {
+        name: q.get("fieldManager").unwrap_or("unknown").to_string(),
+        operation: "Update".into(),
+        subresource: t.sub.map(|s| s.name().to_string()).unwrap_or_default(),
+    })
+}
+
+/// Record `manager`'s write of `new` (over `old`) in `managedFields`.
+fn track(t: &Target, manager: Option<&managed::Manager>, old: Option<&Value>, new: &mut Value) {
+    if let Some(m) = manager {
+        let skip_status = t.sub.is_none() && resets_status(t.id);
+        let now = now_rfc3339();
+        managed::track_update(
+            t.rt.kind,
+            skip_status,
+            old,
+            new,
+            m,
+            &t.rt.api_version(),
+            &now,
+        );
+    }
 }
 
 fn create_in(
@@ -518,6 +560,7 @@ fn create_in(
     t: &Target,
     mut obj: Value,
     q: &Query,
+    manager: Option<&managed::Manager>,
 ) -> ApiResult<(StatusCode, Value)> {
     let ns = t.ns().to_string();
     {
@@ -586,6 +629,7 @@ fn create_in(
     if txn.get(t.id, &ns, &name).is_some() {
         return Err(ApiError::already_exists(&t.rt.qualified(), &name));
     }
+    track(t, manager, None, &mut obj);
     let allocation = if t.id == id::SERVICES {
         let (alloc, rng) = txn.alloc_rng();
         Some(
@@ -615,6 +659,7 @@ fn update_in(
     current: &Stored,
     mut new: Value,
     q: &Query,
+    manager: Option<&managed::Manager>,
 ) -> ApiResult<(StatusCode, Value)> {
     let old = current.value();
     let name = current.name.to_string();
@@ -695,6 +740,7 @@ fn update_in(
             + 1;
         meta_mut(&mut new).insert("generation".into(), json!(generation));
     }
+    track(t, manager, Some(&old), &mut new);
     let allocation = if t.id == id::SERVICES && t.sub.is_none() {
         let (alloc, rng) = txn.alloc_rng();
         Some(
@@ -787,9 +833,11 @@ fn update(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> Api
     let warnings = decode(t, &mut body, q)?;
     check_name(t, &body)?;
     let name = t.name.clone().unwrap_or_default();
+    let manager = updater(t, q);
+    let manager = manager.as_ref();
     let (code, obj) = api.registry.txn(|txn| match txn.get(t.id, t.ns(), &name) {
-        Some(current) => update_in(txn, t, &current, body, q),
-        None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q),
+        Some(current) => update_in(txn, t, &current, body, q, manager),
+        None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q, manager),
         None => Err(t.not_found()),
     })?;
     Ok(value_response(code, t, &obj, fmt, warnings))
@@ -808,6 +856,29 @@ fn patch_object(
     }
     let name = t.name.clone().unwrap_or_default();
     let mut warnings = Vec::new();
+    let applier = q.get("fieldManager").filter(|m| !m.is_empty());
+    if ty == PatchType::Apply && applier.is_none() {
+        return Err(ApiError::bad_request(
+            "fieldManager is required for apply requests",
+        ));
+    }
+    // The status of the main resource is not the applier's (kube resets it).
+    let skip_status = t.sub.is_none() && resets_status(t.id);
+    let apply = |live: Option<&Value>| {
+        let now = now_rfc3339();
+        managed::apply(
+            t.rt.kind,
+            skip_status,
+            live,
+            &body,
+            applier.unwrap_or_default(),
+            q.flag("force"),
+            &t.rt.api_version(),
+            &now,
+        )
+    };
+    let manager = updater(t, q);
+    let manager = manager.as_ref();
     let (code, obj) = api.registry.txn(|txn| {
         let Some(current) = txn.get(t.id, t.ns(), &name) else {
             if ty == PatchType::Apply && t.sub.is_none() {
@@ -815,63 +886,31 @@ fn patch_object(
                 let mut obj = body.clone();
                 warnings = decode(t, &mut obj, q)?;
                 check_name(t, &obj)?;
-                set_managed_fields(&mut obj, t, q, &body);
-                return create_in(txn, t, obj, q);
+                let obj = apply(None).map(|mut applied| {
+                    // The decoded object, with the applier's managedFields.
+                    let fields = applied["metadata"]["managedFields"].take();
+                    let mut decoded = obj;
+                    meta_mut(&mut decoded).insert("managedFields".into(), fields);
+                    decoded
+                })?;
+                return create_in(txn, t, obj, q, None);
             }
             return Err(t.not_found());
         };
-        let mut patched = patch::apply_patch(ty, t.rt.kind, &current.value(), &body)?;
-        if ty == PatchType::Apply {
-            set_managed_fields(&mut patched, t, q, &body);
-        }
+        let (mut patched, tracked) = if ty == PatchType::Apply {
+            (apply(Some(&current.value()))?, None)
+        } else {
+            let patched = patch::apply_patch(ty, t.rt.kind, &current.value(), &body)?;
+            (patched, manager)
+        };
         warnings = check_fields(t, &mut patched, q)?;
         // A patch that does not name a resourceVersion has no precondition.
         if body.pointer("/metadata/resourceVersion").is_none() {
             meta_mut(&mut patched).insert("resourceVersion".into(), json!(current.rv.to_string()));
         }
-        update_in(txn, t, &current, patched, q)
+        update_in(txn, t, &current, patched, q, tracked)
     })?;
     Ok(value_response(code, t, &obj, fmt, warnings))
-}
-
-/// Minimal `managedFields` for server-side apply: one `Apply` entry per field manager, listing
-/// the fields of the applied configuration.
-fn set_managed_fields(obj: &mut Value, t: &Target, q: &Query, applied: &Value) {
-    fn fields(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut out = Map::new();
-                for (k, v) in m {
-                    if matches!(k.as_str(), "apiVersion" | "kind") {
-                        continue;
-                    }
-                    out.insert(format!("f:{k}"), fields(v));
-                }
-                Value::Object(out)
-            }
-            _ => json!({}),
-        }
-    }
-    let manager = q.get("fieldManager").unwrap_or("kubectl").to_string();
-    let mut fv1 = fields(applied);
-    if let Some(m) = fv1.get_mut("f:metadata").and_then(Value::as_object_mut) {
-        for k in ["f:name", "f:namespace", "f:resourceVersion"] {
-            m.remove(k);
-        }
-    }
-    let entry = json!({"manager": manager, "operation": "Apply", "apiVersion": t.rt.api_version(),
-        "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fv1});
-    let meta = meta_mut(obj);
-    let list = meta.entry("managedFields").or_insert_with(|| json!([]));
-    if let Some(list) = list.as_array_mut() {
-        list.retain(|e| {
-            !(e.get("manager") == Some(&json!(manager))
-                && e.get("operation") == Some(&json!("Apply")))
-        });
-        list.push(entry);
-    } else {
-        *list = json!([entry]);
-    }
 }
 
 // ----- scale -----
@@ -911,6 +950,8 @@ fn apply_scale(
         sub: None,
         ..t.clone()
     };
+    // Recorded as a write through `scale` (kubectl scale), of the parent's spec.replicas.
+    let manager = updater(t, q);
     let (_, obj) = api.registry.txn(|txn| {
         let current = txn.get(t.id, t.ns(), &name).ok_or_else(|| t.not_found())?;
         let parent = current.value();
@@ -934,7 +975,7 @@ fn apply_scale(
         }
         let mut updated = parent.clone();
         updated["spec"]["replicas"] = json!(replicas);
-        update_in(txn, &parent_target, &current, updated, q)
+        update_in(txn, &parent_target, &current, updated, q, manager.as_ref())
     })?;
     Ok(json_response(StatusCode::OK, &scale_of(t, &obj)))
 }

@@ -220,6 +220,10 @@ impl ApiError {
             json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}),
         )
     }
+    /// 409 of a server-side apply over fields other managers own (`errors.NewApplyConflict`).
+    pub fn apply_conflict(message: impl Into<String>, causes: Vec<Value>) -> Self {
+        Self::new(409, "Conflict", message).with_details(json!({"causes": causes}))
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

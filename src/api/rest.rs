@@ -23,10 +23,11 @@ use super::patch::{self, PatchType};
 use super::registry::Txn;
 use super::request::{Format, Parsed, Query, Target, format, parse_path};
 use super::resources::{RESOURCES, Subresource, id};
+use super::response::json_with_type;
 use super::selectors::{
     FieldSelector, LabelSelector, Selectors, format_label_selector, format_labels,
 };
-use super::server::{Api, json_with_type};
+use super::server::Api;
 use super::service;
 use super::status::{ApiError, ApiResult, FieldError};
 use super::strict::{self, FieldValidation};
@@ -68,13 +69,13 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         Parsed::Target(t) => t,
     };
     let method = req.method().clone();
-    let user = super::auth::identify(&api, req.headers())?;
-    super::auth::check(&api, &user, &attributes(&t, &method, &q))?;
+    let user = super::auth::identify(&api.registry, &api.tokens, req.headers())?;
+    super::auth::check(&api.registry, &user, &attributes(&t, &method, &q))?;
     if !t.rt.stored {
         return match (&method, &t.name) {
             (&Method::POST, None) => {
                 let body = body::object(req).await?;
-                super::auth::reviews::review(&api, &t, body, &user)
+                super::auth::reviews::review(&api.registry, &api.tokens, &t, body, &user)
             }
             _ => Err(ApiError::method_not_allowed(format!(
                 "the server does not allow this method on the requested resource ({method} {path})"
@@ -121,7 +122,7 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         }
         (&Method::POST, Some(_), Some(Subresource::Token)) => {
             let request = body::object(req).await?;
-            super::auth::reviews::token_request(&api, &t, request)
+            super::auth::reviews::token_request(&api.registry, &api.tokens, &t, request)
         }
         (&Method::POST, Some(_), Some(Subresource::Eviction)) => {
             let eviction = body::object(req).await?;

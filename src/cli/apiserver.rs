@@ -8,7 +8,8 @@ use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
 
 use crate::api::alloc::parse_port_range;
-use crate::api::server::{Config, serve};
+use crate::api::routes::serve;
+use crate::api::server::Config;
 
 /// Run the Kubernetes API server of a lab's master host.
 #[derive(Debug, ClapArgs)]

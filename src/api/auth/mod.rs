@@ -17,10 +17,29 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::object::{new_uid, now_rfc3339};
-use super::registry::Txn;
+use super::registry::{Registry, Txn};
 use super::resources::id;
-use super::server::Api;
 use super::status::{ApiError, ApiResult};
+use token::Signer;
+
+/// The keys service-account tokens are signed and checked with, and the audiences this server
+/// accepts.
+#[derive(Debug)]
+pub struct Tokens {
+    /// Signs service-account tokens.
+    pub signer: Signer,
+    /// Keys besides the signer's whose tokens are accepted.
+    pub verification_keys: Vec<Signer>,
+    /// The audiences a token must name to authenticate here (`--api-audiences`: the issuer).
+    pub audiences: Vec<String>,
+}
+
+impl Tokens {
+    /// Every key a token may be signed with.
+    pub fn verifiers(&self) -> impl Iterator<Item = &Signer> {
+        std::iter::once(&self.signer).chain(self.verification_keys.iter())
+    }
+}
 
 pub const MASTERS: &str = "system:masters";
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -94,16 +113,15 @@ fn unauthorized() -> ApiError {
 }
 
 /// The user a request comes from.
-pub fn identify(api: &Api, headers: &HeaderMap) -> ApiResult<User> {
+pub fn identify(registry: &Registry, tokens: &Tokens, headers: &HeaderMap) -> ApiResult<User> {
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let user = match auth.strip_prefix("Bearer ").map(str::trim) {
         None | Some("") => User::admin(),
-        Some(token) => api
-            .registry
-            .txn(|txn| Ok(authenticate_token(api, txn, token, &api.audiences)))?
+        Some(token) => registry
+            .txn(|txn| Ok(authenticate_token(tokens, txn, token, &tokens.audiences)))?
             .map_err(|_| unauthorized())?,
     };
     impersonate(user, headers)
@@ -156,13 +174,13 @@ fn impersonate(user: User, headers: &HeaderMap) -> ApiResult<User> {
 /// The service account a token stands for, if the token is valid and its account (and bound
 /// object) still exist (kube's service-account token authenticator).
 pub fn authenticate_token(
-    api: &Api,
+    tokens: &Tokens,
     txn: &mut Txn<'_>,
     token: &str,
     audiences: &[String],
 ) -> Result<User, String> {
     let now = jiff::Timestamp::now().as_second();
-    let claims = api
+    let claims = tokens
         .verifiers()
         .find_map(|v| v.verify(token, audiences, now).ok())
         .ok_or_else(|| "invalid bearer token".to_string())?;
@@ -254,11 +272,11 @@ pub fn decide(txn: &Txn<'_>, user: &User, a: &Attributes) -> rbac::Decision {
 }
 
 /// 403 for a request RBAC does not allow, worded as kube-apiserver words it.
-pub fn check(api: &Api, user: &User, a: &Attributes) -> ApiResult<()> {
+pub fn check(registry: &Registry, user: &User, a: &Attributes) -> ApiResult<()> {
     if user.is_privileged() {
         return Ok(());
     }
-    let decision = api.registry.txn(|txn| Ok(decide(txn, user, a)))?;
+    let decision = registry.txn(|txn| Ok(decide(txn, user, a)))?;
     if matches!(decision, rbac::Decision::Allow(_)) {
         return Ok(());
     }

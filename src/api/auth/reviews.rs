@@ -8,12 +8,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::token::{self, Subject};
-use super::{Attributes, User, authenticate_token, decide, rbac};
+use super::{Attributes, Tokens, User, authenticate_token, decide, rbac};
 use crate::api::object::{new_uid, str_at};
-use crate::api::registry::Txn;
+use crate::api::registry::{Registry, Txn};
 use crate::api::request::Target;
 use crate::api::resources::id;
-use crate::api::server::Api;
 use crate::api::status::{ApiError, ApiResult, FieldError};
 
 /// kube-apiserver's bounds on a requested token lifetime.
@@ -26,7 +25,13 @@ fn created(body: Value) -> Response {
 }
 
 /// The answer to a POST of a review kind: the review with its `status` filled in.
-pub fn review(api: &Api, t: &Target, mut body: Value, user: &User) -> ApiResult<Response> {
+pub fn review(
+    registry: &Registry,
+    tokens: &Tokens,
+    t: &Target,
+    mut body: Value,
+    user: &User,
+) -> ApiResult<Response> {
     body["apiVersion"] = json!(t.rt.api_version());
     body["kind"] = json!(t.rt.kind);
     if !body["metadata"].is_object() {
@@ -39,14 +44,11 @@ pub fn review(api: &Api, t: &Target, mut body: Value, user: &User) -> ApiResult<
             let token = str_at(&body, "/spec/token").to_string();
             let audiences = strings(body.pointer("/spec/audiences"));
             let audiences = if audiences.is_empty() {
-                api.audiences.clone()
+                tokens.audiences.clone()
             } else {
                 audiences
             };
-            match api
-                .registry
-                .txn(|txn| Ok(authenticate_token(api, txn, &token, &audiences)))
-            {
+            match registry.txn(|txn| Ok(authenticate_token(tokens, txn, &token, &audiences))) {
                 Ok(Ok(u)) => {
                     json!({"authenticated": true, "user": u.to_json(), "audiences": audiences})
                 }
@@ -55,7 +57,7 @@ pub fn review(api: &Api, t: &Target, mut body: Value, user: &User) -> ApiResult<
                 }
             }
         }
-        "SelfSubjectAccessReview" => access(api, user, &body, None)?,
+        "SelfSubjectAccessReview" => access(registry, user, &body, None)?,
         "SubjectAccessReview" | "LocalSubjectAccessReview" => {
             let subject = User {
                 name: str_at(&body, "/spec/user").to_string(),
@@ -76,11 +78,11 @@ pub fn review(api: &Api, t: &Target, mut body: Value, user: &User) -> ApiResult<
                 ));
             }
             let local = t.rt.namespaced.then(|| t.ns().to_string());
-            access(api, &subject, &body, local)?
+            access(registry, &subject, &body, local)?
         }
         "SelfSubjectRulesReview" => {
             let ns = str_at(&body, "/spec/namespace").to_string();
-            api.registry.txn(|txn| Ok(rules(txn, user, &ns)))?
+            registry.txn(|txn| Ok(rules(txn, user, &ns)))?
         }
         other => {
             return Err(ApiError::method_not_allowed(format!(
@@ -104,7 +106,12 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 }
 
 /// `status` of an access review of `user`; `local` is a LocalSubjectAccessReview's namespace.
-fn access(api: &Api, user: &User, body: &Value, local: Option<String>) -> ApiResult<Value> {
+fn access(
+    registry: &Registry,
+    user: &User,
+    body: &Value,
+    local: Option<String>,
+) -> ApiResult<Value> {
     let a = if let Some(r) = body
         .pointer("/spec/resourceAttributes")
         .filter(|r| r.is_object())
@@ -146,7 +153,7 @@ fn access(api: &Api, user: &User, body: &Value, local: Option<String>) -> ApiRes
             "spec.resourceAttributes.namespace must match namespace: {ns}"
         )));
     }
-    let decision = api.registry.txn(|txn| Ok(decide(txn, user, &a)))?;
+    let decision = registry.txn(|txn| Ok(decide(txn, user, &a)))?;
     Ok(match decision {
         rbac::Decision::Allow(reason) if reason.is_empty() => json!({"allowed": true}),
         rbac::Decision::Allow(reason) => json!({"allowed": true, "reason": reason}),
@@ -232,7 +239,12 @@ fn rules(txn: &Txn<'_>, user: &User, ns: &str) -> Value {
 
 /// `POST serviceaccounts/<name>/token`: a token for the service account, bound to a pod or
 /// secret if asked, valid for `spec.expirationSeconds` (an hour by default).
-pub fn token_request(api: &Api, t: &Target, mut body: Value) -> ApiResult<Response> {
+pub fn token_request(
+    registry: &Registry,
+    tokens: &Tokens,
+    t: &Target,
+    mut body: Value,
+) -> ApiResult<Response> {
     let name = t.name.clone().unwrap_or_default();
     let ns = t.ns().to_string();
     let expiration = body
@@ -272,12 +284,12 @@ pub fn token_request(api: &Api, t: &Target, mut body: Value) -> ApiResult<Respon
     let audiences = {
         let a = strings(body.pointer("/spec/audiences"));
         if a.is_empty() {
-            api.audiences.clone()
+            tokens.audiences.clone()
         } else {
             a
         }
     };
-    let (sa_uid, bound, jti) = api.registry.txn(|txn| {
+    let (sa_uid, bound, jti) = registry.txn(|txn| {
         let sa = txn
             .get(id::SERVICE_ACCOUNTS, &ns, &name)
             .ok_or_else(|| ApiError::not_found("serviceaccounts", &name))?
@@ -311,7 +323,7 @@ pub fn token_request(api: &Api, t: &Target, mut body: Value) -> ApiResult<Respon
         service_account_uid: sa_uid,
         bound,
     };
-    let signed = api
+    let signed = tokens
         .signer
         .sign(&token::claims(&subject, &audiences, now, expiration, &jti));
     let expires = jiff::Timestamp::from_second(now + expiration)

@@ -20,13 +20,16 @@
 //! applies these renders; [`forwarder`] is the userspace mode's socket forwarder.
 
 pub mod agent;
+pub mod conntrack;
 pub mod forwarder;
 pub mod hash;
 pub mod iptables;
 pub mod model;
+pub mod nfnetlink;
 pub mod nftables;
 pub mod normalize;
 pub mod objects;
+pub mod profile;
 pub mod rng;
 pub mod roundrobin;
 pub mod userspace;

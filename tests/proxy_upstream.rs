@@ -25,7 +25,8 @@ fn iptables_node() -> NodeContext {
     let mut node = NodeContext::new("test-node", vec!["192.168.0.2".parse().unwrap()]);
     node.cluster_cidr = Some("10.0.0.0/8".parse().unwrap());
     node.localhost_node_ports = true;
-    node.nfacct = true;
+    node.nfacct_invalid_drop = true;
+    node.nfacct_localhost = true;
     node.random_fully = false;
     node
 }
@@ -164,7 +165,7 @@ fn invalid_drop_rule_follows_conntrack_and_nfacct() {
     ];
     for (nfacct, liberal, drop) in cases {
         let mut node = iptables_node();
-        node.nfacct = nfacct;
+        node.nfacct_invalid_drop = nfacct;
         node.conntrack_tcp_be_liberal = liberal;
         let text = iptables::render(&ProxyInput::from_objects(node, &[], &[]));
         assert_eq!(
@@ -321,4 +322,63 @@ fn stale_service_chains_are_flushed_and_deleted() {
     }
     assert!(!text.contains("-X KUBE-SVC-XPGD46QRK7WJZT7O"));
     assert!(!text.contains("DOCKER"));
+}
+
+/// The inputs of one step of an upstream test whose states live in
+/// `tests/fixtures/proxy/upstream/<dir>/<step>.yaml`.
+fn step_input(dir: &str, step: &str) -> ProxyInput {
+    input(iptables_node(), &format!("{dir}/{step}.yaml"))
+}
+
+/// kube-proxy's `TestSyncProxyRulesRepeated` (`pkg/proxy/iptables/proxier_test.go`): a full
+/// sync, then partial syncs that write only the changed services' chains (with every
+/// `KUBE-SERVICES` jump), flush and delete the chains of deleted services and endpoints, and
+/// a full resync. Each step's restore input must equal upstream's expected one.
+#[test]
+fn iptables_sync_proxy_rules_repeated() {
+    use kemu::proxy::agent::rules::{chains_after_partial, chains_after_restore};
+    const DIR: &str = "repeated";
+    let steps = [
+        "0-initial",
+        "1-add-svc3",
+        "2-delete-svc2",
+        "3-add-svc4-without-endpoints",
+        "4-add-svc4-endpoints",
+        "5-change-svc3-endpoint",
+        "6-add-svc3-endpoint",
+        "7-no-change",
+        "8-delete-svc4-full-resync",
+    ];
+    let mut previous = step_input(DIR, steps[0]);
+    let first = iptables::render(&previous);
+    similar_assert(
+        &sort_iptables_by_service(&first),
+        &real_mark(&fixture(&format!("{DIR}/{}.iptables.txt", steps[0]))),
+        &first,
+    );
+    // The nat chains in the kernel, as kube-proxy's iptables-save would list them.
+    let mut chains = chains_after_restore(&first, "nat");
+    for step in &steps[1..] {
+        let mut next = step_input(DIR, step);
+        next.existing_nat_chains = chains.clone();
+        let full = step.contains("full-resync");
+        if !full {
+            next.changed_services = Some(ProxyInput::changed_services(&previous, &next));
+        }
+        let text = iptables::render(&next);
+        let want = real_mark(&fixture(&format!("{DIR}/{step}.iptables.txt")));
+        let got = sort_iptables_by_service(&text);
+        assert!(
+            got == want,
+            "step {step} differs from upstream:\n--- want\n{want}\n--- got\n{got}"
+        );
+        chains = if full {
+            chains_after_restore(&text, "nat")
+        } else {
+            chains_after_partial(&chains, &text, "nat")
+        };
+        next.existing_nat_chains = Vec::new();
+        next.changed_services = None;
+        previous = next;
+    }
 }

@@ -64,7 +64,7 @@ pub enum Command {
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy agent (`render` prints a node's rules, `mode` switches a lab's mode).
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Run a built-in container image (started inside containers by the process runtime).
     #[command(hide = true)]
     Image(image::ImageArgs),
@@ -118,7 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reach(args) => reach::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Image(args) => image::run(args),
         Command::ContainerShim(args) => container_shim::run(args),
         Command::ContainerExec(args) => container_exec::run(args),

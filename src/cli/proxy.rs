@@ -82,6 +82,37 @@ pub struct AgentArgs {
     /// Time between periodic full syncs when nothing changes.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub sync_period: Duration,
+    /// Behave as this kube-proxy release (e.g. 1.31): conntrack cleanup, default mode,
+    /// nfacct counters, what a mode switch leaves, partial sync output. Without it, kemu's
+    /// own profile (the newest behaviour, clean mode switches, fast partial syncs).
+    #[arg(long, value_name = "VERSION")]
+    pub kube_proxy_version: Option<KubeVersion>,
+    /// Serve NodePorts on 127.0.0.1 in iptables mode (`route_localnet=1`); the release's
+    /// default (on) without it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub iptables_localhost_nodeports: Option<bool>,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
+    /// Health endpoint (`/healthz`, `/livez`) and health check node ports' address; empty
+    /// to serve none.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+    /// Metrics endpoint (`/metrics`, `/proxyMode`); empty to serve none.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
+}
+
+/// An optional listen address: empty means none.
+fn bind_address(flag: &str, text: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .with_context(|| format!("--{flag} {text:?} is not an address such as 0.0.0.0:10256"))
 }
 
 /// `kemu proxy mode`.
@@ -159,7 +190,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
 /// Run the per-node agent until SIGTERM/SIGINT.
 pub fn run_agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let profile = ProxyProfile::new(a.kube_proxy_version);
+    let healthz_bind = bind_address("healthz-bind-address", &a.healthz_bind_address)?;
+    let metrics_bind = bind_address("metrics-bind-address", &a.metrics_bind_address)?;
     agent::run(agent::Config {
+        localhost_node_ports: a
+            .iptables_localhost_nodeports
+            .unwrap_or(profile.localhost_node_ports),
+        masquerade_all: a.masquerade_all.unwrap_or(profile.masquerade_all),
+        profile,
+        healthz_bind,
+        metrics_bind,
         master: a.master.context("--master is required")?,
         node_name: a.node_name.context("--node-name is required")?,
         node_ip: a.node_ip.context("--node-ip is required")?,

@@ -91,11 +91,7 @@ fn kubectl_from_inside_the_lab_and_from_the_machine() {
 #[test]
 fn the_api_server_survives_sigkill_and_its_clients_reconnect() {
     let lab = Lab::up(TOPOLOGY, "ck", &[]);
-    let port: u16 = std::fs::read_to_string(format!("/run/kemu/{}/api-port", lab.name))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let api = lab.api_endpoint();
     // A kube-rs watcher that must see pods created before and after the restart. (A kube
     // client belongs to the runtime it was made in: make it in the watcher's own.)
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -105,7 +101,7 @@ fn the_api_server_survives_sigkill_and_its_clients_reconnect() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let client = kemu::client::connect(&format!("http://127.0.0.1:{port}")).unwrap();
+            let client = api.client();
             let pods: kube::Api<Pod> = kube::Api::namespaced(client, "default");
             let mut stream = watcher(pods, watcher::Config::default()).boxed();
             while let Some(event) = stream.next().await {

@@ -314,11 +314,7 @@ fn deployment(name: &str, image: &str, replicas: u32) -> String {
 /// Every state a watch of the pods matching `selector` goes through, as (pods not being
 /// deleted, those of them that are Ready), for invariants that must hold at every moment.
 fn watch_pod_counts(lab: &Lab, selector: &str) -> Arc<Mutex<Vec<(usize, usize)>>> {
-    let port: u16 = std::fs::read_to_string(format!("/run/kemu/{}/api-port", lab.name))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let api = lab.api_endpoint();
     let states = Arc::new(Mutex::new(Vec::new()));
     let out = states.clone();
     let selector = selector.to_string();
@@ -329,7 +325,7 @@ fn watch_pod_counts(lab: &Lab, selector: &str) -> Arc<Mutex<Vec<(usize, usize)>>
             .build()
             .unwrap();
         rt.block_on(async move {
-            let client = kemu::client::connect(&format!("http://127.0.0.1:{port}")).unwrap();
+            let client = api.client();
             let api: kube::Api<Pod> = kube::Api::default_namespaced(client);
             let config = watcher::Config::default().labels(&selector);
             let mut stream = watcher(api, config).boxed();

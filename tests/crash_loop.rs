@@ -129,15 +129,23 @@ fn ready_pods(lab: &Lab, label: &str, n: usize) -> Option<BTreeSet<String>> {
 
 /// The registered API server process of the lab, if one runs.
 fn apiserver(lab: &Lab) -> Option<ProcessRecord> {
-    let dir = kemu::lab::state::LabDir::new(&lab.name);
+    let dir = kemu::lab::state::LabDir::new(&lab.name.parse().unwrap()).unwrap();
     ProcessRecord::all(&dir)
         .into_iter()
         .find(|r| r.what == format!("{MASTER}/apiserver") && r.is_alive())
 }
 
-fn curl(lab: &Lab, url: &str) -> bool {
-    let out = lab.exec("client", &["curl", "-s", "-m", "2", url]);
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Welcome to nginx!")
+/// Fetch the welcome page; on failure, why (curl's exit code and message, or the body).
+fn curl(lab: &Lab, url: &str) -> Result<(), String> {
+    let out = lab.exec("client", &["curl", "-sS", "-m", "2", url]);
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Welcome to nginx!") {
+        return Ok(());
+    }
+    Err(format!(
+        "{url}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
 }
 
 /// Events of `reason` in the default namespace.
@@ -190,9 +198,7 @@ fn an_api_server_crash_loop_evicts_nothing_and_the_node_port_keeps_answering() {
         .map(|n| format!("http://{n}:{node_port}/"))
         .collect();
     for url in &urls {
-        wait_for(&format!("{url} answers"), LONG, || {
-            curl(&lab, url).then_some(())
-        });
+        wait_for(&format!("{url} answers"), LONG, || curl(&lab, url).ok());
     }
 
     let stop = AtomicBool::new(false);
@@ -218,8 +224,11 @@ fn an_api_server_crash_loop_evicts_nothing_and_the_node_port_keeps_answering() {
                     break;
                 }
                 tries.fetch_add(1, Ordering::Relaxed);
-                if !curl(&lab, url) {
-                    failures.lock().unwrap().push(url.clone());
+                if let Err(why) = curl(&lab, url) {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{:.1}s {why}", start.elapsed().as_secs_f64()));
                 }
             }
         });

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kemu::runtime::process::ProcessRuntime;
+use kemu::runtime::process::userns::IdRange;
 use kemu::runtime::{
     ContainerConfig, ContainerId, ContainerPort, ContainerRuntime, ContainerState, ExecRequest,
     LogOptions, SandboxInfo, SecurityContext,
@@ -71,6 +72,12 @@ impl Drop for Netns {
     }
 }
 
+/// The host ids of these tests' containers: the last of the labs' slots, which a lab gets only
+/// when 16383 others are up.
+fn test_ids() -> IdRange {
+    kemu::lab::idrange::slot(kemu::lab::idrange::SLOTS - 1)
+}
+
 /// A runtime root on the host filesystem (visible, read-only, inside containers), removed
 /// on drop after every container in it was removed.
 struct Root {
@@ -82,7 +89,7 @@ impl Root {
     fn new() -> Root {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("rt-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let runtime = ProcessRuntime::new(&dir, env!("CARGO_BIN_EXE_kemu"));
+        let runtime = ProcessRuntime::new(&dir, env!("CARGO_BIN_EXE_kemu"), test_ids()).unwrap();
         Root { dir, runtime }
     }
 
@@ -537,7 +544,7 @@ async fn restarts_keep_previous_logs_and_a_fresh_runtime_adopts_containers() {
         .create_and_start(&sandbox, &sleeper)
         .await
         .expect("start sleeper");
-    let adopted = ProcessRuntime::new(&root.dir, env!("CARGO_BIN_EXE_kemu"));
+    let adopted = ProcessRuntime::new(&root.dir, env!("CARGO_BIN_EXE_kemu"), test_ids()).unwrap();
     let listed = adopted.list().await.unwrap();
     let found = listed
         .iter()
@@ -546,8 +553,22 @@ async fn restarts_keep_previous_logs_and_a_fresh_runtime_adopts_containers() {
     assert!(matches!(found.state, ContainerState::Running { .. }));
     assert_eq!(found.container_name, "sleeper");
     let pid = found.pid.unwrap();
-    let (code, out, _) = exec(&adopted, &id, &["cat", "/proc/1/cmdline"]).await;
-    assert_eq!((code, out.as_str()), (0, "sleep\x003600\0"));
+    // `sh` replaces itself with sleep after its echo: wait for that exec, not for a time.
+    let mut seen = Vec::new();
+    for _ in 0..250 {
+        let (code, out, _) = exec(&adopted, &id, &["cat", "/proc/1/cmdline"]).await;
+        assert_eq!(code, 0, "{out}");
+        if out == "sleep\x003600\0" {
+            break;
+        }
+        seen.push(out);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.len() < 250, "PID 1 never became sleep: {seen:?}");
+    assert!(
+        seen.iter().all(|c| c.starts_with("sh\0-c\0")),
+        "PID 1 was neither sh nor sleep: {seen:?}"
+    );
 
     let follower = {
         let adopted = adopted.clone();
@@ -790,6 +811,18 @@ async fn serve_hostname_and_pause_images() {
         .unwrap();
     let (code, out, _) = exec(rt, &pause, &["cat", "/proc/1/cmdline"]).await;
     assert_eq!((code, out.as_str()), (0, "kemu\0image\0pause\0"));
+    // As PID 1 it gets SIGTERM only once it takes it (blocked, or waited for in sigwait): a
+    // SIGTERM sent before, while a loaded machine still starts the binary, would be dropped.
+    let pid = rt.status(&pause).await.unwrap().pid.unwrap();
+    eventually(|| {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+        let status = read("status")?;
+        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+        let blocked = u64::from_str_radix(blocked.trim(), 16).ok()?;
+        let waiting = read("wchan")?.starts_with("do_sigtimedwait");
+        (waiting || blocked & (1 << (libc::SIGTERM - 1)) != 0).then(String::new)
+    })
+    .await;
     rt.stop(&pause, Duration::from_secs(10)).await.unwrap();
     assert!(matches!(
         rt.status(&pause).await.unwrap().state,
@@ -799,4 +832,173 @@ async fn serve_hostname_and_pause_images() {
         logs(rt, &pause, LogOptions::default()).await,
         "Shutting down, got signal: Terminated\n"
     );
+}
+
+/// The hostile container of issue 12: it asks for everything a spec can ask.
+fn hostile_security() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        privileged: true,
+        capabilities_add: vec!["SYS_ADMIN".into(), "SYS_MODULE".into(), "NET_ADMIN".into()],
+        ..Default::default()
+    }
+}
+
+/// A process as the host sees it: its uid_map, gid_map (whitespace-normalised) and the
+/// `Uid:` and `Gid:` lines of its status.
+fn host_view(pid: u32) -> (String, String, String, String) {
+    let words = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+    let status = read("status");
+    let line = |key: &str| {
+        words(
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .unwrap()
+                .to_string(),
+        )
+    };
+    (
+        words(read("uid_map")),
+        words(read("gid_map")),
+        line("Uid:"),
+        line("Gid:"),
+    )
+}
+
+/// The errno with which loading a module must fail in a container: EPERM, its capability check.
+/// A kernel built without modules (no /proc/modules) has no such call: ENOSYS for everybody.
+fn module_errno() -> &'static str {
+    if std::path::Path::new("/proc/modules").exists() {
+        "1"
+    } else {
+        "38"
+    }
+}
+
+/// A host process whose command line is exactly `argv`.
+fn find_process(argv: &[&str]) -> Option<u32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read(format!("/proc/{pid}/cmdline")).ok()? == wanted).then_some(pid)
+    })
+}
+
+/// Root, `privileged: true` and SYS_ADMIN, SYS_MODULE and NET_ADMIN hold in the container's
+/// own user namespace only: seen from the host its processes (PID 1 and exec'd ones) are an
+/// unprivileged uid, and it can neither read a root-only file, write the host, undo its mounts,
+/// load a module, see the host's processes nor change a network (tests/fixtures/confinement).
+#[tokio::test]
+async fn a_privileged_root_container_is_confined_to_its_user_namespace() {
+    let ns = Netns::new();
+    let node = Netns::new();
+    let root = Root::new();
+    let rt = &root.runtime;
+    let ids = test_ids();
+    let mut hostile = container("hostile", "debian", &["sh", "-c", "sleep 3600"]);
+    hostile.security = hostile_security();
+    let id = rt
+        .create_and_start(&root.sandbox(&ns, "hostile"), &hostile)
+        .await
+        .expect("start the hostile container");
+    let pid = rt.status(&id).await.unwrap().pid.unwrap();
+
+    let map = format!("0 {} 65536", ids.start);
+    let host_ids = |key: &str| format!("{key} {0} {0} {0} {0}", ids.start);
+    let expected = (map.clone(), map.clone(), host_ids("Uid:"), host_ids("Gid:"));
+    assert_eq!(host_view(pid), expected, "PID 1 as the host sees it");
+    // Inside, it is root with every capability (of its user namespace).
+    let (_, out, _) = exec(
+        rt,
+        &id,
+        &["sh", "-c", "id -u; grep CapEff /proc/self/status"],
+    )
+    .await;
+    assert_eq!(out, "0\nCapEff:\t000001ffffffffff\n");
+    // An exec'd command is in the same user namespace: its uid_map reads the same inside, and
+    // the host sees the same ids.
+    let (_, out, _) = exec(rt, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>().join(" "), map);
+    let marker = unique("kemutesthostile");
+    let sleeper_argv = ["sleep", "3599"];
+    let _sleeper = rt
+        .exec(
+            &id,
+            ExecRequest {
+                command: sleeper_argv.iter().map(|s| s.to_string()).collect(),
+                tty: false,
+                stdin: false,
+            },
+        )
+        .await
+        .unwrap();
+    let sleeper = eventually(|| find_process(&sleeper_argv).map(|p| p.to_string())).await;
+    assert_eq!(
+        host_view(sleeper.parse().unwrap()),
+        expected,
+        "an exec'd process as the host sees it"
+    );
+
+    // Host files the container sees: one for everybody, one for host root only.
+    let dir = root.dir.join("host-files");
+    std::fs::create_dir(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(dir.join("public"), "anyone\n").unwrap();
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let script = include_str!("fixtures/confinement/hostile.sh");
+    let finit_module = libc::SYS_finit_module.to_string();
+    let (_, out, err) = exec(
+        rt,
+        &id,
+        &[
+            "sh",
+            "-c",
+            script,
+            "hostile",
+            &secret.to_string_lossy(),
+            &dir.to_string_lossy(),
+            &marker,
+            &finit_module,
+            module_errno(),
+            &node.name,
+        ],
+    )
+    .await;
+    // What the container created on the host, if anything: removed, and a breach.
+    let mut breaches: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("breach") || l.starts_with("control"))
+        .map(String::from)
+        .collect();
+    for d in ["/", "/etc", "/usr", "/var", &*dir.to_string_lossy()] {
+        let path = std::path::Path::new(d).join(&marker);
+        if path.exists() {
+            let _ = std::fs::remove_file(&path);
+            breaches.push(format!("{} exists on the host", path.display()));
+        }
+    }
+    for netns in [&ns, &node] {
+        let rules = netns.exec(&["iptables-save"]);
+        let tables = netns.exec(&["nft", "list", "tables"]);
+        for (what, out) in [("iptables", rules), ("nftables", tables)] {
+            if String::from_utf8_lossy(&out.stdout).contains(&marker) {
+                breaches.push(format!("the {what} of {} changed", netns.name));
+            }
+        }
+    }
+    assert!(
+        breaches.is_empty() && out.ends_with("done\n"),
+        "{breaches:#?}\n{out}\n{err}"
+    );
+    assert_eq!(host_view(pid).2, host_ids("Uid:"));
+    rt.remove(&id).await.unwrap();
 }

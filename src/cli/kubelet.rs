@@ -10,6 +10,7 @@ use clap::Args;
 use ipnet::Ipv4Net;
 
 use crate::kubelet::{Config, run};
+use crate::runtime::process::userns::IdRange;
 
 /// Registers the Node, heartbeats, runs the pods bound to it.
 #[derive(Debug, Args)]
@@ -28,7 +29,7 @@ pub struct KubeletArgs {
     pub pod_cidr: Ipv4Net,
     /// Lab name (pod namespaces are kemu-<lab>-pod-<id>).
     #[arg(long, env = "KEMU_LAB")]
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// State directory (containers, IP allocations).
     #[arg(long)]
     pub root_dir: PathBuf,
@@ -54,6 +55,10 @@ pub struct KubeletArgs {
     /// program, or the `kemu` beside `kemu-kubelet`).
     #[arg(long, env = crate::lab::agents::KEMU_BINARY)]
     pub kemu_binary: Option<PathBuf>,
+    /// The host uids and gids that pods' user namespaces map their ids 0.. onto, START:SIZE
+    /// (`kemu up` allocates one range per lab). Root in a pod is host uid START.
+    #[arg(long)]
+    pub pod_id_range: IdRange,
 }
 
 pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
@@ -80,6 +85,7 @@ pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
         restart_backoff: args.restart_backoff,
         max_pods: args.max_pods,
         kemu_binary,
+        pod_ids: args.pod_id_range,
     };
     crate::client::agent_runtime()?.block_on(run(cfg))?;
     Ok(ExitCode::SUCCESS)

@@ -63,7 +63,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let topo = load(&args)?;
     let dir = LabDir::new(&topo.name)?;
     if args.dry_run {
-        let agents = crate::lab::agents::agent_specs(&topo, &dir);
+        let agents = crate::lab::agents::agent_specs(&topo, &dir, None);
         let overlay_by = if args.network_only || agents.is_empty() {
             OverlayBy::Launcher
         } else {

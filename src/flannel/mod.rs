@@ -149,9 +149,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     // 5. Peers.
-    let mut known: BTreeMap<String, Node> = BTreeMap::new();
+    let mut view = NodeView::default();
     let mut programmed: Vec<Lease> = Vec::new();
-    let mut initialised = false;
     let mut events = watcher(nodes.clone(), watcher::Config::default()).boxed();
     let mut resync = tokio::time::interval(RESYNC);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -159,7 +158,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = resync.tick() => {
-                if initialised {
+                if view.initialised {
                     ensure_device(&nl, backend, &local, cfg.mtu).await?;
                     for lease in &programmed {
                         apply_peer(&nl, backend, lease).await;
@@ -168,28 +167,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             event = events.next() => {
                 let Some(event) = event else { anyhow::bail!("node watch ended") };
-                match event {
-                    Ok(watcher::Event::Init) => known.clear(),
-                    Ok(watcher::Event::InitApply(n)) | Ok(watcher::Event::Apply(n)) => {
-                        if let Some(name) = n.metadata.name.clone() {
-                            known.insert(name, n);
-                        }
-                    }
-                    Ok(watcher::Event::Delete(n)) => {
-                        if let Some(name) = &n.metadata.name {
-                            known.remove(name);
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => initialised = true,
+                let event = match event {
+                    Ok(event) => event,
                     Err(e) => {
                         tracing::warn!("node watch: {e}");
                         continue;
                     }
-                }
-                if !initialised {
+                };
+                let Some(all) = view.apply(event) else {
                     continue;
-                }
-                let all: Vec<Node> = known.values().cloned().collect();
+                };
                 let wanted = lease::peers(&all, &cfg.node_name, backend.name());
                 let change = lease::diff(&programmed, &wanted);
                 for gone in &change.removed {
@@ -207,6 +194,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 programmed = wanted;
             }
         }
+    }
+}
+
+/// The Nodes as the watch shows them. A relist (after any watch error, e.g. an API server
+/// restart) is collected aside and swapped in whole at its end: diffing against a half-listed
+/// set would remove every peer not listed yet and add it back a moment later, a black hole on
+/// every relist.
+#[derive(Debug, Default)]
+struct NodeView {
+    known: BTreeMap<String, Node>,
+    relisting: Option<BTreeMap<String, Node>>,
+    initialised: bool,
+}
+
+impl NodeView {
+    /// Take one watch event; the whole set of Nodes when the peers must be recomputed.
+    fn apply(&mut self, event: watcher::Event<Node>) -> Option<Vec<Node>> {
+        let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
+        match event {
+            watcher::Event::Init => {
+                self.relisting = Some(BTreeMap::new());
+                return None;
+            }
+            watcher::Event::InitApply(n) => {
+                if let Some(fresh) = self.relisting.as_mut() {
+                    fresh.insert(name(&n), n);
+                }
+                return None;
+            }
+            watcher::Event::InitDone => {
+                self.known = self.relisting.take().unwrap_or_default();
+                self.initialised = true;
+            }
+            watcher::Event::Apply(n) => {
+                self.known.insert(name(&n), n);
+            }
+            watcher::Event::Delete(n) => {
+                self.known.remove(&name(&n));
+            }
+        }
+        self.initialised
+            .then(|| self.known.values().cloned().collect())
     }
 }
 
@@ -269,4 +298,67 @@ fn install_masq(network: Ipv4Net, subnet: Ipv4Net) -> anyhow::Result<()> {
         crate::firewall::ensure_rule(None, table, chain, &rule, crate::firewall::Position::Append)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.to_string());
+        n
+    }
+
+    fn names(nodes: Option<Vec<Node>>) -> Option<Vec<String>> {
+        nodes.map(|ns| ns.iter().filter_map(|n| n.metadata.name.clone()).collect())
+    }
+
+    #[test]
+    fn a_relist_never_shows_a_half_listed_set() {
+        let mut view = NodeView::default();
+        assert_eq!(names(view.apply(watcher::Event::Init)), None);
+        assert_eq!(
+            names(view.apply(watcher::Event::InitApply(node("a")))),
+            None
+        );
+        assert_eq!(
+            names(view.apply(watcher::Event::InitApply(node("b")))),
+            None
+        );
+        assert_eq!(
+            names(view.apply(watcher::Event::InitDone)),
+            Some(vec!["a".into(), "b".into()])
+        );
+        // The API server restarts: the watch lists again. Until the list is complete, no peer
+        // set is offered (before, "b" vanished for the time between the two InitApply).
+        assert_eq!(names(view.apply(watcher::Event::Init)), None);
+        assert_eq!(
+            names(view.apply(watcher::Event::InitApply(node("a")))),
+            None
+        );
+        assert_eq!(
+            names(view.apply(watcher::Event::InitApply(node("b")))),
+            None
+        );
+        assert_eq!(
+            names(view.apply(watcher::Event::InitDone)),
+            Some(vec!["a".into(), "b".into()])
+        );
+        // A node that went away during the outage is gone after the relist.
+        view.apply(watcher::Event::Init);
+        view.apply(watcher::Event::InitApply(node("a")));
+        assert_eq!(
+            names(view.apply(watcher::Event::InitDone)),
+            Some(vec!["a".into()])
+        );
+        assert_eq!(
+            names(view.apply(watcher::Event::Apply(node("c")))),
+            Some(vec!["a".into(), "c".into()])
+        );
+        assert_eq!(
+            names(view.apply(watcher::Event::Delete(node("a")))),
+            Some(vec!["c".into()])
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `kemu kubelet`: the node agent of a minion. It registers the Node and heartbeats (`node`),
-//! watches the pods bound to it and gives each a worker (`worker`) that makes its network
+//! watches the pods bound to it and gives each a worker (`worker`) that refuses the pods kemu
+//! will not run (`admission`: host PID or IPC namespace, host paths), makes its network
 //! sandbox (`sandbox`, addresses from `ipam`), runs its containers through the runtime,
 //! probes them (`probes`) and reports status (`status`); it serves logs and exec (`server`).
 //!
@@ -7,6 +8,7 @@
 //! containers and sandboxes it finds on disk for pods still bound to it, and removes the ones
 //! of pods that are gone, so no namespace, address or process leaks.
 
+pub mod admission;
 pub mod env;
 pub mod ipam;
 pub mod node;
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 use crate::lab::state::LabDir;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::process::ProcessRuntime;
+use crate::runtime::process::userns::IdRange;
 use worker::{Ctx, Worker};
 
 /// Everything the kubelet is told on its command line.
@@ -42,7 +45,7 @@ pub struct Config {
     pub node_name: String,
     pub node_ip: Ipv4Addr,
     pub pod_cidr: Ipv4Net,
-    pub lab: String,
+    pub lab: crate::topology::LabName,
     /// State: containers, IP allocations.
     pub root_dir: PathBuf,
     pub pod_mtu: u32,
@@ -53,6 +56,8 @@ pub struct Config {
     pub max_pods: u32,
     /// The kemu binary: container shims and built-in images run from it.
     pub kemu_binary: PathBuf,
+    /// The host uids and gids pods' user namespaces map onto (the lab's range).
+    pub pod_ids: IdRange,
 }
 
 /// Run until SIGTERM (pods keep running).
@@ -61,7 +66,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(ProcessRuntime::new(
         cfg.root_dir.join("runtime"),
         cfg.kemu_binary.clone(),
-    ));
+        cfg.pod_ids,
+    )?);
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =
@@ -99,9 +105,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip.to_string(),
-        lab_dir: LabDir::new(&crate::topology::LabName::parse(&cfg.lab)?)?,
+        lab_dir: LabDir::new(&cfg.lab)?,
         net: sandbox::PodNetConfig {
-            lab: cfg.lab.clone(),
+            lab: cfg.lab.to_string(),
             subnet: cfg.pod_cidr,
             mtu: cfg.pod_mtu,
         },
@@ -109,7 +115,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         host,
         events: crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name)),
         registry: Arc::new(Mutex::new(BTreeMap::new())),
-        pods_dir: cfg.root_dir.join("pods"),
+        pods_dir: crate::fsguard::OwnedDir::new(cfg.root_dir.join("pods"))?,
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),
     });

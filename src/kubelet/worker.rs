@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 
+use super::admission;
 use super::ipam::Ipam;
 use super::probes::{self, Outcome, ProbeState};
 use super::sandbox::{self, PodNetConfig, PodNetwork};
@@ -32,6 +33,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often a pod's containers are checked when nothing else wakes the worker.
 const POLL: Duration = Duration::from_millis(500);
+/// A refused pod has nothing to check: its next change (deletion) wakes the worker.
+const REJECTED_POLL: Duration = Duration::from_secs(3600);
 
 /// Which container instances a pod has, for `logs` and `exec`.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +52,7 @@ pub struct Ctx {
     pub client: kube::Client,
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Where pods' files go (`<kubelet root>/pods/<uid>`).
-    pub pods_dir: std::path::PathBuf,
+    pub pods_dir: crate::fsguard::OwnedDir,
     pub node_name: String,
     pub node_ip: String,
     pub lab_dir: LabDir,
@@ -161,6 +164,8 @@ pub struct Worker {
     slots: Vec<Slot>,
     start_time: Option<Timestamp>,
     reported: Option<PodStatus>,
+    /// Refused by admission, and reported so.
+    rejected: bool,
 }
 
 fn restart_policy(pod: &Pod) -> String {
@@ -215,6 +220,7 @@ impl Worker {
             slots,
             start_time,
             reported,
+            rejected: false,
         }
     }
 
@@ -273,6 +279,13 @@ impl Worker {
     /// One pass over the pod; returns when to look again.
     async fn sync(&mut self, pod: &Pod) -> Instant {
         let now = Instant::now();
+        if let Some(refusal) = admission::refusal(pod) {
+            // Nothing of the pod is made; only its deletion wakes the worker again.
+            if !self.rejected {
+                self.rejected = self.reject(pod, &refusal).await;
+            }
+            return now + if self.rejected { REJECTED_POLL } else { POLL };
+        }
         let mut wake = now + POLL;
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
@@ -321,6 +334,52 @@ impl Worker {
         }
         self.report(pod).await;
         wake.max(Instant::now() + Duration::from_millis(20))
+    }
+
+    /// Report a refused pod as the kubelet's `rejectPod` does: a Warning event and the phase
+    /// Failed with the reason. True once the status is written (or was already, by an earlier
+    /// kubelet).
+    async fn reject(&mut self, pod: &Pod, refusal: &admission::Refusal) -> bool {
+        let status = pod.status.as_ref();
+        if status.and_then(|s| s.phase.as_deref()) == Some("Failed")
+            && status.and_then(|s| s.reason.as_deref()) == Some(refusal.reason)
+        {
+            return true;
+        }
+        self.ctx
+            .events
+            .pod(
+                pod,
+                None,
+                "Warning",
+                refusal.reason,
+                refusal.message.clone(),
+            )
+            .await;
+        let pods: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let patch = serde_json::json!({"status": {
+            "phase": "Failed",
+            "reason": refusal.reason,
+            "message": refusal.status_message(),
+            "qosClass": "BestEffort",
+        }});
+        match pods
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(pod = %label(pod), "report the rejection: {e}");
+                false
+            }
+        }
     }
 
     async fn ensure_sandbox(&self, pod: &Pod) -> anyhow::Result<PodNetwork> {
@@ -637,7 +696,7 @@ impl Worker {
             namespace: ns.clone(),
             netns_path: crate::netns::path_of(&net.namespace),
             hostname: hostname.clone(),
-            pod_dir: self.ctx.pods_dir.join(&self.uid),
+            pod_dir: self.ctx.pods_dir.root().join(&self.uid),
             etc_hosts: format!(
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n",
                 net.ip
@@ -814,7 +873,9 @@ impl Worker {
         }
         let previous = self.reported.clone().or_else(|| pod.status.clone());
         let status = pod_status(pod, &view, previous.as_ref(), Timestamp::now());
-        if Some(&status) == self.reported.as_ref() {
+        // Unchanged since the last report, unless the API's copy has drifted from it (the node
+        // lifecycle controller marks pods not ready while the node looked unreachable).
+        if Some(&status) == self.reported.as_ref() && !drifted(pod.status.as_ref(), &status) {
             return;
         }
         let pods: Api<Pod> = Api::namespaced(
@@ -932,7 +993,23 @@ async fn remove_pod(ctx: &Ctx, uid: &str) {
     if let Err(e) = sandbox::destroy(&ctx.host, &ctx.net, &ctx.ipam, uid).await {
         tracing::warn!(%uid, "remove the pod sandbox: {e:#}");
     }
-    let _ = std::fs::remove_dir_all(ctx.pods_dir.join(uid));
+    let _ = ctx.pods_dir.remove_dir_all(&ctx.pods_dir.root().join(uid));
+}
+
+/// Whether the API's status of a pod says something else than `reported` about what others
+/// act on: its phase and its Ready condition.
+fn drifted(api: Option<&PodStatus>, reported: &PodStatus) -> bool {
+    let ready = |s: &PodStatus| {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status.clone())
+    };
+    match api {
+        None => true,
+        Some(api) => api.phase != reported.phase || ready(api) != ready(reported),
+    }
 }
 
 #[cfg(test)]
@@ -943,5 +1020,25 @@ mod tests {
         assert_eq!(super::go_duration(Duration::from_secs(10)), "10s");
         assert_eq!(super::go_duration(Duration::from_secs(80)), "1m20s");
         assert_eq!(super::go_duration(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn a_status_the_api_changed_behind_the_kubelet_is_sent_again() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let status = |phase: &str, ready: &str| PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let reported = status("Running", "True");
+        assert!(!super::drifted(Some(&status("Running", "True")), &reported));
+        // The node lifecycle controller marked it not ready while the node looked gone.
+        assert!(super::drifted(Some(&status("Running", "False")), &reported));
+        assert!(super::drifted(Some(&status("Pending", "True")), &reported));
+        assert!(super::drifted(None, &reported));
     }
 }

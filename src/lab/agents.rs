@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::process::userns::IdRange;
 use crate::topology::Topology;
 
 use super::state::LabDir;
@@ -77,7 +78,9 @@ impl AgentSpec {
 /// Every process of a lab, in start order: the control plane on the master (the API server
 /// first; the others retry until it answers), the node agents on every minion, then the user's
 /// daemons. Agents reach the API server over the underlay at `http://<master-ip>:8080`.
-pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
+/// Kubelets get the lab's `pod_ids` (`--pod-id-range`), which they need to run pods; `None`
+/// where the range does not matter (plans, `--dry-run`).
+pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> Vec<AgentSpec> {
     let mut specs = Vec::new();
     let master = topo.master();
     let api = format!("http://{}:{}", master.ip, super::forward::API_PORT);
@@ -143,6 +146,9 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir) -> Vec<AgentSpec> {
         ];
         if host.is_master() {
             kubelet.push("--node-labels=node-role.kubernetes.io/control-plane=".to_string());
+        }
+        if let Some(ids) = pod_ids {
+            kubelet.push(format!("--pod-id-range={ids}"));
         }
         specs.push(kemu(host, "kubelet", kubelet));
         specs.push(kemu(

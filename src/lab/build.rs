@@ -40,7 +40,11 @@ pub struct BuildReport {
 
 /// Build the lab described by `plan`. Namespaces are journaled before they are created; on
 /// error the caller tears down from the journal.
-pub fn build(plan: &Plan, journal: &mut Journal) -> anyhow::Result<BuildReport> {
+pub fn build(
+    plan: &Plan,
+    journal: &mut Journal,
+    files: &crate::fsguard::OwnedDir,
+) -> anyhow::Result<BuildReport> {
     let mut report = BuildReport {
         namespaces: plan.namespaces.len(),
         operations: plan.operation_count(),
@@ -96,10 +100,13 @@ pub fn build(plan: &Plan, journal: &mut Journal) -> anyhow::Result<BuildReport> 
     for step in &plan.steps {
         if let Step::File { path, contents } = step {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
+                files
+                    .create_dir_all(dir)
                     .with_context(|| format!("create {}", dir.display()))?;
             }
-            std::fs::write(path, contents).with_context(|| format!("write {}", path.display()))?;
+            files
+                .write(path, contents.as_bytes())
+                .with_context(|| format!("write {}", path.display()))?;
         }
     }
     report.phase_times.push(("files", started.elapsed()));

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod exec;
 pub mod forward;
 pub mod health;
+pub mod idrange;
 pub mod kubeconfig;
 pub mod pki;
 pub mod repair;

@@ -172,6 +172,10 @@ pub struct LabRecord {
     pub last_repair: Option<Repair>,
     #[serde(default)]
     pub repairs: u32,
+    /// The host uids and gids the lab's pods' user namespaces map onto (`super::idrange`);
+    /// none in a record written before pods had user namespaces.
+    #[serde(default)]
+    pub pod_id_range: Option<crate::runtime::process::userns::IdRange>,
 }
 
 /// What `kemu repair` found and did.

@@ -234,7 +234,7 @@ async fn supervise(dir: LabDir, record: LabRecord) -> anyhow::Result<()> {
         dead.unregister(&dir);
     }
     let mut agents = Vec::new();
-    for spec in agent_specs(&record.topology, &dir) {
+    for spec in agent_specs(&record.topology, &dir, record.pod_id_range) {
         let ns = NetNs::open(&spec.namespace)?;
         let log = dir
             .logs()
@@ -547,8 +547,9 @@ mod tests {
                 previous_context: None,
                 last_repair: None,
                 repairs: 0,
+                pod_id_range: None,
             };
-            for spec in agent_specs(&topo, &dir) {
+            for spec in agent_specs(&topo, &dir, None) {
                 let max = max_backoff(&spec, &record);
                 if ["apiserver", "controller-manager", "scheduler"].contains(&spec.name.as_str()) {
                     assert_eq!(max, want, "{} with grace {grace:?}", spec.name);

@@ -64,7 +64,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         ),
         Err(e) => return Err(e).with_context(|| format!("create {}", dir.root.display())),
     }
-    let with_agents = !opts.network_only && !agent_specs(topo, &dir).is_empty();
+    let with_agents = !opts.network_only && !agent_specs(topo, &dir, None).is_empty();
     let overlay_by = if with_agents {
         OverlayBy::Agents
     } else {
@@ -98,10 +98,15 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         previous_context: None,
         last_repair: None,
         repairs: 0,
+        pod_id_range: None,
     };
     let mut record = record;
     let result = (|| {
+        // The range is chosen under a lock that is released once lab.json records it.
+        let (pod_ids, lock) = super::idrange::allocate(&dir.owner)?;
+        record.pod_id_range = Some(pod_ids);
         record.save(&dir).context("write lab.json")?;
+        drop(lock);
         let pki = if with_agents {
             let pki = super::pki::generate(&topo.name)?;
             pki.save(&dir)?;
@@ -110,7 +115,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             None
         };
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
-        let build = build(&plan, &mut journal)?;
+        let build = build(&plan, &mut journal, &dir.owner)?;
         if with_agents {
             for host in topo.minions() {
                 crate::proxy::agent::control::write_mode(
@@ -146,7 +151,10 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                 let api = super::health::LabApi::of(topo)?;
                 super::health::wait_api(&api, API_TIMEOUT)
                     .with_context(|| format!("see {}", apiserver_log.display()))?;
-                if agent_specs(topo, &dir).iter().any(|a| a.name == "kubelet") {
+                if agent_specs(topo, &dir, None)
+                    .iter()
+                    .any(|a| a.name == "kubelet")
+                {
                     let expected: Vec<String> = topo.minions().map(|h| h.name.clone()).collect();
                     nodes = super::health::wait_nodes(&api, &expected, NODES_TIMEOUT)?;
                 }

@@ -318,12 +318,40 @@ impl Lab {
         self.kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")])
     }
 
+    /// Where the lab's API server answers its own hosts: the master's namespace and
+    /// `http://<master>:8080` (the machine's endpoint is HTTPS with a client certificate).
+    pub fn api_endpoint(&self) -> ApiEndpoint {
+        let name = kemu::topology::LabName::parse(&self.name).unwrap();
+        let (_, record) = kemu::lab::state::LabRecord::open(&name).unwrap();
+        let master = record.topology.master();
+        ApiEndpoint {
+            netns: record.topology.host_namespace(master),
+            url: format!("http://{}:8080", master.ip),
+        }
+    }
+
     /// The network namespace of a pod.
     pub fn pod_ns(&self, pod: &str) -> String {
         kemu::kubelet::sandbox::pod_namespace(
             &self.name,
             &self.jsonpath(&format!("pod/{pod}"), "{.metadata.uid}"),
         )
+    }
+}
+
+/// A lab's API server as its hosts reach it; see [`Lab::api_endpoint`].
+#[derive(Debug, Clone)]
+pub struct ApiEndpoint {
+    pub netns: String,
+    pub url: String,
+}
+
+impl ApiEndpoint {
+    /// A kube-rs client over the master's namespace. Call it inside the tokio runtime that
+    /// will use it.
+    pub fn client(&self) -> kube::Client {
+        let ns = std::sync::Arc::new(NetNs::open(&self.netns).unwrap());
+        kemu::client::connect_in(&self.url, ns).unwrap()
     }
 }
 

@@ -18,18 +18,22 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Loaded, Mutation, Store, object_key};
+use crate::fsguard::OwnedDir;
 
 const MIN_COMPACTION_BYTES: u64 = 8 << 20;
 
 /// File-backed store in one directory.
 #[derive(Debug)]
 pub struct LogStore {
+    /// Every file of the store is written and renamed through it.
+    owned: OwnedDir,
     dir: PathBuf,
     log: File,
     log_bytes: u64,
@@ -74,17 +78,24 @@ fn key_of(json: &str) -> io::Result<String> {
 impl LogStore {
     /// Open (creating) the store in `dir`.
     pub fn open(dir: &Path, fsync: bool) -> io::Result<LogStore> {
-        fs::create_dir_all(dir)?;
+        let owned = OwnedDir::new(dir)?;
+        owned.create_dir_all(dir)?;
+        // Every object of the cluster is in here (Secrets too): root's alone.
+        fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let log_path = dir.join("log.jsonl");
+        owned.prove(&log_path)?;
         let log = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
-            .open(dir.join("log.jsonl"))?;
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(log_path)?;
         let log_bytes = log.metadata()?.len();
         let snapshot_bytes = fs::metadata(dir.join("snapshot.json"))
             .map(|m| m.len())
             .unwrap_or(0);
         Ok(LogStore {
+            owned,
             dir: dir.to_path_buf(),
             log,
             log_bytes,
@@ -202,7 +213,15 @@ impl Store for LogStore {
         objects: &mut dyn Iterator<Item = (&str, &[u8])>,
     ) -> io::Result<()> {
         let tmp = self.dir.join("snapshot.json.tmp");
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        self.owned.prove(&tmp)?;
+        let mut out = io::BufWriter::new(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?,
+        );
         writeln!(out, "{{\"rv\":{rv}}}")?;
         for (resource, json) in objects {
             write!(out, "{{\"r\":{},\"o\":", serde_json::to_string(resource)?)?;
@@ -212,7 +231,7 @@ impl Store for LogStore {
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         self.snapshot_bytes = file.metadata()?.len();
-        fs::rename(&tmp, self.dir.join("snapshot.json"))?;
+        self.owned.rename(&tmp, &self.dir.join("snapshot.json"))?;
         File::open(&self.dir)?.sync_all()?;
         self.log.set_len(0)?;
         self.log.sync_all()?;

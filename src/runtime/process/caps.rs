@@ -1,10 +1,11 @@
 //! Linux capabilities of container processes.
 //!
-//! A container gets Docker's default set (no `CAP_SYS_ADMIN`, so it cannot remount the
-//! read-only root; no `CAP_NET_ADMIN`, so it cannot change the pod's network), adjusted by
-//! `capabilities.add/drop`; a privileged container gets all of them. The set becomes the
-//! bounding set, and for root also the permitted and effective sets; a non-root user keeps
-//! none (as with Docker, adding capabilities does not make them effective for non-root).
+//! A container gets Docker's default set, adjusted by `capabilities.add/drop`; a privileged
+//! container gets all of them. The set becomes the bounding set, and for root also the
+//! permitted and effective sets; a non-root user keeps none (as with Docker, adding
+//! capabilities does not make them effective for non-root). They are capabilities in the
+//! container's user namespace (`userns`): even all of them give no power over the host, the
+//! pod's network or its PID namespace.
 
 use std::collections::BTreeSet;
 use std::io;

@@ -2,9 +2,11 @@
 //!
 //! Joining a PID namespace only affects children, so the runtime starts a helper,
 //! `kemu container-exec --dir <container dir> [--tty] -- cmd...`, which joins the container's
-//! IPC, UTS, network, PID and mount namespaces (from `/proc/<pid>/ns/*`), forks the command
-//! with the container's user, capabilities, env and working directory, passes signals on and
-//! exits with the command's status. The caller wires the helper's stdio (pipes, or a
+//! IPC, UTS, network, PID and mount namespaces (from `/proc/<pid>/ns/*`), forks the command,
+//! which joins the container's user namespace last (see `userns::join`) and takes the
+//! container's user, capabilities, env and working directory; the helper passes signals on
+//! and exits with the command's status. The helper itself stays in the host's user namespace
+//! (and out of the container's PID namespace), where the pod cannot reach it. The caller wires the helper's stdio (pipes, or a
 //! terminal it allocated, whose master it keeps for output and resizing).
 
 use std::fs::File;
@@ -27,9 +29,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::init::{self, Executable};
 use super::layout::{self, ContainerRecord};
 use super::spec::{Program, ShimSpec};
+use super::userns;
 use crate::runtime::{ExecRequest, ExecSession, RuntimeError, TerminalSize};
 
-/// The namespaces an exec joins, mount last (its paths change everything after it).
+/// The namespaces the helper joins, mount last (its paths change everything after it). The
+/// command joins the user namespace after them: once in it, it could join no other.
 const NAMESPACES: [(&str, CloneFlags); 5] = [
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
@@ -52,6 +56,7 @@ pub fn helper_main(dir: &Path, tty: bool, command: Vec<String>) -> anyhow::Resul
         let path = format!("/proc/{}/ns/{name}", container.pid);
         namespaces.push((File::open(&path)?, flag));
     }
+    let user = File::open(format!("/proc/{}/ns/user", container.pid))?;
     // The files are open: if the PID was the container's, they are its namespaces.
     if !container.process().alive() {
         anyhow::bail!("container {} is not running", spec.id);
@@ -85,7 +90,10 @@ pub fn helper_main(dir: &Path, tty: bool, command: Vec<String>) -> anyhow::Resul
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }? {
         ForkResult::Child => {
-            let message = init::exec_process(&process, Executable::Host(program), tty);
+            let message = match userns::join(&user) {
+                Ok(()) => init::exec_process(&process, Executable::Host(program), tty),
+                Err(e) => e,
+            };
             eprintln!("exec failed: unable to start container process: {message}");
             let code = if message.contains("not found") {
                 127
@@ -95,24 +103,27 @@ pub fn helper_main(dir: &Path, tty: bool, command: Vec<String>) -> anyhow::Resul
             // SAFETY: leave the forked child without running destructors.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => loop {
-            let Some(info) = signals.read_signal()? else {
-                continue;
-            };
-            let signal = info.ssi_signo as i32;
-            if signal != libc::SIGCHLD {
-                // SAFETY: kill with plain integers, to our own child.
-                unsafe { libc::kill(child.as_raw(), signal) };
-                continue;
-            }
-            match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
-                WaitStatus::Exited(_, code) => return Ok(ExitCode::from(code as u8)),
-                WaitStatus::Signaled(_, signal, _) => {
-                    return Ok(ExitCode::from(128 + signal as u8));
+        ForkResult::Parent { child } => {
+            drop(user);
+            loop {
+                let Some(info) = signals.read_signal()? else {
+                    continue;
+                };
+                let signal = info.ssi_signo as i32;
+                if signal != libc::SIGCHLD {
+                    // SAFETY: kill with plain integers, to our own child.
+                    unsafe { libc::kill(child.as_raw(), signal) };
+                    continue;
                 }
-                _ => {}
+                match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG))? {
+                    WaitStatus::Exited(_, code) => return Ok(ExitCode::from(code as u8)),
+                    WaitStatus::Signaled(_, signal, _) => {
+                        return Ok(ExitCode::from(128 + signal as u8));
+                    }
+                    _ => {}
+                }
             }
-        },
+        }
     }
 }
 

@@ -1,11 +1,13 @@
 //! The code that turns a forked process into a container process: the container's PID 1
-//! (filesystem, hostname, user, then exec) and the commands `exec` starts in it (user, then
-//! exec). It runs between fork and exec of a single-threaded process, so it may allocate.
+//! (filesystem and hostname as host root, then the pod's user namespace, the user, and exec)
+//! and the commands `exec` starts in it (user namespace, user, then exec). It runs between
+//! fork and exec of a single-threaded process, so it may allocate.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
@@ -16,6 +18,7 @@ use nix::unistd::{Gid, Uid, chdir, setgid, setgroups, sethostname, setuid};
 
 use super::caps;
 use super::spec::{DEFAULT_PATH, MountStep, ProcessSpec, Program, ShimSpec, find_in_path};
+use super::userns;
 
 /// An error with what was being done.
 pub type InitError = String;
@@ -54,9 +57,10 @@ impl Executable {
 }
 
 /// Become the container's PID 1: own mount, UTS and IPC namespaces, the mount plan, the
-/// hostname, then the user and the program. Returns only on failure.
-pub fn container_init(spec: &ShimSpec, exe: Executable) -> InitError {
-    match setup_container(spec) {
+/// hostname (all as host root), then the pod's user namespace (`userns::enter`, through the
+/// shim at the other end of `handshake`), the user and the program. Returns only on failure.
+pub fn container_init(spec: &ShimSpec, exe: Executable, handshake: UnixStream) -> InitError {
+    match setup_container(spec).and_then(|()| userns::enter(handshake)) {
         Ok(()) => exec_process(&spec.process, exe, false),
         Err(e) => e,
     }
@@ -121,6 +125,7 @@ fn apply_mount(step: &MountStep, sources: &[(PathBuf, File)]) -> Result<(), Init
             mode,
             size,
             noexec,
+            owner,
         } => {
             if !Path::new(target).is_dir() {
                 return Ok(());
@@ -129,7 +134,7 @@ fn apply_mount(step: &MountStep, sources: &[(PathBuf, File)]) -> Result<(), Init
             if *noexec {
                 flags |= MsFlags::MS_NOEXEC;
             }
-            let data = format!("mode={mode},size={size}");
+            let data = format!("mode={mode},size={size},uid={owner},gid={owner}");
             mnt(Some("tmpfs"), target, Some("tmpfs"), flags, Some(&data))
         }
         MountStep::Dev => minimal_dev(),
@@ -361,6 +366,8 @@ fn prepare_identity(process: &ProcessSpec, tty: bool) -> Result<(), InitError> {
             ));
         }
     }
+    // The process is root of the pod's user namespace by now: these capabilities and ids are
+    // the namespace's, nothing on the host.
     let names: Vec<&str> = process.capabilities.iter().map(String::as_str).collect();
     ctx(caps::limit_bounding_set(&names), || {
         "limit capabilities".into()

@@ -17,7 +17,9 @@
 //! recycled PID is never mistaken for the container.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::fsguard::OwnedDir;
 
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -147,11 +149,9 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     }
 }
 
-/// Write a JSON state file atomically (write a temporary file, then rename).
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&tmp, path)
+/// Write a JSON state file atomically (a temporary file, then rename), proven to lie in `owner`.
+pub fn write_json<T: Serialize>(owner: &OwnedDir, path: &Path, value: &T) -> io::Result<()> {
+    owner.write_atomic(path, &serde_json::to_vec_pretty(value)?)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The `process` runtime: a container is a process tree in the pod's network namespace with
 //! its own mount, UTS, IPC and PID namespaces, the host's filesystem read-only, private
 //! `/tmp`, `/var/tmp`, `/run` and `/dev/shm`, the pod's `/etc/hosts` and `/etc/resolv.conf`,
-//! a minimal `/dev`, user 65534 unless the securityContext says otherwise, Docker's default
-//! capabilities and `no_new_privs`.
+//! a minimal `/dev`, and a user namespace of its own that maps its ids onto an unprivileged
+//! host range (`userns`): user 65534 unless the securityContext says otherwise, Docker's
+//! default capabilities and `no_new_privs`, all of it inside that user namespace only.
 //!
 //! Each container is owned by a `kemu container-shim` process in its own session (`shim`),
 //! which outlives the kubelet; everything about a container is in its directory (`layout`),
@@ -17,6 +18,7 @@ mod init;
 pub mod layout;
 pub mod shim;
 pub mod spec;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,10 +30,12 @@ use tokio::io::AsyncBufReadExt;
 
 use self::layout::{ContainerRecord, ExitRecord, ProcessRecord};
 use self::spec::ShimSpec;
+use self::userns::IdRange;
 use super::{
     ContainerConfig, ContainerId, ContainerRuntime, ContainerState, ContainerStatus, ExecRequest,
     ExecSession, LogOptions, LogStream, RuntimeError, SandboxInfo, logs,
 };
+use crate::fsguard::OwnedDir;
 
 /// How long `stop` waits for the shim to record the exit after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -39,23 +43,31 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// The process runtime, keeping its containers under `<root>/containers/`.
 #[derive(Debug, Clone)]
 pub struct ProcessRuntime {
-    root: PathBuf,
+    /// `root`: every file the runtime writes or removes is proven to lie inside it.
+    owned: OwnedDir,
     kemu_exe: PathBuf,
+    ids: IdRange,
 }
 
 impl ProcessRuntime {
     /// A runtime whose state lives under `root` (e.g. `<kubelet state>/runtime`), starting
     /// shims and built-in images from `kemu_exe` (the kubelet's own binary, resolved once at
-    /// start: `std::env::current_exe()`).
-    pub fn new(root: impl Into<PathBuf>, kemu_exe: impl Into<PathBuf>) -> ProcessRuntime {
-        ProcessRuntime {
-            root: root.into(),
+    /// start: `std::env::current_exe()`). Containers' user namespaces map their ids onto the
+    /// host ids `ids` (the lab's range). `root` must be an absolute path other than `/`.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        kemu_exe: impl Into<PathBuf>,
+        ids: IdRange,
+    ) -> Result<ProcessRuntime, crate::fsguard::Escape> {
+        Ok(ProcessRuntime {
+            owned: OwnedDir::new(root)?,
             kemu_exe: kemu_exe.into(),
-        }
+            ids,
+        })
     }
 
     fn containers_dir(&self) -> PathBuf {
-        self.root.join("containers")
+        self.owned.root().join("containers")
     }
 
     /// The directory of a container.
@@ -189,23 +201,25 @@ impl ProcessRuntime {
             sandbox,
             container,
             &self.kemu_exe,
+            self.ids,
             &|uid| spec::passwd_gid(&passwd, uid),
         )?;
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(self.containers_dir())?;
-            std::fs::create_dir(&dir)?;
-            std::fs::write(dir.join(spec::HOSTS_FILE), &sandbox.etc_hosts)?;
-            std::fs::write(dir.join(spec::RESOLV_FILE), &sandbox.resolv_conf)?;
-            std::fs::write(
-                dir.join(spec::HOSTNAME_FILE),
-                format!("{}\n", sandbox.hostname),
+            let owned = &self.owned;
+            owned.create_dir_all(&self.containers_dir())?;
+            owned.create_dir(&dir)?;
+            owned.write(&dir.join(spec::HOSTS_FILE), sandbox.etc_hosts.as_bytes())?;
+            owned.write(&dir.join(spec::RESOLV_FILE), sandbox.resolv_conf.as_bytes())?;
+            owned.write(
+                &dir.join(spec::HOSTNAME_FILE),
+                format!("{}\n", sandbox.hostname).as_bytes(),
             )?;
-            layout::write_json(&dir.join(layout::SPEC), &spec)
+            layout::write_json(owned, &dir.join(layout::SPEC), &spec)
         };
         write().map_err(|e| io_error("create", &id, e))?;
 
         if let Err(message) = self.run_shim(&dir).await {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.owned.remove_dir_all(&dir);
             return Err(RuntimeError::StartFailed {
                 pod: format!("{}/{}", sandbox.namespace, sandbox.pod_name),
                 container: container.name.clone(),
@@ -217,7 +231,7 @@ impl ProcessRuntime {
             if let Ok(status) = self.status_of(old)
                 && matches!(status.state, ContainerState::Exited { .. })
             {
-                let _ = std::fs::remove_dir_all(self.container_dir(old));
+                let _ = self.owned.remove_dir_all(&self.container_dir(old));
             }
         }
         Ok(id)
@@ -363,7 +377,7 @@ impl ContainerRuntime for ProcessRuntime {
                 Ok(()) | Err(RuntimeError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
-            match std::fs::remove_dir_all(&dir) {
+            match self.owned.remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(io_error("remove", id, e))
                 }

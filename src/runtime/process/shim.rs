@@ -4,7 +4,8 @@
 //! container's command has been executed, or the reason it could not be. The shim then
 //! - has joined the pod's network namespace and made a new PID namespace for its child, so the
 //!   container's main process is PID 1 there (the child makes its own mount, UTS and IPC
-//!   namespaces, see `init`);
+//!   namespaces, see `init`), and written the id maps of the child's user namespace (see
+//!   `userns`);
 //! - forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT to the container;
 //! - writes the container's stdout and stderr to `container.log` in the CRI format;
 //! - when the container ends (and with it, the kernel kills every process of its PID
@@ -30,6 +31,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2};
 use super::init::{self, Executable};
 use super::layout::{self, ContainerRecord, ExitRecord, ProcessRecord};
 use super::spec::ShimSpec;
+use super::userns::{self, Handshake};
 use crate::runtime::logs;
 
 /// Signals passed on to the container.
@@ -55,16 +57,19 @@ pub fn main(spec_path: &Path) -> anyhow::Result<ExitCode> {
     let _ = writeln!(ready, "ok");
     let _ = ready.flush();
     // From here on the shim's own output goes to shim.log, which closes the runtime's pipe.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.dir.join(layout::SHIM_LOG))
+    let log = owned_dir(&spec)
+        .and_then(|dir| dir.open_append(&spec.dir.join(layout::SHIM_LOG)))
         .or_else(|_| File::options().write(true).open("/dev/null"))?;
     nix::unistd::dup2_stdout(&log)?;
     nix::unistd::dup2_stderr(&log)?;
     let exit = supervise(&spec, started);
-    layout::write_json(&spec.dir.join(layout::EXIT), &exit)?;
+    layout::write_json(&owned_dir(&spec)?, &spec.dir.join(layout::EXIT), &exit)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The container's directory, where the shim writes its state files (through the guard).
+fn owned_dir(spec: &ShimSpec) -> std::io::Result<crate::fsguard::OwnedDir> {
+    Ok(crate::fsguard::OwnedDir::new(&spec.dir)?)
 }
 
 struct Started {
@@ -99,6 +104,7 @@ fn start(spec: &ShimSpec) -> Result<Started, String> {
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err("pipe"))?;
     // Closed by a successful exec (O_CLOEXEC); carries the error otherwise.
     let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err("pipe"))?;
+    let handshake = Handshake::new().map_err(err("socketpair"))?;
     let exe = Executable::open(&spec.process.program)?;
     let dev_null = std::fs::OpenOptions::new()
         .read(true)
@@ -121,8 +127,9 @@ fn start(spec: &ShimSpec) -> Result<Started, String> {
             let setup = nix::unistd::dup2_stdin(&dev_null)
                 .and_then(|_| nix::unistd::dup2_stdout(&out_w))
                 .and_then(|_| nix::unistd::dup2_stderr(&err_w));
+            drop(handshake.shim);
             let message = match setup {
-                Ok(()) => init::container_init(spec, exe),
+                Ok(()) => init::container_init(spec, exe, handshake.init),
                 Err(e) => format!("set up stdio: {e}"),
             };
             let _ = File::from(status_w).write_all(message.as_bytes());
@@ -130,7 +137,12 @@ fn start(spec: &ShimSpec) -> Result<Started, String> {
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => {
-            drop((out_w, err_w, status_w, exe, dev_null));
+            drop((out_w, err_w, status_w, exe, dev_null, handshake.init));
+            if let Err(message) = userns::map(handshake.shim, child, &spec.ids) {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(message);
+            }
             let mut message = String::new();
             let _ = File::from(status_r).read_to_string(&mut message);
             if !message.is_empty() {
@@ -145,9 +157,10 @@ fn start(spec: &ShimSpec) -> Result<Started, String> {
                 started_at: Timestamp::now(),
             };
             let shim = ProcessRecord::of(std::process::id()).map_err(err("read own start time"))?;
-            layout::write_json(&spec.dir.join(layout::SHIM), &shim)
+            let dir = owned_dir(spec).map_err(err("the container's directory"))?;
+            layout::write_json(&dir, &spec.dir.join(layout::SHIM), &shim)
                 .map_err(err("write shim.json"))?;
-            layout::write_json(&spec.dir.join(layout::CONTAINER), &container)
+            layout::write_json(&dir, &spec.dir.join(layout::CONTAINER), &container)
                 .map_err(err("write container.json"))?;
             Ok(Started {
                 child,

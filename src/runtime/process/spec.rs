@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::caps;
+use super::userns::IdRange;
 use crate::images::{self, BuiltinImage};
 use crate::runtime::{ContainerConfig, RuntimeError, SandboxInfo};
 
@@ -28,6 +29,8 @@ pub struct ShimSpec {
     pub image: String,
     /// The pod's network namespace.
     pub netns: PathBuf,
+    /// The host uids and gids that the container's user namespace maps its ids 0.. onto.
+    pub ids: IdRange,
     pub hostname: String,
     /// The container's directory (state files, log).
     pub dir: PathBuf,
@@ -76,6 +79,9 @@ pub enum MountStep {
         mode: String,
         size: String,
         noexec: bool,
+        /// Host uid and gid of its root directory: the pod's root, so that root in the pod
+        /// owns its `/run` (host root is nobody in the pod's user namespace).
+        owner: u32,
     },
     /// A minimal `/dev`: null, zero, full, random, urandom, tty, a private devpts, `/dev/shm`,
     /// `/dev/mqueue`; then read-only.
@@ -98,13 +104,14 @@ pub const HOSTS_FILE: &str = "hosts";
 pub const RESOLV_FILE: &str = "resolv.conf";
 pub const HOSTNAME_FILE: &str = "hostname";
 
-/// The container's mount plan.
-pub fn mount_plan(dir: &Path, privileged: bool) -> Vec<MountStep> {
+/// The container's mount plan; `root` is the host uid (and gid) of the pod's root.
+pub fn mount_plan(dir: &Path, privileged: bool, root: u32) -> Vec<MountStep> {
     let tmpfs = |target: &str, mode: &str, size: &str| MountStep::Tmpfs {
         target: target.into(),
         mode: mode.into(),
         size: size.into(),
         noexec: false,
+        owner: root,
     };
     let mut plan = vec![
         MountStep::MakePrivate,
@@ -153,8 +160,9 @@ pub fn mount_plan(dir: &Path, privileged: bool) -> Vec<MountStep> {
 
 /// Build the spec of container instance `id` (`attempt`) in `dir`.
 ///
-/// `kemu_exe` is the kemu binary (for built-in images); `primary_gid` looks a user's group up
-/// (the host's `/etc/passwd`).
+/// `kemu_exe` is the kemu binary (for built-in images); `ids` the host ids of the pod's user
+/// namespace; `primary_gid` looks a user's group up (the host's `/etc/passwd`).
+#[allow(clippy::too_many_arguments)]
 pub fn build_spec(
     id: &str,
     attempt: u32,
@@ -162,9 +170,15 @@ pub fn build_spec(
     sandbox: &SandboxInfo,
     container: &ContainerConfig,
     kemu_exe: &Path,
+    ids: IdRange,
     primary_gid: &dyn Fn(u32) -> Option<u32>,
 ) -> Result<ShimSpec, RuntimeError> {
     let (program, argv) = program_and_argv(sandbox, container, kemu_exe)?;
+    let refuse = |message: String| RuntimeError::StartFailed {
+        pod: sandbox.pod_name.clone(),
+        container: container.name.clone(),
+        message,
+    };
     let security = &container.security;
     let uid = security.run_as_user.unwrap_or(DEFAULT_USER);
     let gid = match (security.run_as_group, security.run_as_user) {
@@ -174,12 +188,19 @@ pub fn build_spec(
     };
     let mut groups = vec![gid];
     groups.extend(security.supplemental_groups.iter().filter(|g| **g != gid));
+    for (field, value) in std::iter::once(("runAsUser", uid))
+        .chain(std::iter::once(("runAsGroup", gid)))
+        .chain(groups.iter().map(|g| ("supplementalGroups", *g)))
+    {
+        if ids.host_id(value).is_none() {
+            return Err(refuse(format!(
+                "securityContext.{field} {value} is outside the pod's user namespace, which has the ids 0-{}",
+                ids.size - 1
+            )));
+        }
+    }
     let capabilities = caps::container_set(security)
-        .map_err(|why| RuntimeError::StartFailed {
-            pod: sandbox.pod_name.clone(),
-            container: container.name.clone(),
-            message: why,
-        })?
+        .map_err(refuse)?
         .into_iter()
         .map(str::to_string)
         .collect();
@@ -192,6 +213,7 @@ pub fn build_spec(
         attempt,
         image: container.image.clone(),
         netns: sandbox.netns_path.clone(),
+        ids,
         hostname: sandbox.hostname.clone(),
         dir: dir.to_path_buf(),
         process: ProcessSpec {
@@ -209,7 +231,7 @@ pub fn build_spec(
             capabilities,
             no_new_privileges: !security.privileged,
         },
-        mounts: mount_plan(dir, security.privileged),
+        mounts: mount_plan(dir, security.privileged, ids.start),
     })
 }
 
@@ -330,6 +352,7 @@ mod tests {
             &sandbox(),
             container,
             Path::new("/usr/local/bin/kemu"),
+            IdRange::new(1_073_741_824, 65536).unwrap(),
             &|uid| (uid == 1000).then_some(1000),
         )
     }
@@ -442,6 +465,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(with(privileged), (0, 7, vec![7], false));
+    }
+
+    #[test]
+    fn ids_must_exist_in_the_pod_user_namespace() {
+        let with = |security: SecurityContext| {
+            let container = ContainerConfig {
+                name: "c".into(),
+                image: "nginx".into(),
+                security,
+                ..Default::default()
+            };
+            build(&container).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let highest = SecurityContext {
+            run_as_user: Some(65535),
+            run_as_group: Some(65535),
+            ..Default::default()
+        };
+        assert_eq!(with(highest), Ok(()));
+        let user = SecurityContext {
+            run_as_user: Some(65536),
+            ..Default::default()
+        };
+        let err = with(user).unwrap_err();
+        assert!(
+            err.contains("securityContext.runAsUser 65536 is outside the pod's user namespace, which has the ids 0-65535"),
+            "{err}"
+        );
+        let group = SecurityContext {
+            supplemental_groups: vec![70000],
+            ..Default::default()
+        };
+        assert!(
+            with(group)
+                .unwrap_err()
+                .contains("supplementalGroups 70000")
+        );
     }
 
     #[test]

@@ -164,7 +164,8 @@ pub struct RenderArgs {
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// The objects before the change: print the partial sync kube-proxy writes for the
-    /// change from this file to `-f` (iptables mode).
+    /// change from this file to `-f` (its `iptables-restore` input, or its `nft -f`
+    /// transaction).
     #[arg(long, value_name = "OLD.yaml")]
     pub previous: Option<PathBuf>,
     /// Render as this kube-proxy release (nfacct counters, localhost NodePorts).
@@ -340,10 +341,17 @@ pub fn render_file(args: &RenderArgs) -> anyhow::Result<(String, Vec<String>)> {
             input.changed_services = Some(ProxyInput::changed_services(&old, &input));
             Ok((render(ProxyMode::Iptables, &input), warnings))
         }
-        ProxyMode::Nftables => anyhow::bail!(
-            "--previous: kube-proxy's partial nftables transactions are not emulated yet; \
-             kemu's own patch is what `kemu proxy` applies"
-        ),
+        ProxyMode::Nftables => {
+            let changed = ProxyInput::changed_services(&old, &input);
+            Ok((
+                crate::proxy::nftables::kube_proxy_partial(
+                    &render(ProxyMode::Nftables, &old),
+                    &render(ProxyMode::Nftables, &input),
+                    &changed,
+                ),
+                warnings,
+            ))
+        }
         ProxyMode::Userspace => anyhow::bail!(
             "--previous: the userspace proxier has no partial syncs (it re-ensures every portal rule)"
         ),

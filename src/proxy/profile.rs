@@ -18,7 +18,7 @@
 //! | nfacct `localhost_nps_accepted_pkts` | — | ≥ 1.31 (PR #125015) | |
 //! | mode switch | old mode's rules removed at start (≤ 1.14) | left in place unless `--cleanup` (≥ 1.15, KEP-2448 / PR #76109); nftables ↔ iptables cleaned at start (≥ 1.29, `platformCleanup`) | |
 //! | `--masquerade-all` | default false in every release | | `options.go` |
-//! | partial sync output | — | kube-proxy rewrites changed service chains whole (≥ 1.26) | `syncProxyRules` |
+//! | partial sync output | every sync writes everything (≤ 1.25) | changed services' chains rewritten whole (≥ 1.26, `MinimizeIPTablesRestore`, KEP-3453); nftables: its partial transaction | `syncProxyRules` |
 //!
 //! Only behaviours listed here change with the version; the rules themselves are always
 //! rendered as current kube-proxy writes them (the 2015 userspace proxier excepted).
@@ -134,9 +134,13 @@ pub enum ModeSwitch {
 pub enum SyncOutput {
     /// kemu's: only the rules that differ, edited in place where a chain is long.
     Kemu,
-    /// kube-proxy's: every changed service's chains rewritten whole, with all the
-    /// `KUBE-SERVICES`/`KUBE-NODEPORTS` jumps, stale chains flushed and deleted.
+    /// kube-proxy's (≥ 1.26, `MinimizeIPTablesRestore`): every changed service's chains
+    /// rewritten whole, with all the `KUBE-SERVICES`/`KUBE-NODEPORTS` jumps, stale chains
+    /// flushed and deleted; in nftables mode its partial transaction
+    /// ([`super::nftables::kube_proxy_partial`]).
     KubeProxy,
+    /// kube-proxy before 1.26: every sync writes the whole rule set.
+    KubeProxyFull,
 }
 
 /// The behaviours of one emulated kube-proxy release (or of kemu's own profile).
@@ -203,7 +207,11 @@ impl ProxyProfile {
             } else {
                 ModeSwitch::CleanupAtStart
             },
-            sync_output: SyncOutput::KubeProxy,
+            sync_output: if v.at_least(26) {
+                SyncOutput::KubeProxy
+            } else {
+                SyncOutput::KubeProxyFull
+            },
         }
     }
 
@@ -299,6 +307,7 @@ impl ProxyProfile {
             match self.sync_output {
                 SyncOutput::Kemu => "kemu (in-place edits)",
                 SyncOutput::KubeProxy => "kube-proxy (changed chains rewritten)",
+                SyncOutput::KubeProxyFull => "kube-proxy before 1.26 (everything rewritten)",
             },
         )
     }
@@ -379,5 +388,7 @@ mod tests {
         );
         assert!(!p("1.29").nfacct_invalid_drop && p("1.30").nfacct_invalid_drop);
         assert!(!p("1.30").nfacct_localhost && p("1.31").nfacct_localhost);
+        assert_eq!(p("1.25").sync_output, SyncOutput::KubeProxyFull);
+        assert_eq!(p("1.26").sync_output, SyncOutput::KubeProxy);
     }
 }

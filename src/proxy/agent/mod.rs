@@ -140,6 +140,9 @@ struct Agent {
     health_check_ports: HashMap<u16, (String, tokio::task::AbortHandle)>,
     /// iptables rules (filter, nat) after the last sync and written by it.
     rule_counts: ((usize, usize), (usize, usize)),
+    /// nftables with a kube-proxy profile: chains a partial sync flushed (`ip kube-proxy
+    /// NAME`) and when.
+    stale_nft_chains: Vec<(String, Instant)>,
 }
 
 impl Agent {
@@ -199,6 +202,7 @@ impl Agent {
             shared,
             health_check_ports: HashMap::new(),
             rule_counts: ((0, 0), (0, 0)),
+            stale_nft_chains: Vec::new(),
         })
     }
 
@@ -413,7 +417,9 @@ impl Agent {
     /// Render everything and apply it; returns the input when the sync succeeded.
     fn sync(&mut self) -> Option<ProxyInput> {
         let started = Instant::now();
-        let full = self.full_sync_needed;
+        // kube-proxy before 1.26 wrote (and ensured) everything on every sync.
+        let full =
+            self.full_sync_needed || self.cfg.profile.sync_output == SyncOutput::KubeProxyFull;
         self.phases = SyncPhases {
             full,
             ..SyncPhases::default()
@@ -678,7 +684,33 @@ impl Agent {
         self.service_ports = input.services.len();
         let render_started = Instant::now();
         let script = render(ProxyMode::Nftables, input);
-        let apply = rules::nft_sync_input(&script, self.applied_restore.as_deref(), full);
+        // kube-proxy's partial sync: its transaction, and the chains it flushed deleted by
+        // a sync at least a second later.
+        let kube_proxy_partial = !full
+            && self.cfg.profile.sync_output == SyncOutput::KubeProxy
+            && self.applied_restore.is_some();
+        if !kube_proxy_partial {
+            // A full render replaces the whole table; kemu's patches delete what is gone.
+            self.stale_nft_chains.clear();
+        }
+        let previous = self.applied_restore.take();
+        let apply = match previous.as_deref() {
+            Some(previous) if kube_proxy_partial => {
+                self.delete_stale_nft_chains();
+                let changed = ProxyInput::changed_services(&self.applied_input, input);
+                let tx = super::nftables::kube_proxy_partial(previous, &script, &changed);
+                let now = Instant::now();
+                let declared = |chain: &str| script.contains(&format!("add chain {chain}\n"));
+                self.stale_nft_chains.retain(|(chain, _)| !declared(chain));
+                for chain in tx.lines().filter_map(|l| l.strip_prefix("flush chain ")) {
+                    if !declared(chain) && !self.stale_nft_chains.iter().any(|(c, _)| c == chain) {
+                        self.stale_nft_chains.push((chain.to_string(), now));
+                    }
+                }
+                tx
+            }
+            previous => rules::nft_sync_input(&script, previous, full),
+        };
         self.applied_restore = None;
         self.phases.render_ms = ms_since(render_started);
         self.phases.written_bytes = apply.len();
@@ -689,6 +721,28 @@ impl Agent {
         self.phases.kernel_ms = ms_since(kernel);
         self.applied_restore = Some(script);
         Ok(())
+    }
+
+    /// Delete the service chains a kube-proxy partial sync flushed at least a second ago
+    /// (kube-proxy's `staleChains`: with kernels before 6.2 a chain may still look
+    /// referenced for a moment after the map element pointing at it was deleted).
+    fn delete_stale_nft_chains(&mut self) {
+        let due = Instant::now() - Duration::from_secs(1);
+        let (old, young): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stale_nft_chains)
+            .into_iter()
+            .partition(|(_, at)| *at <= due);
+        self.stale_nft_chains = young;
+        if old.is_empty() {
+            return;
+        }
+        let tx: String = old
+            .iter()
+            .map(|(chain, _)| format!("delete chain {chain}\n"))
+            .collect();
+        // As kube-proxy: a failure is retried when the chains turn up stale again.
+        if let Err(e) = kernel::nft_apply(&tx) {
+            tracing::warn!("cannot delete stale nftables chains: {e:#}");
+        }
     }
 
     fn write_status(&self) {

@@ -4,6 +4,10 @@
 //! use (which only reorders services). Inputs and expectations live in
 //! `tests/fixtures/proxy/upstream/`.
 //!
+//! Each render is also snapshotted (`snapshots/proxy_upstream__<UpstreamTestName>….snap`),
+//! under the name of the upstream test it comes from, so that a change to the output is
+//! reviewed as text even where upstream's comparison only reorders.
+//!
 //! One textual adaptation: upstream's fake proxier sets the masquerade mark to the literal
 //! `0x4000`, while the real kube-proxy formats it with `%#08x` (`0x00004000`, which is what we
 //! render); the expectations are rewritten to the real spelling before comparing.
@@ -52,10 +56,19 @@ fn real_mark(expected: &str) -> String {
     expected.replace("0x4000", "0x00004000")
 }
 
-fn assert_iptables_like_upstream(yaml: &str, expected: &str) {
+fn assert_iptables_like_upstream(upstream_test: &str, yaml: &str, expected: &str) {
     let rendered = iptables::render(&input(iptables_node(), yaml));
     let want = real_mark(&fixture(expected));
     similar_assert(&sort_iptables_by_service(&rendered), &want, &rendered);
+    snapshot(upstream_test, &rendered);
+}
+
+/// The render, as a snapshot named after the upstream test it comes from.
+fn snapshot(upstream_test: &str, rendered: &str) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(format!("proxy_upstream__{upstream_test}"), rendered));
 }
 
 fn similar_assert(got: &str, want: &str, raw: &str) {
@@ -76,17 +89,25 @@ fn similar_assert(got: &str, want: &str, raw: &str) {
 
 #[test]
 fn iptables_overall_rules_match_upstream() {
-    assert_iptables_like_upstream("overall.yaml", "overall.iptables.txt");
+    assert_iptables_like_upstream(
+        "TestOverallIPTablesRules",
+        "overall.yaml",
+        "overall.iptables.txt",
+    );
 }
 
 #[test]
 fn iptables_sync_rules_match_upstream() {
-    assert_iptables_like_upstream("repeated.yaml", "repeated.iptables.txt");
+    assert_iptables_like_upstream(
+        "TestSyncProxyRulesRepeated__iptables_initial",
+        "repeated.yaml",
+        "repeated.iptables.txt",
+    );
 }
 
 #[test]
 fn iptables_bad_ips_are_written_clean_like_upstream() {
-    assert_iptables_like_upstream("bad-ips.yaml", "bad-ips.iptables.txt");
+    assert_iptables_like_upstream("TestBadIPs", "bad-ips.yaml", "bad-ips.iptables.txt");
 }
 
 #[test]
@@ -94,6 +115,7 @@ fn nftables_overall_rules_match_upstream() {
     let rendered = nftables::render_table(&input(nftables_node(), "overall.yaml"));
     let want = sort_nft_transaction(&real_mark(&fixture("overall.nft.txt")));
     similar_assert(&sort_nft_transaction(&rendered), &want, &rendered);
+    snapshot("TestOverallNFTablesRules", &rendered);
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn free_port() -> u16 {
 
 fn netexec(port: u16, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kemu"))
-        .args(["image", "agnhost", "netexec", "--udp-port=-1"])
+        .args(["builtin-image", "agnhost", "netexec", "--udp-port=-1"])
         .arg(format!("--http-port={port}"))
         .args(extra)
         .stdout(Stdio::null())

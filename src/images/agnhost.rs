@@ -105,7 +105,7 @@ struct NetexecArgs {
     delay_shutdown: u64,
 }
 
-/// `kemu image agnhost <subcommand> [flags]`.
+/// `kemu builtin-image agnhost <subcommand> [flags]`.
 pub fn main(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let cli = Cli::parse_from(std::iter::once("agnhost".to_string()).chain(args));
     match cli.command {

@@ -65,7 +65,7 @@ pub enum Command {
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy agent (`render` prints a node's rules, `mode` switches a lab's mode).
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Manage the image store shared by all labs: load, ls, rm, pull, gc.
     Image(image::ImageArgs),
     /// Run a built-in container image (started inside containers by the process runtime).
@@ -121,7 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reach(args) => reach::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Image(args) => image::run(args),
         Command::BuiltinImage(args) => builtin_image::run(args),
         Command::ContainerShim(args) => container_shim::run(args),

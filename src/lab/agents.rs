@@ -186,6 +186,9 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
                 dir.proxy_status_file(&host.name).display()
             ),
         ];
+        if let Some(version) = topo.proxy_version {
+            proxy.push(format!("--kube-proxy-version={version}"));
+        }
         proxy.extend(seed.iter().cloned());
         specs.push(kemu(host, "proxy", proxy));
     }

@@ -133,6 +133,8 @@ impl std::fmt::Display for Backend {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawProxy {
     pub mode: Option<Spanned<ProxyMode>>,
+    /// The kube-proxy release whose behaviours to emulate, e.g. `1.31`.
+    pub version: Option<Spanned<String>>,
 }
 
 /// `controlPlane:` block.

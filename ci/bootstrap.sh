@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(iproute2 iptables nftables conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates)
+PACKAGES=(iproute2 iptables nftables ethtool conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then

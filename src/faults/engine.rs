@@ -20,6 +20,8 @@ pub struct LinkTarget<'a> {
     pub host: &'a str,
     pub ns: &'a NetNs,
     pub dev: &'a str,
+    /// The link as it is now (its index names the delay line's queue).
+    pub info: &'a kernel::LinkInfo,
     /// The kemu binary that runs the delay line.
     pub binary: &'a Path,
 }
@@ -94,7 +96,7 @@ impl ImpairmentEngine for Userspace {
             else {
                 unreachable!()
             };
-            let info = kernel::link(link.ns, link.dev)?;
+            let info = link.info;
             if let Some(rate) = imp.rate {
                 let args = render::tbf_args(link.dev, rate, info.mtu);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();

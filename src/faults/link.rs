@@ -68,11 +68,12 @@ pub fn change(
         host: &h.name,
         ns: &ns,
         dev,
+        info: &info,
         binary: &record.binary,
     };
     let mut now = old.clone();
     // Whatever happens below, record what is in place.
-    let result = apply(record, &target, &info, &want, &mut now);
+    let result = apply(record, &target, &want, &mut now);
     state.links.retain(|l| !(l.host == h.name && l.dev == dev));
     if !now.is_clear() {
         state.links.push(now.clone());
@@ -84,7 +85,6 @@ pub fn change(
 fn apply(
     record: &LabRecord,
     target: &LinkTarget,
-    info: &kernel::LinkInfo,
     want: &LinkFault,
     now: &mut LinkFault,
 ) -> anyhow::Result<()> {
@@ -104,7 +104,7 @@ fn apply(
         match want.mtu {
             Some(mtu) => {
                 if now.previous_mtu.is_none() {
-                    now.previous_mtu = Some(info.mtu);
+                    now.previous_mtu = Some(target.info.mtu);
                     now.offloads = offloads_off(record, target)?;
                 }
                 kernel::set_mtu(ns, dev, mtu)?;

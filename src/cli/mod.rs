@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 pub mod apiserver;
 mod builtin_image;
 mod container_exec;
@@ -15,6 +16,9 @@ pub mod flanneld;
 mod generate;
 mod image;
 pub mod kubelet;
+mod link;
+mod node;
+mod partition;
 pub mod proxy;
 mod reach;
 mod repair;
@@ -48,6 +52,16 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
     Exec(exec::ExecArgs),
+    /// Impair, cut or shrink a host's link (delay, loss, rate, MTU, ...); `--clear` undoes it.
+    Link(link::LinkArgs),
+    /// Cut hosts off from others, on the control plane, the data plane or both.
+    Partition(partition::PartitionArgs),
+    /// Remove every fault of a lab (links, partitions, stopped nodes).
+    Heal(partition::HealArgs),
+    /// Power a host off (agents and pods frozen, links down) or on again.
+    Node(node::NodeArgs),
+    /// Crash or restart one agent of a host.
+    Agent(agent::AgentArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
     /// Run the kubectl-compatible Kubernetes API server (master host).
@@ -77,6 +91,9 @@ pub enum Command {
     /// Run a command in a running container (started by the kubelet for `kubectl exec`).
     #[command(hide = true)]
     ContainerExec(container_exec::ContainerExecArgs),
+    /// The delay line of a link fault (started by `kemu link`).
+    #[command(hide = true)]
+    FaultEngine(link::EngineArgs),
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -113,6 +130,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Link(args) => link::run(args),
+        Command::Partition(args) => partition::run(args),
+        Command::Heal(args) => partition::heal(args),
+        Command::Node(args) => node::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::FaultEngine(args) => link::run_engine(args),
         Command::Generate(args) => generate::run(args),
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),

@@ -32,6 +32,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .find(|p| p.what == "supervisor")
     });
+    let faults = crate::faults::state::FaultState::load(&dir)?;
     if args.output == "json" {
         let value = serde_json::json!({
             "lab": topo.name,
@@ -46,6 +47,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "namespaceExists": netns::exists(&topo.host_namespace(h)),
             })).collect::<Vec<_>>(),
             "agents": agents,
+            "faults": faults,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -152,6 +154,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 a.restarts,
                 a.last_exit.as_deref().unwrap_or("-")
             );
+        }
+    }
+    let lines = faults.describe();
+    if !lines.is_empty() {
+        println!();
+        println!("faults (`kemu heal {}` removes them all):", topo.name);
+        for line in lines {
+            println!("  {line}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -356,3 +356,85 @@ fn a_registry_with_htpasswd_needs_the_pull_secret() {
     );
     assert!(kemu_ok(store, &["image", "ls"]).contains("192.168.0.100:5001/kemu/private"));
 }
+
+#[test]
+fn a_pod_pulls_from_the_lab_registry_and_backs_off_on_a_wrong_tag() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().to_str().unwrap().to_string();
+    let lab = Lab::up_with_env(
+        TOPOLOGY,
+        "imgpod",
+        &[],
+        &[
+            ("KEMU_IMAGE_DIR", &store),
+            ("KEMU_PLAIN_HTTP_REGISTRIES", "192.168.0.100:5002"),
+        ],
+    );
+    let reg_dir = tempfile::tempdir().unwrap();
+    let _registry = start_registry(&lab, "192.168.0.100:5002", reg_dir.path(), None);
+    push(
+        &lab,
+        "192.168.0.100:5002/kemu/hello:1",
+        image_layers(),
+        None,
+    );
+    let pod = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: 192.168.0.202\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {image}\n    command: [/bin/kemu, builtin-image, agnhost, pause]\n"
+        )
+    };
+    lab.apply(&pod("good", "192.168.0.100:5002/kemu/hello:1"));
+    lab.apply(&pod("wrong", "192.168.0.100:5002/kemu/hello:nope"));
+    let long = Duration::from_secs(90);
+    wait_for("the pulled pod running", long, || {
+        (lab.jsonpath("pod/good", "{.status.phase}") == "Running").then_some(())
+    });
+    let events = lab.kubectl_ok(&["describe", "pod", "good"]);
+    assert!(
+        events.contains("Pulling image \"192.168.0.100:5002/kemu/hello:1\""),
+        "{events}"
+    );
+    assert!(
+        events.contains("Successfully pulled image \"192.168.0.100:5002/kemu/hello:1\" in "),
+        "{events}"
+    );
+    let waiting = |pod: &str| {
+        (
+            lab.jsonpath(
+                &format!("pod/{pod}"),
+                "{.status.containerStatuses[0].state.waiting.reason}",
+            ),
+            lab.jsonpath(
+                &format!("pod/{pod}"),
+                "{.status.containerStatuses[0].state.waiting.message}",
+            ),
+        )
+    };
+    let err = "rpc error: code = NotFound desc = failed to pull and unpack image \
+               \"192.168.0.100:5002/kemu/hello:nope\": failed to resolve reference \
+               \"192.168.0.100:5002/kemu/hello:nope\": 192.168.0.100:5002/kemu/hello:nope: not found";
+    let (_, message) = wait_for("ErrImagePull", long, || {
+        let (reason, message) = waiting("wrong");
+        (reason == "ErrImagePull").then_some((reason, message))
+    });
+    assert_eq!(message, err);
+    let (_, message) = wait_for("ImagePullBackOff", long, || {
+        let (reason, message) = waiting("wrong");
+        (reason == "ImagePullBackOff").then_some((reason, message))
+    });
+    assert_eq!(
+        message,
+        format!(
+            "Back-off pulling image \"192.168.0.100:5002/kemu/hello:nope\": ErrImagePull: {err}"
+        )
+    );
+    let events = lab.kubectl_ok(&["describe", "pod", "wrong"]);
+    for expected in [
+        "Failed to pull image \"192.168.0.100:5002/kemu/hello:nope\": rpc error: code = NotFound",
+        "Error: ErrImagePull",
+        "Back-off pulling image \"192.168.0.100:5002/kemu/hello:nope\"",
+        "Error: ImagePullBackOff",
+    ] {
+        assert!(events.contains(expected), "{expected}\n{events}");
+    }
+}

@@ -50,6 +50,18 @@ enum Agnhost {
     Netexec(NetexecArgs),
     /// Pauses the execution.
     Pause,
+    /// Creates and reads files, as the e2e volume tests use it (a part of upstream's flags).
+    Mounttest(MounttestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MounttestArgs {
+    /// File to create with mode 0644 (before reading).
+    #[arg(long = "new_file_0644", default_value = "")]
+    new_file_0644: String,
+    /// File to read the content of.
+    #[arg(long = "file_content", default_value = "")]
+    file_content: String,
 }
 
 // Go's boolean flags are written `--flag`, `--flag=true` or `--flag=false`, hence
@@ -118,7 +130,43 @@ pub fn main(args: Vec<String>) -> anyhow::Result<ExitCode> {
         Some(Agnhost::ServeHostname(args)) => serve_hostname(args),
         Some(Agnhost::Netexec(args)) => netexec(args),
         Some(Agnhost::Pause) => pause(),
+        Some(Agnhost::Mounttest(args)) => mounttest(args),
     }
+}
+
+/// `agnhost mounttest`: upstream's wording (`mounttest/mt_utils.go`); exits 1 on an error.
+fn mounttest(args: MounttestArgs) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut failed = false;
+    if !args.new_file_0644.is_empty() {
+        let path = &args.new_file_0644;
+        let created = std::fs::File::create(path).and_then(|mut f| {
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            std::io::Write::write_all(&mut f, b"mount-tester new file\n")
+        });
+        if let Err(e) = created {
+            println!("error creating new file {path:?}: {e}");
+            failed = true;
+        }
+    }
+    if !args.file_content.is_empty() {
+        let path = &args.file_content;
+        match std::fs::read(path) {
+            Ok(bytes) => println!(
+                "content of file {path:?}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+            Err(e) => {
+                println!("error reading file content for {path:?}: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn hostname() -> String {

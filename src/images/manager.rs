@@ -179,6 +179,46 @@ pub fn invalid_name(image: &str, parse_error: &str) -> (ImageEvent, ImageFailure
     )
 }
 
+/// Where a container's image comes from, as kemu decides it before the kubelet's pull policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// kemu's image store: present there, or pulled into it (the pull policy applies).
+    Store,
+    /// A program built into kemu (nginx, agnhost, pause), nothing pulled.
+    Builtin,
+    /// The container's `command:` from the host's filesystem, nothing pulled.
+    Host,
+}
+
+/// The precedence: an image of the store (loaded or pulled) wins over a built-in one of the
+/// same name; a built-in one is used, never pulled, while the store has none; a Docker Hub
+/// name with a `command:` (`debian`, `busybox`) that the store lacks runs the command from the
+/// host, as kemu always did; everything else is pulled.
+pub fn image_source(
+    in_store: bool,
+    builtin: bool,
+    has_command: bool,
+    docker_hub: bool,
+) -> ImageSource {
+    match (in_store, builtin, has_command && docker_hub) {
+        (true, _, _) => ImageSource::Store,
+        (false, true, _) => ImageSource::Builtin,
+        (false, false, true) => ImageSource::Host,
+        (false, false, false) => ImageSource::Store,
+    }
+}
+
+/// The "already present" event of a store image that shadows a built-in one, naming the
+/// image that runs (kubelet's wording, then kemu's).
+pub fn present_over_builtin_event(image: &str, id: &str) -> ImageEvent {
+    normal(
+        "Pulled",
+        format!(
+            "Container image {image:?} already present on machine (kemu's image store: {id}, used instead of the built-in image)"
+        ),
+    )
+}
+
 /// What to do about an image before any back-off is considered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precheck {
@@ -472,6 +512,23 @@ mod tests {
         let d = format!("app@sha256:{}", "a".repeat(64));
         assert_eq!(PullPolicy::of(None, &d), PullPolicy::IfNotPresent);
         assert_eq!(PullPolicy::of(Some("Never"), "nginx"), PullPolicy::Never);
+    }
+
+    #[test]
+    fn store_images_win_and_builtins_are_never_pulled() {
+        use ImageSource::*;
+        // (in store, built-in, has command, Docker Hub name)
+        assert_eq!(image_source(true, true, false, true), Store);
+        assert_eq!(image_source(true, false, true, true), Store);
+        assert_eq!(image_source(false, true, false, true), Builtin);
+        assert_eq!(image_source(false, true, true, true), Builtin);
+        assert_eq!(image_source(false, false, true, true), Host);
+        assert_eq!(image_source(false, false, false, true), Store);
+        assert_eq!(image_source(false, false, true, false), Store);
+        assert_eq!(
+            present_over_builtin_event("nginx", "sha256:ab").message,
+            r#"Container image "nginx" already present on machine (kemu's image store: sha256:ab, used instead of the built-in image)"#
+        );
     }
 
     #[test]

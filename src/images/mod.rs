@@ -6,7 +6,8 @@
 //! binary (`kemu builtin-image <name> [args...]`), which answers on the
 //! network the way the real image does: the default page and headers of `nginx`, the
 //! `serve-hostname`/`netexec`/`pause` subcommands of Kubernetes' test image `agnhost`, and the
-//! `pause` image. Every other image needs a `command:` that exists on the host.
+//! `pause` image. A stored image of the same name wins over a built-in one (see
+//! `manager::image_source`).
 //!
 //! The image programs run once per pod, so they stay small: a current-thread tokio runtime, no
 //! large buffers, nothing started that a request does not need.

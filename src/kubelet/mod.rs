@@ -32,6 +32,9 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use crate::images::manager::ImageManager;
+use crate::images::oci::registry::RegistryOptions;
+use crate::images::store::Store;
 use crate::lab::state::LabDir;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::process::ProcessRuntime;
@@ -63,11 +66,16 @@ pub struct Config {
 /// Run until SIGTERM (pods keep running).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client = crate::client::connect(&cfg.api_server)?;
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(ProcessRuntime::new(
+    let images = image_manager();
+    let mut process = ProcessRuntime::new(
         cfg.root_dir.join("runtime"),
         cfg.kemu_binary.clone(),
         cfg.pod_ids,
-    )?);
+    )?;
+    if let Some(manager) = &images {
+        process = process.with_image_store(manager.store().clone());
+    }
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(process);
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =
@@ -118,6 +126,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods_dir: crate::fsguard::OwnedDir::new(cfg.root_dir.join("pods"))?,
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),
+        images,
     });
     tokio::spawn(service_links(client.clone(), ctx.clone()));
 
@@ -225,6 +234,36 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 ctx.events.forget("Pod", &namespace, &name);
                 let _ = done.send(uid);
             });
+        }
+    }
+}
+
+/// The environment variable listing registries (`host:port`, comma-separated) that the
+/// kubelet pulls from over plain HTTP, as containerd's `http://` hosts.
+pub const PLAIN_HTTP_ENV: &str = "KEMU_PLAIN_HTTP_REGISTRIES";
+
+/// The image store (`$KEMU_IMAGE_DIR` or `/var/lib/kemu/images`) with the pull logic.
+fn image_manager() -> Option<Arc<ImageManager>> {
+    match Store::open_default() {
+        Ok(store) => {
+            let plain_http = std::env::var(PLAIN_HTTP_ENV)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            let options = RegistryOptions {
+                plain_http,
+                ..RegistryOptions::default()
+            };
+            Some(Arc::new(ImageManager::new(store, options)))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the image store cannot be opened, pods run built-in images and host commands only: {e}"
+            );
+            None
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::watch;
 
@@ -20,11 +20,19 @@ use super::probes::{self, Outcome, ProbeState};
 use super::sandbox::{self, PodNetConfig, PodNetwork};
 use super::status::{ContainerView, PodView, RunState, pod_status};
 use crate::events::Recorder;
+use crate::images::BuiltinImage;
+use crate::images::manager::{
+    EnsureRequest, EventType, ImageFailure, ImageManager, ImageSource, PullPolicy, image_source,
+    present_over_builtin_event,
+};
+use crate::images::oci::keyring::PullSecret;
+use crate::images::oci::reference;
+use crate::images::store::index::Query;
 use crate::lab::state::LabDir;
 use crate::netlink::Netlink;
 use crate::runtime::{
     ContainerConfig, ContainerId, ContainerPort, ContainerRuntime, ContainerState, ContainerStatus,
-    RuntimeError, SandboxInfo, SecurityContext,
+    ImageRootfs, RuntimeError, SandboxInfo, SecurityContext, VolumeMount,
 };
 
 /// The longest back-off between restarts, as the kubelet's.
@@ -65,7 +73,14 @@ pub struct Ctx {
     pub restart_backoff: Duration,
     /// Service-link variables every container gets (the `kubernetes` Service's).
     pub base_env: Mutex<Vec<(String, String)>>,
+    /// kemu's image store with the kubelet's pull policy and back-off; `None` when the store
+    /// could not be opened (built-in images and host commands still run).
+    pub images: Option<Arc<ImageManager>>,
 }
+
+/// How soon a container whose image is not there yet is looked at again (the image manager's
+/// back-off decides when a pull is tried again).
+const IMAGE_RETRY: Duration = Duration::from_secs(2);
 
 /// One container of the pod spec, as the worker tracks it.
 struct Slot {
@@ -516,7 +531,7 @@ impl Worker {
         let container = slot.spec.clone();
         let image = container.image.clone().unwrap_or_default();
         let name = container.name.clone();
-        let config = match self.container_config(pod, &container) {
+        let mut config = match self.container_config(pod, &container) {
             Ok(c) => c,
             Err(e) => {
                 let slot = &mut self.slots[i];
@@ -531,6 +546,39 @@ impl Worker {
                 return Some(Instant::now() + Duration::from_secs(2));
             }
         };
+        match self.volume_mounts(pod, &container) {
+            Ok(mounts) => config.volume_mounts = mounts,
+            Err(message) => {
+                self.slots[i].state = RunState::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(message.clone()),
+                };
+                self.ctx
+                    .events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        "Warning",
+                        "Failed",
+                        format!("Error: {message}"),
+                    )
+                    .await;
+                return Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+        match self.image_rootfs(pod, &container).await {
+            Ok(rootfs) => config.rootfs = rootfs,
+            Err(failure) => {
+                let slot = &mut self.slots[i];
+                slot.state = RunState::Waiting {
+                    reason: failure.reason.into(),
+                    message: Some(failure.message),
+                };
+                slot.not_before = Some(Instant::now() + IMAGE_RETRY);
+                return slot.not_before;
+            }
+        }
+        let from_store = config.rootfs.is_some();
         let sandbox = self.sandbox_info(pod);
         let result = self.ctx.runtime.create_and_start(&sandbox, &config).await;
         let attempt = match &result {
@@ -565,15 +613,18 @@ impl Worker {
                     .as_ref()
                     .map(|p| ProbeState::new(p, started, true));
                 let events = &self.ctx.events;
-                events
-                    .pod(
-                        pod,
-                        Some(&name),
-                        "Normal",
-                        "Pulled",
-                        format!("Container image \"{image}\" already present on machine"),
-                    )
-                    .await;
+                if !from_store {
+                    // The image manager told about store images before the start.
+                    events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            "Normal",
+                            "Pulled",
+                            format!("Container image \"{image}\" already present on machine"),
+                        )
+                        .await;
+                }
                 events
                     .pod(
                         pod,
@@ -674,6 +725,189 @@ impl Worker {
         }
     }
 
+    /// The image of a container from kemu's store, pulled first if the pull policy says so
+    /// (`images::manager`), with the kubelet's events; `None` for a built-in image or a host
+    /// command. An error is the container's waiting state.
+    async fn image_rootfs(
+        &self,
+        pod: &Pod,
+        c: &Container,
+    ) -> Result<Option<ImageRootfs>, ImageFailure> {
+        let Some(manager) = self.ctx.images.as_ref() else {
+            return Ok(None);
+        };
+        let image = c.image.as_deref().unwrap_or_default();
+        let lab = self.ctx.net.lab.as_str();
+        let normalized = reference::normalize(image);
+        let in_store = normalized.as_ref().is_ok_and(|full| {
+            manager
+                .store()
+                .find(&Query::Name(full.clone()), Some(lab))
+                .is_ok()
+        });
+        let builtin = BuiltinImage::resolve(image).is_some();
+        let docker_hub = normalized
+            .as_ref()
+            .is_ok_and(|full| full.starts_with("docker.io/"));
+        let has_command = c.command.as_ref().is_some_and(|cmd| !cmd.is_empty());
+        if image_source(in_store, builtin, has_command, docker_hub) != ImageSource::Store {
+            return Ok(None);
+        }
+        let secrets = self.pull_secrets(pod, &c.name).await;
+        let request = EnsureRequest {
+            pod_uid: &self.uid,
+            image,
+            policy: PullPolicy::of(c.image_pull_policy.as_deref(), image),
+            pull_secrets: &secrets,
+            lab: Some(lab),
+        };
+        let mut events = Vec::new();
+        let result = manager.ensure(&request, Instant::now(), &mut events).await;
+        for mut event in events {
+            if builtin
+                && let Ok(prepared) = &result
+                && event.reason == "Pulled"
+                && event.message.ends_with("already present on machine")
+            {
+                event = present_over_builtin_event(image, &prepared.record.id.to_string());
+            }
+            let kind = match event.event_type {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            };
+            self.ctx
+                .events
+                .pod(pod, Some(&c.name), kind, event.reason, event.message)
+                .await;
+        }
+        let prepared = result.map_err(|mut failure| {
+            if docker_hub && failure.reason != "ErrImageNeverPull" {
+                // Labs rarely reach Docker Hub: say what works without it.
+                failure.message.push_str(&format!(
+                    " (kemu: built-in images are {}; other images must be loaded into kemu's image store with `kemu image load`, or pulled from a registry the lab reaches)",
+                    crate::images::builtin_list()
+                ));
+            }
+            failure
+        })?;
+        Ok(Some(ImageRootfs {
+            image_id: prepared.record.id.to_string(),
+            layers: prepared.layer_dirs,
+            config: prepared.config.config().clone(),
+        }))
+    }
+
+    /// The pod's `imagePullSecrets`, read from the API; missing ones are a warning, as the
+    /// kubelet's.
+    async fn pull_secrets(&self, pod: &Pod, container: &str) -> Vec<PullSecret> {
+        let names: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let secrets: Api<Secret> = Api::namespaced(
+            self.ctx.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in names {
+            let secret = secrets.get_opt(&name).await.ok().flatten();
+            let data = |key: &str| {
+                secret
+                    .as_ref()
+                    .and_then(|s| s.data.as_ref())
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone())
+            };
+            match secret.as_ref().and_then(|s| s.type_.as_deref()) {
+                Some("kubernetes.io/dockerconfigjson") if data(".dockerconfigjson").is_some() => {
+                    found.push(PullSecret::DockerConfigJson(
+                        data(".dockerconfigjson").unwrap_or_default(),
+                    ))
+                }
+                Some("kubernetes.io/dockercfg") if data(".dockercfg").is_some() => found.push(
+                    PullSecret::DockerCfg(data(".dockercfg").unwrap_or_default()),
+                ),
+                _ => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            self.ctx
+                .events
+                .pod(
+                    pod,
+                    Some(container),
+                    "Warning",
+                    "FailedToRetrieveImagePullSecret",
+                    format!(
+                        "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                        missing.join(", ")
+                    ),
+                )
+                .await;
+        }
+        found
+    }
+
+    /// The pod's `emptyDir` volumes a container mounts, made on first use under the pod's
+    /// directory (writable by every user of the pod, as the kubelet's). Other kinds of
+    /// volumes are not mounted.
+    fn volume_mounts(&self, pod: &Pod, c: &Container) -> Result<Vec<VolumeMount>, String> {
+        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        let mut mounts = Vec::new();
+        for mount in c.volume_mounts.iter().flatten() {
+            let Some(volume) = volumes.into_iter().flatten().find(|v| v.name == mount.name) else {
+                return Err(format!(
+                    "cannot find volume {:?} to mount into container {:?}",
+                    mount.name, c.name
+                ));
+            };
+            if volume.empty_dir.is_none() {
+                continue;
+            }
+            let plain = !volume.name.is_empty()
+                && volume
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !volume.name.starts_with('.');
+            if !plain {
+                return Err(format!("invalid volume name {:?}", volume.name));
+            }
+            let source = self
+                .ctx
+                .pods_dir
+                .root()
+                .join(&self.uid)
+                .join("volumes/kubernetes.io~empty-dir")
+                .join(&volume.name);
+            if !source.is_dir() {
+                self.ctx
+                    .pods_dir
+                    .create_dir_all(&source)
+                    .and_then(|()| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o777))
+                    })
+                    .map_err(|e| format!("create emptyDir volume {:?}: {e}", volume.name))?;
+            }
+            mounts.push(VolumeMount {
+                source,
+                target: mount.mount_path.clone(),
+                read_only: mount.read_only.unwrap_or(false),
+            });
+        }
+        Ok(mounts)
+    }
+
     fn sandbox_info(&self, pod: &Pod) -> SandboxInfo {
         let net = self
             .net
@@ -766,6 +1000,8 @@ impl Worker {
                 capabilities_drop: caps(|c| c.drop.as_ref()),
             },
             env,
+            rootfs: None,
+            volume_mounts: Vec::new(),
         })
     }
 

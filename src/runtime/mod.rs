@@ -66,6 +66,32 @@ pub struct ContainerConfig {
     pub working_dir: Option<String>,
     pub ports: Vec<ContainerPort>,
     pub security: SecurityContext,
+    /// The image's root filesystem, when the image comes from kemu's image store; `None`:
+    /// a built-in image, or the container's `command:` on the host's filesystem.
+    pub rootfs: Option<ImageRootfs>,
+    /// The pod's volumes this container mounts (`emptyDir`).
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+/// An image of the store, ready to become a container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRootfs {
+    /// The image ID (`sha256:...` of its config).
+    pub image_id: String,
+    /// The unpacked layer directories, base first.
+    pub layers: Vec<PathBuf>,
+    /// The image config's `config` (Entrypoint, Cmd, Env, WorkingDir, User).
+    pub config: Option<oci_spec::image::Config>,
+}
+
+/// A directory of the pod (an `emptyDir`) mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's directory on the host, under the pod's directory.
+    pub source: PathBuf,
+    /// `mountPath` inside the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// A declared container port.
@@ -185,7 +211,7 @@ pub enum RuntimeError {
     /// The image is not built in and the container gave no command; the kubelet reports
     /// `ErrImagePull` / `ImagePullBackOff` with this message.
     #[error(
-        "image {image:?} of container {container:?} is not built into kemu and the container has no command: pods do not run images from kemu's image store yet; use one of the built-in images ({builtin}) or give a `command:` that exists on the host"
+        "image {image:?} of container {container:?} is not built into kemu, is not in kemu's image store and the container has no command: load the image (`kemu image load`), use one of the built-in images ({builtin}) or give a `command:` that exists on the host"
     )]
     ImageNotAvailable {
         image: String,

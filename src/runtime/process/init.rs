@@ -5,8 +5,8 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -74,25 +74,19 @@ fn setup_container(spec: &ShimSpec) -> Result<(), InitError> {
     ctx(sethostname(&spec.hostname), || {
         format!("set hostname {}", spec.hostname)
     })?;
-    // Files bind-mounted later may sit under a directory the plan hides (/run, /tmp): open
-    // them now and bind them through /proc/self/fd.
-    let mut sources: Vec<(PathBuf, File)> = Vec::new();
+    // Files and directories bound later may sit under a directory the plan hides (/run,
+    // /tmp), or in the host's tree that an image's `pivot_root` leaves: take detached copies
+    // of them now and attach those.
+    let mut sources: Vec<(PathBuf, OwnedFd)> = Vec::new();
     for step in &spec.mounts {
-        if let MountStep::BindFile { source, .. } = step {
-            let file = ctx(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-                    .open(source),
-                || format!("open {}", source.display()),
-            )?;
-            sources.push((source.clone(), file));
+        if let MountStep::BindFile { source, .. } | MountStep::BindDir { source, .. } = step {
+            sources.push((source.clone(), super::rootfs::clone_tree(source)?));
         }
     }
     // SAFETY: umask only changes this process's file mode mask.
     unsafe { libc::umask(0o022) };
     for step in &spec.mounts {
-        apply_mount(step, &sources)?;
+        apply_mount(step, &mut sources)?;
     }
     Ok(())
 }
@@ -116,7 +110,7 @@ fn mnt(
     })
 }
 
-fn apply_mount(step: &MountStep, sources: &[(PathBuf, File)]) -> Result<(), InitError> {
+fn apply_mount(step: &MountStep, sources: &mut Vec<(PathBuf, OwnedFd)>) -> Result<(), InitError> {
     match step {
         MountStep::MakePrivate => mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None),
         MountStep::ReadOnlyRoot => read_only_tree("/"),
@@ -171,16 +165,40 @@ fn apply_mount(step: &MountStep, sources: &[(PathBuf, File)]) -> Result<(), Init
             }
             mnt(Some("/dev/null"), path, None, MsFlags::MS_BIND, None)
         }
+        MountStep::ImageRoot {
+            layers,
+            dir,
+            ids,
+            make_dirs,
+        } => super::rootfs::enter_image_root(layers, dir, ids, make_dirs),
+        MountStep::BindDir {
+            source,
+            target,
+            read_only,
+        } => {
+            let tree = taken(sources, source)?;
+            if !Path::new(target).is_dir() {
+                ctx(
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(target),
+                    || format!("create the mount point {target}"),
+                )?;
+            }
+            super::rootfs::attach_tree(&tree, target)?;
+            let mut flags =
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if *read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            mnt(None, target, None, flags, None)
+        }
         MountStep::BindFile { source, target } => {
-            let file = sources
-                .iter()
-                .find(|(s, _)| s == source)
-                .map(|(_, f)| f)
-                .ok_or_else(|| format!("{} was not opened", source.display()))?;
+            let tree = taken(sources, source)?;
             let target = bind_target(target)?;
             let target = target.to_string_lossy();
-            let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            mnt(Some(&fd_path), &target, None, MsFlags::MS_BIND, None)?;
+            super::rootfs::attach_tree(&tree, &target)?;
             mnt(
                 None,
                 &target,
@@ -194,6 +212,15 @@ fn apply_mount(step: &MountStep, sources: &[(PathBuf, File)]) -> Result<(), Init
             )
         }
     }
+}
+
+/// The detached copy of `source` (each is attached once).
+fn taken(sources: &mut Vec<(PathBuf, OwnedFd)>, source: &Path) -> Result<OwnedFd, InitError> {
+    let at = sources
+        .iter()
+        .position(|(s, _)| s == source)
+        .ok_or_else(|| format!("{} was not opened", source.display()))?;
+    Ok(sources.remove(at).1)
 }
 
 /// Follow a symlinked bind target (`/etc/resolv.conf` -> `../run/...`); create the final file

@@ -9,13 +9,16 @@
 //! which outlives the kubelet; everything about a container is in its directory (`layout`),
 //! so a new `ProcessRuntime` on the same root adopts the containers of an old one.
 //!
-//! Built-in images (`crate::images`) run the kemu binary as `kemu builtin-image <name> ...`; other
-//! images run the container's `command:` from the host.
+//! Built-in images (`crate::images`) run the kemu binary as `kemu builtin-image <name> ...`;
+//! images of kemu's store (`ContainerConfig::rootfs`) run in a root filesystem of their own
+//! (`rootfs`: their layers idmapped onto the pod's ids, an overlay, `pivot_root`, all in stage
+//! 1 so that stage 2 locks it); other images run the container's `command:` from the host.
 
 pub mod caps;
 pub mod exec;
 mod init;
 pub mod layout;
+pub mod rootfs;
 pub mod shim;
 pub mod spec;
 pub mod userns;
@@ -47,6 +50,10 @@ pub struct ProcessRuntime {
     owned: OwnedDir,
     kemu_exe: PathBuf,
     ids: IdRange,
+    /// kemu's image store, when containers of its images run here: each such container holds
+    /// a lease on its image (named by the container's ID) until it is removed, so that
+    /// `kemu image rm` and `gc` leave the layers under its root filesystem in place.
+    images: Option<crate::images::store::Store>,
 }
 
 impl ProcessRuntime {
@@ -63,7 +70,32 @@ impl ProcessRuntime {
             owned: OwnedDir::new(root)?,
             kemu_exe: kemu_exe.into(),
             ids,
+            images: None,
         })
+    }
+
+    /// The same runtime, leasing the images of `store` its containers run (see `images`).
+    pub fn with_image_store(mut self, store: crate::images::store::Store) -> ProcessRuntime {
+        self.images = Some(store);
+        self
+    }
+
+    /// Lease the image of a container of a store image (nothing to do for others).
+    fn lease(&self, id: &ContainerId, container: &ContainerConfig) -> Result<(), String> {
+        let (Some(store), Some(rootfs)) = (&self.images, &container.rootfs) else {
+            return Ok(());
+        };
+        let image = crate::images::store::digest::Digest::parse(&rootfs.image_id)
+            .map_err(|e| format!("image ID {:?}: {e}", rootfs.image_id))?;
+        store
+            .lease(&id.0, &image)
+            .map_err(|e| format!("lease the image {}: {e}", rootfs.image_id))
+    }
+
+    fn release(&self, id: &ContainerId) {
+        if let Some(store) = &self.images {
+            let _ = store.release(&id.0);
+        }
     }
 
     fn containers_dir(&self) -> PathBuf {
@@ -194,6 +226,18 @@ impl ProcessRuntime {
         ));
         let dir = self.container_dir(&id);
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let image_passwd = container
+            .rootfs
+            .as_ref()
+            .and_then(|r| rootfs::read_image_file(&r.layers, "etc/passwd"));
+        let image_group = container
+            .rootfs
+            .as_ref()
+            .and_then(|r| rootfs::read_image_file(&r.layers, "etc/group"));
+        let accounts = crate::images::config::Accounts {
+            passwd: image_passwd.as_deref(),
+            group: image_group.as_deref(),
+        };
         let spec = spec::build_spec(
             &id.0,
             attempt,
@@ -203,6 +247,7 @@ impl ProcessRuntime {
             &self.kemu_exe,
             self.ids,
             &|uid| spec::passwd_gid(&passwd, uid),
+            accounts,
         )?;
         let write = || -> std::io::Result<()> {
             let owned = &self.owned;
@@ -214,11 +259,32 @@ impl ProcessRuntime {
                 &dir.join(spec::HOSTNAME_FILE),
                 format!("{}\n", sandbox.hostname).as_bytes(),
             )?;
+            if let Some(rootfs) = &container.rootfs {
+                // The overlay's directories (see `rootfs`); the writable layer's root is the
+                // pod's root's, as the image's `/` is through its idmapped layers.
+                for sub in [spec::ROOTFS_DIR, spec::UPPER_DIR, spec::WORK_DIR] {
+                    owned.create_dir(&dir.join(sub))?;
+                }
+                std::os::unix::fs::chown(
+                    dir.join(spec::UPPER_DIR),
+                    Some(self.ids.start),
+                    Some(self.ids.start),
+                )?;
+                owned.create_dir(&dir.join(spec::LOWER_DIR))?;
+                for n in 0..rootfs.layers.len() {
+                    owned.create_dir(&dir.join(spec::LOWER_DIR).join(n.to_string()))?;
+                }
+            }
             layout::write_json(owned, &dir.join(layout::SPEC), &spec)
         };
         write().map_err(|e| io_error("create", &id, e))?;
 
-        if let Err(message) = self.run_shim(&dir).await {
+        let started = match self.lease(&id, container) {
+            Ok(()) => self.run_shim(&dir).await,
+            Err(message) => Err(message),
+        };
+        if let Err(message) = started {
+            self.release(&id);
             let _ = self.owned.remove_dir_all(&dir);
             return Err(RuntimeError::StartFailed {
                 pod: format!("{}/{}", sandbox.namespace, sandbox.pod_name),
@@ -232,6 +298,7 @@ impl ProcessRuntime {
                 && matches!(status.state, ContainerState::Exited { .. })
             {
                 let _ = self.owned.remove_dir_all(&self.container_dir(old));
+                self.release(old);
             }
         }
         Ok(id)
@@ -381,7 +448,10 @@ impl ContainerRuntime for ProcessRuntime {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(io_error("remove", id, e))
                 }
-                _ => Ok(()),
+                _ => {
+                    self.release(id);
+                    Ok(())
+                }
             }
         })
     }

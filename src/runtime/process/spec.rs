@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::caps;
 use super::userns::IdRange;
+use crate::images::config::{Accounts, ContainerSide};
 use crate::images::{self, BuiltinImage};
-use crate::runtime::{ContainerConfig, RuntimeError, SandboxInfo};
+use crate::runtime::{ContainerConfig, RuntimeError, SandboxInfo, VolumeMount};
 
 /// The user a container runs as when its securityContext names none.
 pub const DEFAULT_USER: u32 = 65534;
@@ -97,15 +98,83 @@ pub enum MountStep {
     /// Bind a file of the container's directory read-only onto a path (following a symlink,
     /// e.g. `/etc/resolv.conf` -> `/run/...`, whose target is created when it is in a tmpfs).
     BindFile { source: PathBuf, target: String },
+    /// The image's root filesystem: each layer directory bound with its ids shifted into
+    /// the pod's range (an idmapped mount, so that the image's root-owned files belong to
+    /// root in the pod) on `<dir>/lower/<n>`, an overlay of them with the writable
+    /// `<dir>/upper` on `<dir>/rootfs`, then `pivot_root` into it and the directories
+    /// `make_dirs` created there (mount points, the working directory). Every later step's
+    /// path is inside the image.
+    ImageRoot {
+        /// Layer directories, base first.
+        layers: Vec<PathBuf>,
+        dir: PathBuf,
+        ids: IdRange,
+        make_dirs: Vec<String>,
+    },
+    /// Bind a directory of the pod (a volume) onto a path, creating it if missing.
+    BindDir {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
 }
 
 /// The files of a container's directory that are bind-mounted into it.
 pub const HOSTS_FILE: &str = "hosts";
 pub const RESOLV_FILE: &str = "resolv.conf";
 pub const HOSTNAME_FILE: &str = "hostname";
+/// The directories of a container's root filesystem (image containers only): the overlay's
+/// mount point, its writable layer and work directory, and the mount points of the layers.
+pub const ROOTFS_DIR: &str = "rootfs";
+pub const UPPER_DIR: &str = "upper";
+pub const WORK_DIR: &str = "work";
+pub const LOWER_DIR: &str = "lower";
+
+/// The mount plan of a container of a store image: its own root filesystem (the host's is
+/// gone after `pivot_root`), then the same `/dev`, `/proc`, `/sys` and masks as any
+/// container, the pod's volumes and files. `root` is the host uid of the pod's root.
+pub fn image_mount_plan(
+    dir: &Path,
+    layers: &[PathBuf],
+    privileged: bool,
+    ids: IdRange,
+    cwd: &str,
+    volumes: &[VolumeMount],
+) -> Vec<MountStep> {
+    let mut make_dirs: Vec<String> = ["/dev", "/proc", "/sys"].map(String::from).to_vec();
+    if cwd != "/" {
+        make_dirs.push(cwd.to_string());
+    }
+    let mut plan = vec![
+        MountStep::MakePrivate,
+        MountStep::ImageRoot {
+            layers: layers.to_vec(),
+            dir: dir.to_path_buf(),
+            ids,
+            make_dirs,
+        },
+        MountStep::Dev,
+    ];
+    plan.extend(
+        mount_plan(dir, privileged, ids.start, volumes)
+            .into_iter()
+            .filter(|step| match step {
+                MountStep::MakePrivate | MountStep::ReadOnlyRoot | MountStep::Dev => false,
+                // The image's /tmp and /run are its own (writable) directories.
+                MountStep::Tmpfs { .. } => false,
+                _ => true,
+            }),
+    );
+    plan
+}
 
 /// The container's mount plan; `root` is the host uid (and gid) of the pod's root.
-pub fn mount_plan(dir: &Path, privileged: bool, root: u32) -> Vec<MountStep> {
+pub fn mount_plan(
+    dir: &Path,
+    privileged: bool,
+    root: u32,
+    volumes: &[VolumeMount],
+) -> Vec<MountStep> {
     let tmpfs = |target: &str, mode: &str, size: &str| MountStep::Tmpfs {
         target: target.into(),
         mode: mode.into(),
@@ -145,6 +214,13 @@ pub fn mount_plan(dir: &Path, privileged: bool, root: u32) -> Vec<MountStep> {
             plan.push(MountStep::Mask { path: path.into() });
         }
     }
+    for volume in volumes {
+        plan.push(MountStep::BindDir {
+            source: volume.source.clone(),
+            target: volume.target.clone(),
+            read_only: volume.read_only,
+        });
+    }
     for (file, target) in [
         (HOSTS_FILE, "/etc/hosts"),
         (RESOLV_FILE, "/etc/resolv.conf"),
@@ -161,7 +237,8 @@ pub fn mount_plan(dir: &Path, privileged: bool, root: u32) -> Vec<MountStep> {
 /// Build the spec of container instance `id` (`attempt`) in `dir`.
 ///
 /// `kemu_exe` is the kemu binary (for built-in images); `ids` the host ids of the pod's user
-/// namespace; `primary_gid` looks a user's group up (the host's `/etc/passwd`).
+/// namespace; `primary_gid` looks a user's group up (the host's `/etc/passwd`); `accounts`
+/// are the image's `/etc/passwd` and `/etc/group` (containers of store images).
 #[allow(clippy::too_many_arguments)]
 pub fn build_spec(
     id: &str,
@@ -172,22 +249,71 @@ pub fn build_spec(
     kemu_exe: &Path,
     ids: IdRange,
     primary_gid: &dyn Fn(u32) -> Option<u32>,
+    accounts: Accounts,
 ) -> Result<ShimSpec, RuntimeError> {
-    let (program, argv) = program_and_argv(sandbox, container, kemu_exe)?;
     let refuse = |message: String| RuntimeError::StartFailed {
         pod: sandbox.pod_name.clone(),
         container: container.name.clone(),
         message,
     };
     let security = &container.security;
-    let uid = security.run_as_user.unwrap_or(DEFAULT_USER);
-    let gid = match (security.run_as_group, security.run_as_user) {
-        (Some(gid), _) => gid,
-        (None, None) => DEFAULT_USER,
-        (None, Some(uid)) => primary_gid(uid).unwrap_or(0),
+    let (program, argv, env, cwd, uid, gid, groups) = match &container.rootfs {
+        Some(rootfs) => {
+            // The image config decides, with Kubernetes' rules (`images::config`).
+            let mut env = vec![("HOSTNAME".to_string(), sandbox.hostname.clone())];
+            env.extend(container.env.iter().cloned());
+            let side = ContainerSide {
+                command: &container.command,
+                args: &container.args,
+                env: &env,
+                working_dir: container.working_dir.as_deref(),
+                run_as_user: security.run_as_user,
+                run_as_group: security.run_as_group,
+                supplemental_groups: &security.supplemental_groups,
+            };
+            let process =
+                crate::images::config::image_process(rootfs.config.as_ref(), &side, accounts)
+                    .map_err(refuse)?;
+            let program = Program::Host {
+                name: process.argv[0].clone(),
+            };
+            let mut groups = vec![process.user.gid];
+            groups.extend(
+                process
+                    .user
+                    .additional_gids
+                    .iter()
+                    .filter(|g| **g != process.user.gid),
+            );
+            (
+                program,
+                process.argv,
+                process.env,
+                process.cwd,
+                process.user.uid,
+                process.user.gid,
+                groups,
+            )
+        }
+        None => {
+            let (program, argv) = program_and_argv(sandbox, container, kemu_exe)?;
+            let uid = security.run_as_user.unwrap_or(DEFAULT_USER);
+            let gid = match (security.run_as_group, security.run_as_user) {
+                (Some(gid), _) => gid,
+                (None, None) => DEFAULT_USER,
+                (None, Some(uid)) => primary_gid(uid).unwrap_or(0),
+            };
+            let mut groups = vec![gid];
+            groups.extend(security.supplemental_groups.iter().filter(|g| **g != gid));
+            let cwd = container
+                .working_dir
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/".into());
+            let env = environment(&sandbox.hostname, uid, &container.env);
+            (program, argv, env, cwd, uid, gid, groups)
+        }
     };
-    let mut groups = vec![gid];
-    groups.extend(security.supplemental_groups.iter().filter(|g| **g != gid));
     for (field, value) in std::iter::once(("runAsUser", uid))
         .chain(std::iter::once(("runAsGroup", gid)))
         .chain(groups.iter().map(|g| ("supplementalGroups", *g)))
@@ -204,6 +330,22 @@ pub fn build_spec(
         .into_iter()
         .map(str::to_string)
         .collect();
+    let mounts = match &container.rootfs {
+        Some(rootfs) => image_mount_plan(
+            dir,
+            &rootfs.layers,
+            security.privileged,
+            ids,
+            &cwd,
+            &container.volume_mounts,
+        ),
+        None => mount_plan(
+            dir,
+            security.privileged,
+            ids.start,
+            &container.volume_mounts,
+        ),
+    };
     Ok(ShimSpec {
         id: id.to_string(),
         pod_name: sandbox.pod_name.clone(),
@@ -219,19 +361,15 @@ pub fn build_spec(
         process: ProcessSpec {
             program,
             argv,
-            env: environment(&sandbox.hostname, uid, &container.env),
-            cwd: container
-                .working_dir
-                .clone()
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "/".into()),
+            env,
+            cwd,
             uid,
             gid,
             groups,
             capabilities,
             no_new_privileges: !security.privileged,
         },
-        mounts: mount_plan(dir, security.privileged, ids.start),
+        mounts,
     })
 }
 
@@ -355,6 +493,7 @@ mod tests {
             Path::new("/usr/local/bin/kemu"),
             IdRange::new(1_073_741_824, 65536).unwrap(),
             &|uid| (uid == 1000).then_some(1000),
+            Accounts::default(),
         )
     }
 
@@ -436,6 +575,97 @@ mod tests {
         let err = build(&container).unwrap_err();
         assert!(matches!(err, RuntimeError::ImageNotAvailable { .. }));
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(err.to_string()));
+    }
+
+    #[test]
+    fn store_images_run_their_config_in_their_own_root() {
+        let config: oci_spec::image::Config = serde_json::from_value(serde_json::json!({
+            "Entrypoint": ["/bin/app"],
+            "Cmd": ["serve"],
+            "Env": ["PATH=/bin", "MODE=image"],
+            "WorkingDir": "/srv",
+            "User": "app",
+        }))
+        .unwrap();
+        let container = ContainerConfig {
+            name: "app".into(),
+            image: "team/app:1".into(),
+            args: vec!["check".into()],
+            env: vec![("MODE".into(), "pod".into())],
+            rootfs: Some(crate::runtime::ImageRootfs {
+                image_id: "sha256:ab".into(),
+                layers: vec!["/store/layers/a/fs".into(), "/store/layers/b/fs".into()],
+                config: Some(config),
+            }),
+            volume_mounts: vec![VolumeMount {
+                source: "/pods/u/volumes/kubernetes.io~empty-dir/cache".into(),
+                target: "/cache".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        let spec = build_spec(
+            "u_app_0",
+            0,
+            Path::new("/state/containers/u_app_0"),
+            &sandbox(),
+            &container,
+            Path::new("/usr/local/bin/kemu"),
+            IdRange::new(1_073_741_824, 65536).unwrap(),
+            &|_| None,
+            Accounts {
+                passwd: Some("root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/srv:/bin/sh\n"),
+                group: Some("app:x:1001:\nextra:x:7:app\n"),
+            },
+        )
+        .unwrap();
+        let p = &spec.process;
+        assert_eq!(
+            p.program,
+            Program::Host {
+                name: "/bin/app".into()
+            }
+        );
+        assert_eq!(p.argv, ["/bin/app", "check"]);
+        assert_eq!(
+            p.env,
+            ["PATH=/bin", "MODE=pod", "HOSTNAME=nginx-controller-abcde"]
+        );
+        assert_eq!(
+            (p.uid, p.gid, p.groups.clone()),
+            (1000, 1001, vec![1001, 7])
+        );
+        assert_eq!(p.cwd, "/srv");
+        let kinds: Vec<String> = spec
+            .mounts
+            .iter()
+            .map(|m| {
+                format!("{m:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        // The image root first; no host tree, no tmpfs over the image's /tmp and /run.
+        assert_eq!(&kinds[..4], ["MakePrivate", "ImageRoot", "Dev", "Proc"]);
+        assert!(
+            !kinds.iter().any(|k| k == "ReadOnlyRoot" || k == "Tmpfs"),
+            "{kinds:?}"
+        );
+        assert!(spec.mounts.contains(&MountStep::BindDir {
+            source: "/pods/u/volumes/kubernetes.io~empty-dir/cache".into(),
+            target: "/cache".into(),
+            read_only: false,
+        }));
+        let MountStep::ImageRoot {
+            layers, make_dirs, ..
+        } = &spec.mounts[1]
+        else {
+            unreachable!()
+        };
+        assert_eq!(layers.len(), 2);
+        assert_eq!(make_dirs, &["/dev", "/proc", "/sys", "/srv"]);
     }
 
     #[test]

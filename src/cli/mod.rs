@@ -10,19 +10,27 @@ mod builtin_image;
 mod container_exec;
 mod container_shim;
 mod controller_manager;
+mod docs;
 mod down;
 mod exec;
+pub mod exit;
 pub mod flanneld;
 mod generate;
 mod image;
+mod kubeconfig;
 pub mod kubelet;
 mod link;
+mod list;
+mod logs;
 mod node;
+mod output;
 mod partition;
+mod progress;
 pub mod proxy;
 mod reach;
 mod repair;
 mod scheduler;
+mod schema;
 mod snapshot;
 mod status;
 mod up;
@@ -46,8 +54,14 @@ pub enum Command {
     Up(up::UpArgs),
     /// Tear a lab down.
     Down(down::DownArgs),
+    /// List the labs that are up: hosts, age, state, API address.
+    List(list::ListArgs),
     /// Show a lab's hosts, subnets and agents.
     Status(status::StatusArgs),
+    /// Print the logs of a lab's agents (`-f` to follow them).
+    Logs(logs::LogsArgs),
+    /// Print a lab's kubeconfig, or add it to yours (`--write`).
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Restart a lab's supervisor after it died, adopting the agents that still run.
     Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
@@ -64,6 +78,12 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print kemu's man page (`--dir` writes one per command).
+    Man(docs::ManArgs),
+    /// Print the topology file's JSON Schema (`--reference`: the README's field table).
+    Schema(schema::SchemaArgs),
     /// Run the kubectl-compatible Kubernetes API server (master host).
     Apiserver(apiserver::Args),
     /// The pod scheduler of the master.
@@ -127,7 +147,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Down(args) => down::run(args),
+        Command::List(args) => list::run(args),
         Command::Status(args) => status::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Link(args) => link::run(args),
@@ -137,6 +160,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(args),
         Command::FaultEngine(args) => link::run_engine(args),
         Command::Generate(args) => generate::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
+        Command::Schema(args) => schema::run(args),
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Kubelet(args) => kubelet::run_cli(args),
@@ -156,7 +182,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The lab a command refers to: the one given, or the only one that is up.
 pub(crate) fn pick_lab(
     given: Option<&crate::topology::LabName>,
-    allow_missing: bool,
 ) -> anyhow::Result<crate::topology::LabName> {
     if let Some(lab) = given {
         return Ok(lab.clone());
@@ -164,14 +189,13 @@ pub(crate) fn pick_lab(
     let labs = crate::lab::list_labs();
     match labs.as_slice() {
         [one] => Ok(one.clone()),
-        [] if allow_missing => anyhow::bail!("no labs are up"),
-        [] => anyhow::bail!("no labs are up (start one with `kemu up topologies/seed.yaml`)"),
-        many => anyhow::bail!(
+        [] => Err(crate::lab::state::LabNotFound::None.into()),
+        many => Err(exit::usage(format!(
             "several labs are up ({}): name one",
             many.iter()
                 .map(|l| l.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        ))),
     }
 }

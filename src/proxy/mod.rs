@@ -43,7 +43,18 @@ use serde::{Deserialize, Serialize};
 pub use model::{Endpoint, EndpointsMap, NodeContext, ServicePort, ServicePortName};
 
 /// Which proxier's rules to render.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyMode {
     /// 2015 userspace proxier: portal chains redirecting to local proxy ports.

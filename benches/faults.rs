@@ -233,7 +233,11 @@ Target: ≥ 50,000 packets/s with ≤ 1 ms added error at 10 ms: {} (highest sus
 {best_rate} pkt/s).\n<!-- faults:end -->\n",
         kernel.trim(),
         if worst <= 50.0 { "met" } else { "NOT met" },
-        if best_rate >= 50_000 { "met" } else { "NOT met" },
+        if best_rate >= 50_000 {
+            "met"
+        } else {
+            "NOT met"
+        },
     );
     write_section("faults", &section);
     print!("{section}");

@@ -5,7 +5,9 @@
 //!    deletes), and on a live lab (1,000 services created through the API; the agents' status
 //!    files tell when a change is in every node's kernel);
 //! 2. a Service create, through the API, to its ClusterIP answering from every node;
-//! 3. iperf3 throughput pod → ClusterIP → pod across nodes, against pod → pod.
+//! 3. iperf3 throughput pod → ClusterIP → pod across nodes, against pod → pod;
+//! 4. the conntrack cleanup after a sync that removes a UDP endpoint, with 1,000 entries in
+//!    the table (list, pick the stale ones, delete them through netlink).
 //!
 //! Needs root (it builds namespaces and labs). Writes its section of BENCHMARKS.md.
 //!
@@ -332,6 +334,87 @@ fn scratch_round(mode: ProxyMode, n: usize) -> ScratchRow {
         full,
         change,
     }
+}
+
+/// Entries in the conntrack table of the cleanup measurement, and rounds of it.
+const CONNTRACK_ENTRIES: usize = 1_000;
+const CONNTRACK_ROUNDS: usize = 7;
+
+/// A UDP service with `endpoints`, as the proxy's input.
+fn udp_input(endpoints: &[&str]) -> ProxyInput {
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: ns}\n\
+         spec: {clusterIP: 172.30.0.10, ports: [{name: dns, port: 53, protocol: UDP}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: dns-1, namespace: ns, labels: {kubernetes.io/service-name: dns}}\n\
+         addressType: IPv4\nports: [{name: dns, port: 53, protocol: UDP}]\nendpoints:\n",
+    );
+    for ep in endpoints {
+        yaml.push_str(&format!("- addresses: [{ep}]\n"));
+    }
+    let objs = kemu::proxy::objects::parse_yaml(&yaml).unwrap();
+    ProxyInput::from_objects(
+        NodeContext::new(HOSTS[0], vec!["192.168.0.201".parse().unwrap()]),
+        &objs.services,
+        &objs.endpoint_slices,
+    )
+}
+
+/// The agent's conntrack cleanup (src/proxy/agent/mod.rs `cleanup_conntrack`: list the
+/// table, pick the stale flows, delete them) after one of two endpoints of a UDP service
+/// goes, with [`CONNTRACK_ENTRIES`] entries in the table, half of them to that endpoint;
+/// in a scratch namespace. The median and the max over the rounds.
+fn conntrack_cleanup() -> (Duration, Duration, usize) {
+    use kemu::proxy::conntrack::{Flow, IPPROTO_UDP, stale_flows};
+    use kemu::proxy::nfnetlink::Nfnl;
+    use kemu::proxy::profile::ConntrackCleanup;
+    let name = "kemubench-conntrack".to_string();
+    let _ = netns::delete(&name);
+    let (ns, ()) = NetNs::create(&name, || Ok(())).expect("create the scratch namespace");
+    let result = ns.run(|| {
+        let mut nfnl = Nfnl::open()?;
+        let before = udp_input(&["172.16.1.2", "172.16.2.2"]);
+        let after = udp_input(&["172.16.2.2"]);
+        let mut times = Vec::new();
+        let mut deleted = 0;
+        for round in 0..CONNTRACK_ROUNDS {
+            for i in 0..CONNTRACK_ENTRIES {
+                let flow = Flow {
+                    protocol: IPPROTO_UDP,
+                    orig_src: format!("172.16.3.{}", 2 + i % 200).parse().unwrap(),
+                    orig_dst: "172.30.0.10".parse().unwrap(),
+                    orig_sport: 20000 + (i + round * CONNTRACK_ENTRIES) as u16 % 40000,
+                    orig_dport: 53,
+                    reply_src: if i % 2 == 0 {
+                        "172.16.1.2"
+                    } else {
+                        "172.16.2.2"
+                    }
+                    .parse()
+                    .unwrap(),
+                };
+                nfnl.create_flow(&flow, 300)?;
+            }
+            let started = Instant::now();
+            let flows = nfnl.list_flows(false)?;
+            let stale = stale_flows(
+                ConntrackCleanup::Reconciler { fixed: true },
+                &flows,
+                &before,
+                &after,
+            );
+            deleted = nfnl.delete_flows(&stale)?;
+            times.push(started.elapsed());
+            // Empty the table for the next round.
+            let rest = nfnl.list_flows(false)?;
+            nfnl.delete_flows(&rest)?;
+        }
+        Ok((times, deleted))
+    });
+    netns::delete(&name).expect("delete the scratch namespace");
+    let (mut times, deleted) = result.expect("conntrack cleanup in the scratch namespace");
+    let max = *times.iter().max().unwrap();
+    (median(&mut times), max, deleted)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -809,6 +892,13 @@ fn main() {
         "iperf3 is missing (Debian package iperf3)"
     );
     let begun = Instant::now();
+    let conntrack = conntrack_cleanup();
+    eprintln!(
+        "conntrack cleanup: median {}, max {}, {} deleted",
+        ms(conntrack.0),
+        ms(conntrack.1),
+        conntrack.2
+    );
     let (seed, server_node, client_node) = seed_lab();
     eprintln!("seed lab done at {:?}", begun.elapsed());
     let live = live_sync();
@@ -942,6 +1032,17 @@ fn main() {
         ));
     }
 
+    s.push_str(&format!(
+        "\n### Conntrack cleanup\n\nWhat the agent adds to a sync after a UDP endpoint goes (kube-proxy ≥ 1.32's \
+         reconciler, kemu's profile): listing the conntrack table through netlink, picking the flows whose reply does \
+         not come from a serving endpoint, and deleting them in batches, in a scratch namespace whose table holds \
+         {CONNTRACK_ENTRIES} UDP entries to one service, half of them to the endpoint that went ({} deleted each \
+         round); {CONNTRACK_ROUNDS} rounds.\n\n| median | max |\n|---:|---:|\n| {} | {} |\n",
+        conntrack.2,
+        ms(conntrack.0),
+        ms(conntrack.1)
+    ));
+
     let at_1k = |mode| live.rows.iter().find(|r| r.mode == mode).unwrap();
     let kernel_ok = |mode| {
         seed.iter()
@@ -969,6 +1070,12 @@ fn main() {
         .iter()
         .find(|r| r.mode == ProxyMode::Userspace)
         .unwrap();
+    s.push_str(&format!(
+        "- conntrack cleanup of an endpoint removal with {CONNTRACK_ENTRIES} entries in the table adds at most 5 ms \
+         to the sync: {} (max {});\n",
+        met(conntrack.1 <= Duration::from_millis(5)),
+        ms(conntrack.1)
+    ));
     s.push_str(&format!(
         "- userspace mode has no target: its forwarder copies every byte through a user-space process \
          ({:.0}% of pod → pod here).\n<!-- proxy:end -->\n",

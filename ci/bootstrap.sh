@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(iproute2 iptables nftables conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates
+PACKAGES=(iproute2 iptables nftables ethtool conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates
           docker-registry apache2-utils)  # the last two: tests/images_registry.rs
 
 need_root() {

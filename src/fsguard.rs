@@ -264,6 +264,25 @@ impl OwnedDir {
         })
     }
 
+    /// Open a file for reading, inside the root only, never following a symlink at `path`:
+    /// what kemu shows from its state (logs, kubeconfigs) is never some other file of the
+    /// machine that a planted link pointed at.
+    pub fn open_read(&self, path: &Path) -> io::Result<File> {
+        self.prove_target(path)?;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    }
+
+    /// `open_read` and read it all as text.
+    pub fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        self.open_read(path)?.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
     /// Open a file for appending (created if missing), never following a symlink at `path`.
     pub fn open_append(&self, path: &Path) -> io::Result<File> {
         self.prove_target(path)?;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod controllers;
 pub mod events;
+pub mod faults;
 pub mod firewall;
 pub mod flannel;
 pub mod fsguard;

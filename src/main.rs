@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            kemu::cli::exit::exit_code(&err)
         }
     }
 }

@@ -43,6 +43,8 @@ fn args(case: &str, mode: ProxyMode) -> RenderArgs {
         masquerade_all: false,
         file: fixture(case),
         seed: DEFAULT_SEED,
+        previous: None,
+        kube_proxy_version: None,
     }
 }
 

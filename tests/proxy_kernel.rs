@@ -60,6 +60,8 @@ fn rendered_rules_apply_in_a_private_namespace() {
                 masquerade_all: false,
                 file: file.clone(),
                 seed: DEFAULT_SEED,
+                previous: None,
+                kube_proxy_version: None,
             };
             let (text, _) = render_file(&args).unwrap();
             let result = match mode {

@@ -4,6 +4,10 @@
 //! use (which only reorders services). Inputs and expectations live in
 //! `tests/fixtures/proxy/upstream/`.
 //!
+//! Each render is also snapshotted (`snapshots/proxy_upstream__<UpstreamTestName>….snap`),
+//! under the name of the upstream test it comes from, so that a change to the output is
+//! reviewed as text even where upstream's comparison only reorders.
+//!
 //! One textual adaptation: upstream's fake proxier sets the masquerade mark to the literal
 //! `0x4000`, while the real kube-proxy formats it with `%#08x` (`0x00004000`, which is what we
 //! render); the expectations are rewritten to the real spelling before comparing.
@@ -25,7 +29,8 @@ fn iptables_node() -> NodeContext {
     let mut node = NodeContext::new("test-node", vec!["192.168.0.2".parse().unwrap()]);
     node.cluster_cidr = Some("10.0.0.0/8".parse().unwrap());
     node.localhost_node_ports = true;
-    node.nfacct = true;
+    node.nfacct_invalid_drop = true;
+    node.nfacct_localhost = true;
     node.random_fully = false;
     node
 }
@@ -51,10 +56,19 @@ fn real_mark(expected: &str) -> String {
     expected.replace("0x4000", "0x00004000")
 }
 
-fn assert_iptables_like_upstream(yaml: &str, expected: &str) {
+fn assert_iptables_like_upstream(upstream_test: &str, yaml: &str, expected: &str) {
     let rendered = iptables::render(&input(iptables_node(), yaml));
     let want = real_mark(&fixture(expected));
     similar_assert(&sort_iptables_by_service(&rendered), &want, &rendered);
+    snapshot(upstream_test, &rendered);
+}
+
+/// The render, as a snapshot named after the upstream test it comes from.
+fn snapshot(upstream_test: &str, rendered: &str) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(format!("proxy_upstream__{upstream_test}"), rendered));
 }
 
 fn similar_assert(got: &str, want: &str, raw: &str) {
@@ -75,17 +89,25 @@ fn similar_assert(got: &str, want: &str, raw: &str) {
 
 #[test]
 fn iptables_overall_rules_match_upstream() {
-    assert_iptables_like_upstream("overall.yaml", "overall.iptables.txt");
+    assert_iptables_like_upstream(
+        "TestOverallIPTablesRules",
+        "overall.yaml",
+        "overall.iptables.txt",
+    );
 }
 
 #[test]
 fn iptables_sync_rules_match_upstream() {
-    assert_iptables_like_upstream("repeated.yaml", "repeated.iptables.txt");
+    assert_iptables_like_upstream(
+        "TestSyncProxyRulesRepeated__iptables_initial",
+        "repeated.yaml",
+        "repeated.iptables.txt",
+    );
 }
 
 #[test]
 fn iptables_bad_ips_are_written_clean_like_upstream() {
-    assert_iptables_like_upstream("bad-ips.yaml", "bad-ips.iptables.txt");
+    assert_iptables_like_upstream("TestBadIPs", "bad-ips.yaml", "bad-ips.iptables.txt");
 }
 
 #[test]
@@ -93,6 +115,7 @@ fn nftables_overall_rules_match_upstream() {
     let rendered = nftables::render_table(&input(nftables_node(), "overall.yaml"));
     let want = sort_nft_transaction(&real_mark(&fixture("overall.nft.txt")));
     similar_assert(&sort_nft_transaction(&rendered), &want, &rendered);
+    snapshot("TestOverallNFTablesRules", &rendered);
 }
 
 #[test]
@@ -164,7 +187,7 @@ fn invalid_drop_rule_follows_conntrack_and_nfacct() {
     ];
     for (nfacct, liberal, drop) in cases {
         let mut node = iptables_node();
-        node.nfacct = nfacct;
+        node.nfacct_invalid_drop = nfacct;
         node.conntrack_tcp_be_liberal = liberal;
         let text = iptables::render(&ProxyInput::from_objects(node, &[], &[]));
         assert_eq!(
@@ -321,4 +344,63 @@ fn stale_service_chains_are_flushed_and_deleted() {
     }
     assert!(!text.contains("-X KUBE-SVC-XPGD46QRK7WJZT7O"));
     assert!(!text.contains("DOCKER"));
+}
+
+/// The inputs of one step of an upstream test whose states live in
+/// `tests/fixtures/proxy/upstream/<dir>/<step>.yaml`.
+fn step_input(dir: &str, step: &str) -> ProxyInput {
+    input(iptables_node(), &format!("{dir}/{step}.yaml"))
+}
+
+/// kube-proxy's `TestSyncProxyRulesRepeated` (`pkg/proxy/iptables/proxier_test.go`): a full
+/// sync, then partial syncs that write only the changed services' chains (with every
+/// `KUBE-SERVICES` jump), flush and delete the chains of deleted services and endpoints, and
+/// a full resync. Each step's restore input must equal upstream's expected one.
+#[test]
+fn iptables_sync_proxy_rules_repeated() {
+    use kemu::proxy::agent::rules::{chains_after_partial, chains_after_restore};
+    const DIR: &str = "repeated";
+    let steps = [
+        "0-initial",
+        "1-add-svc3",
+        "2-delete-svc2",
+        "3-add-svc4-without-endpoints",
+        "4-add-svc4-endpoints",
+        "5-change-svc3-endpoint",
+        "6-add-svc3-endpoint",
+        "7-no-change",
+        "8-delete-svc4-full-resync",
+    ];
+    let mut previous = step_input(DIR, steps[0]);
+    let first = iptables::render(&previous);
+    similar_assert(
+        &sort_iptables_by_service(&first),
+        &real_mark(&fixture(&format!("{DIR}/{}.iptables.txt", steps[0]))),
+        &first,
+    );
+    // The nat chains in the kernel, as kube-proxy's iptables-save would list them.
+    let mut chains = chains_after_restore(&first, "nat");
+    for step in &steps[1..] {
+        let mut next = step_input(DIR, step);
+        next.existing_nat_chains = chains.clone();
+        let full = step.contains("full-resync");
+        if !full {
+            next.changed_services = Some(ProxyInput::changed_services(&previous, &next));
+        }
+        let text = iptables::render(&next);
+        let want = real_mark(&fixture(&format!("{DIR}/{step}.iptables.txt")));
+        let got = sort_iptables_by_service(&text);
+        assert!(
+            got == want,
+            "step {step} differs from upstream:\n--- want\n{want}\n--- got\n{got}"
+        );
+        chains = if full {
+            chains_after_restore(&text, "nat")
+        } else {
+            chains_after_partial(&chains, &text, "nat")
+        };
+        next.existing_nat_chains = Vec::new();
+        next.changed_services = None;
+        previous = next;
+    }
 }

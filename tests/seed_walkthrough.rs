@@ -337,7 +337,8 @@ fn snapshot_every_node_and_the_matrix(lab: &Lab, mode: &str) {
             .bind(|| insta::assert_snapshot!(format!("seed_{mode}_rules_{node}"), rules));
     }
     let out = run_kemu(&["reach", &lab.name, "-o", "json"]);
-    let cells: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cells = json["cells"].as_array().unwrap();
     let mut lines: Vec<String> = cells
         .iter()
         .map(|c| {

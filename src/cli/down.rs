@@ -17,9 +17,6 @@ pub struct DownArgs {
     pub all: bool,
 }
 
-/// Exit code when teardown left something behind.
-pub const PARTIAL_TEARDOWN: u8 = 3;
-
 fn dir_is_empty(path: &std::path::Path) -> bool {
     std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
 }
@@ -29,8 +26,9 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     let labs = if args.all {
         crate::lab::list_labs()
     } else {
-        vec![super::pick_lab(args.lab.as_ref(), true)?]
+        vec![super::pick_lab(args.lab.as_ref())?]
     };
+    super::progress::install();
     let mut failed = false;
     for lab in labs {
         let dir = LabDir::new(&lab)?;
@@ -48,6 +46,7 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let report = teardown(&dir);
+        super::progress::finish();
         if report.errors.is_empty() {
             println!(
                 "lab {lab} is down: {} processes stopped, {} namespaces removed",
@@ -66,7 +65,7 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed {
-        ExitCode::from(PARTIAL_TEARDOWN)
+        ExitCode::from(super::exit::FAILED)
     } else {
         ExitCode::SUCCESS
     })

@@ -4,21 +4,33 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 pub mod apiserver;
 mod builtin_image;
 mod container_exec;
 mod container_shim;
 mod controller_manager;
+mod docs;
 mod down;
 mod exec;
+pub mod exit;
 pub mod flanneld;
 mod generate;
 mod image;
+mod kubeconfig;
 pub mod kubelet;
+mod link;
+mod list;
+mod logs;
+mod node;
+mod output;
+mod partition;
+mod progress;
 pub mod proxy;
 mod reach;
 mod repair;
 mod scheduler;
+mod schema;
 mod snapshot;
 mod status;
 mod up;
@@ -42,14 +54,36 @@ pub enum Command {
     Up(up::UpArgs),
     /// Tear a lab down.
     Down(down::DownArgs),
+    /// List the labs that are up: hosts, age, state, API address.
+    List(list::ListArgs),
     /// Show a lab's hosts, subnets and agents.
     Status(status::StatusArgs),
+    /// Print the logs of a lab's agents (`-f` to follow them).
+    Logs(logs::LogsArgs),
+    /// Print a lab's kubeconfig, or add it to yours (`--write`).
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Restart a lab's supervisor after it died, adopting the agents that still run.
     Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
     Exec(exec::ExecArgs),
+    /// Impair, cut or shrink a host's link (delay, loss, rate, MTU, ...); `--clear` undoes it.
+    Link(link::LinkArgs),
+    /// Cut hosts off from others, on the control plane, the data plane or both.
+    Partition(partition::PartitionArgs),
+    /// Remove every fault of a lab (links, partitions, stopped nodes).
+    Heal(partition::HealArgs),
+    /// Power a host off (agents and pods frozen, links down) or on again.
+    Node(node::NodeArgs),
+    /// Crash or restart one agent of a host.
+    Agent(agent::AgentArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print kemu's man page (`--dir` writes one per command).
+    Man(docs::ManArgs),
+    /// Print the topology file's JSON Schema (`--reference`: the README's field table).
+    Schema(schema::SchemaArgs),
     /// Run the kubectl-compatible Kubernetes API server (master host).
     Apiserver(apiserver::Args),
     /// The pod scheduler of the master.
@@ -65,7 +99,7 @@ pub enum Command {
     /// The overlay agent of a minion (flannel with its Kubernetes subnet manager).
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy agent (`render` prints a node's rules, `mode` switches a lab's mode).
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Manage the image store shared by all labs: load, ls, rm, pull, gc.
     Image(image::ImageArgs),
     /// Run a built-in container image (started inside containers by the process runtime).
@@ -77,6 +111,9 @@ pub enum Command {
     /// Run a command in a running container (started by the kubelet for `kubectl exec`).
     #[command(hide = true)]
     ContainerExec(container_exec::ContainerExecArgs),
+    /// The delay line of a link fault (started by `kemu link`).
+    #[command(hide = true)]
+    FaultEngine(link::EngineArgs),
     /// Run a lab's supervisor (started by `kemu up`).
     #[command(hide = true)]
     Supervise {
@@ -110,10 +147,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Down(args) => down::run(args),
+        Command::List(args) => list::run(args),
         Command::Status(args) => status::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Link(args) => link::run(args),
+        Command::Partition(args) => partition::run(args),
+        Command::Heal(args) => partition::heal(args),
+        Command::Node(args) => node::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::FaultEngine(args) => link::run_engine(args),
         Command::Generate(args) => generate::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
+        Command::Schema(args) => schema::run(args),
         Command::Apiserver(args) => apiserver::run(args),
         Command::Flanneld(args) => flanneld::run_cli(args),
         Command::Kubelet(args) => kubelet::run_cli(args),
@@ -121,7 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reach(args) => reach::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Image(args) => image::run(args),
         Command::BuiltinImage(args) => builtin_image::run(args),
         Command::ContainerShim(args) => container_shim::run(args),
@@ -133,7 +182,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The lab a command refers to: the one given, or the only one that is up.
 pub(crate) fn pick_lab(
     given: Option<&crate::topology::LabName>,
-    allow_missing: bool,
 ) -> anyhow::Result<crate::topology::LabName> {
     if let Some(lab) = given {
         return Ok(lab.clone());
@@ -141,14 +189,13 @@ pub(crate) fn pick_lab(
     let labs = crate::lab::list_labs();
     match labs.as_slice() {
         [one] => Ok(one.clone()),
-        [] if allow_missing => anyhow::bail!("no labs are up"),
-        [] => anyhow::bail!("no labs are up (start one with `kemu up topologies/seed.yaml`)"),
-        many => anyhow::bail!(
+        [] => Err(crate::lab::state::LabNotFound::None.into()),
+        many => Err(exit::usage(format!(
             "several labs are up ({}): name one",
             many.iter()
                 .map(|l| l.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        ))),
     }
 }

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use crate::lab::state::{LabRecord, ProcessRecord};
 use crate::proxy::agent::{self, control};
+use crate::proxy::profile::{KubeVersion, ProxyProfile};
 use crate::proxy::userspace::ProxyPortAllocator;
 use crate::proxy::{NodeContext, ProxyInput, ProxyMode, objects, render};
 
@@ -81,6 +82,37 @@ pub struct AgentArgs {
     /// Time between periodic full syncs when nothing changes.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub sync_period: Duration,
+    /// Behave as this kube-proxy release (e.g. 1.31): conntrack cleanup, default mode,
+    /// nfacct counters, what a mode switch leaves, partial sync output. Without it, kemu's
+    /// own profile (the newest behaviour, clean mode switches, fast partial syncs).
+    #[arg(long, value_name = "VERSION")]
+    pub kube_proxy_version: Option<KubeVersion>,
+    /// Serve NodePorts on 127.0.0.1 in iptables mode (`route_localnet=1`); the release's
+    /// default (on) without it.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub iptables_localhost_nodeports: Option<bool>,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
+    /// Health endpoint (`/healthz`, `/livez`) and health check node ports' address; empty
+    /// to serve none.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+    /// Metrics endpoint (`/metrics`, `/proxyMode`); empty to serve none.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
+}
+
+/// An optional listen address: empty means none.
+fn bind_address(flag: &str, text: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .with_context(|| format!("--{flag} {text:?} is not an address such as 0.0.0.0:10256"))
 }
 
 /// `kemu proxy mode`.
@@ -131,6 +163,14 @@ pub struct RenderArgs {
     /// Seed of the userspace proxy-port allocator.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    /// The objects before the change: print the partial sync kube-proxy writes for the
+    /// change from this file to `-f` (its `iptables-restore` input, or its `nft -f`
+    /// transaction).
+    #[arg(long, value_name = "OLD.yaml")]
+    pub previous: Option<PathBuf>,
+    /// Render as this kube-proxy release (nfacct counters, localhost NodePorts).
+    #[arg(long, value_name = "VERSION")]
+    pub kube_proxy_version: Option<KubeVersion>,
 }
 
 /// Run `kemu proxy …`.
@@ -151,7 +191,17 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
 /// Run the per-node agent until SIGTERM/SIGINT.
 pub fn run_agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let profile = ProxyProfile::new(a.kube_proxy_version);
+    let healthz_bind = bind_address("healthz-bind-address", &a.healthz_bind_address)?;
+    let metrics_bind = bind_address("metrics-bind-address", &a.metrics_bind_address)?;
     agent::run(agent::Config {
+        localhost_node_ports: a
+            .iptables_localhost_nodeports
+            .unwrap_or(profile.localhost_node_ports),
+        masquerade_all: a.masquerade_all.unwrap_or(profile.masquerade_all),
+        profile,
+        healthz_bind,
+        metrics_bind,
         master: a.master.context("--master is required")?,
         node_name: a.node_name.context("--node-name is required")?,
         node_ip: a.node_ip.context("--node-ip is required")?,
@@ -245,21 +295,65 @@ fn switch_mode(args: &ModeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Read the file and render it; returns the rules and the warnings about skipped objects.
-pub fn render_file(args: &RenderArgs) -> anyhow::Result<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let objects =
-        objects::parse_yaml(&text).with_context(|| format!("in {}", args.file.display()))?;
+/// Read the objects of a file into the input of `args`' node.
+fn read_input(
+    args: &RenderArgs,
+    file: &std::path::Path,
+) -> anyhow::Result<(ProxyInput, Vec<String>)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let objects = objects::parse_yaml(&text).with_context(|| format!("in {}", file.display()))?;
     let mut node = NodeContext::new(args.node_name.clone(), args.node_ips.clone());
     node.cluster_cidr = args.cluster_cidr;
     node.service_cidrs = args.service_cidrs.clone();
     node.masquerade_all = args.masquerade_all;
+    if let Some(version) = args.kube_proxy_version {
+        // The counters the release creates (a live agent uses those it could create).
+        let profile = ProxyProfile::for_version(version);
+        node.nfacct_invalid_drop = profile.nfacct_invalid_drop;
+        node.nfacct_localhost = profile.nfacct_localhost;
+    }
     let mut input = ProxyInput::from_objects(node, &objects.services, &objects.endpoint_slices);
     if args.mode == ProxyMode::Userspace {
         // Like the live agent: one proxy port per service port, in service order.
         let mut ports = ProxyPortAllocator::new(args.seed);
         input.proxy_ports = ports.allocate_all(input.services.iter().map(|s| &s.name));
     }
-    Ok((render(args.mode, &input), objects.warnings))
+    Ok((input, objects.warnings))
+}
+
+/// Read the file and render it; returns the rules and the warnings about skipped objects.
+/// With `--previous`, the partial sync kube-proxy writes for the change from that file:
+/// the rules as they are after a full sync of the old objects, then the new ones written
+/// as kube-proxy's next (partial) sync writes them.
+pub fn render_file(args: &RenderArgs) -> anyhow::Result<(String, Vec<String>)> {
+    let (mut input, mut warnings) = read_input(args, &args.file)?;
+    let Some(previous) = &args.previous else {
+        return Ok((render(args.mode, &input), warnings));
+    };
+    let (old, old_warnings) = read_input(args, previous)?;
+    warnings.extend(old_warnings);
+    match args.mode {
+        ProxyMode::Iptables => {
+            let applied = render(ProxyMode::Iptables, &old);
+            input.existing_nat_chains =
+                crate::proxy::agent::rules::chains_after_restore(&applied, "nat");
+            input.changed_services = Some(ProxyInput::changed_services(&old, &input));
+            Ok((render(ProxyMode::Iptables, &input), warnings))
+        }
+        ProxyMode::Nftables => {
+            let changed = ProxyInput::changed_services(&old, &input);
+            Ok((
+                crate::proxy::nftables::kube_proxy_partial(
+                    &render(ProxyMode::Nftables, &old),
+                    &render(ProxyMode::Nftables, &input),
+                    &changed,
+                ),
+                warnings,
+            ))
+        }
+        ProxyMode::Userspace => anyhow::bail!(
+            "--previous: the userspace proxier has no partial syncs (it re-ensures every portal rule)"
+        ),
+    }
 }

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams, LogParams};
 
+use super::output::Format;
 use crate::lab::state::LabRecord;
 use crate::reach::probe::{self, Answer};
 use crate::reach::{Cell, Expectations, HostInfo, Outcome, hosts_without_pod, plan, render};
@@ -40,18 +41,17 @@ pub struct ReachArgs {
 /// Label of the probe pods `reach` starts (and deletes).
 const PROBE_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "kemu-reach");
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
 pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
     let expectations = match &args.expect {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("read expectation file {}", path.display()))?;
-            Some(Expectations::parse(&path.display().to_string(), &text)?)
+            // A file that cannot be read or parsed is a usage error, found before any probe.
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                super::exit::usage(format!("read expectation file {}: {e}", path.display()))
+            })?;
+            Some(
+                Expectations::parse(&path.display().to_string(), &text)
+                    .map_err(|e| super::exit::usage(format!("{e:#}")))?,
+            )
         }
         None => None,
     };
@@ -164,26 +164,53 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let differences = expectations.as_ref().map(|e| e.differences(&cells));
     match args.output {
         Format::Table => print!("{}", render(&cells)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&cells)?),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&matrix_json(
+                &cells,
+                args.expect.as_deref(),
+                differences.as_deref()
+            ))?
+        ),
     }
-    if let Some(expectations) = expectations {
-        let differences = expectations.differences(&cells);
+    if let (Some(path), Some(differences)) = (&args.expect, &differences) {
         if !differences.is_empty() {
             eprintln!(
                 "\nthe matrix differs from {} in {} cell(s):",
-                args.expect.as_ref().expect("set").display(),
+                path.display(),
                 differences.len()
             );
-            for d in &differences {
+            for d in differences {
                 eprintln!("  {d}");
             }
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(super::exit::FAILED));
         }
         eprintln!("\nthe matrix is as expected");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `-o json`: the cells, the count the table ends with, and with `--expect` the comparison
+/// (the same lines the table's run prints on stderr).
+fn matrix_json(
+    cells: &[Cell],
+    expect: Option<&std::path::Path>,
+    differences: Option<&[String]>,
+) -> serde_json::Value {
+    let reached = cells.iter().filter(|c| c.outcome.reached()).count();
+    serde_json::json!({
+        "cells": cells,
+        "reached": reached,
+        "total": cells.len(),
+        "expectation": expect.zip(differences).map(|(file, d)| serde_json::json!({
+            "file": file,
+            "asExpected": d.is_empty(),
+            "differences": d,
+        })),
+    })
 }
 
 /// The pod whose access log shows each probe's `User-Agent`: user agent → pod name.

@@ -43,7 +43,8 @@ pub struct UpArgs {
 
 /// Load the topology and apply command-line overrides.
 pub fn load(args: &UpArgs) -> anyhow::Result<Topology> {
-    let mut topo = Topology::load(&args.file)?;
+    // A file that cannot be read or does not describe a lab is a configuration error (exit 2).
+    let mut topo = Topology::load(&args.file).map_err(|e| super::exit::usage(format!("{e:#}")))?;
     if let Some(name) = &args.name {
         topo.name = name.clone();
     }
@@ -86,6 +87,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    super::progress::install();
     // A lab whose supervisor died is brought back rather than refused (as `kemu repair`).
     if dir.is_lab()
         && crate::lab::supervisor::alive(&dir).is_none()
@@ -116,7 +118,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     .or_else(crate::lab::kubeconfig::default_path)
             },
         },
-    )?;
+    );
+    super::progress::finish();
+    let report = report?;
     for w in &report.build.warnings {
         eprintln!("warning: {w}");
     }

@@ -5,11 +5,14 @@
 //! - `serve-hostname [--port 9376] [--http=true] [--tcp] [--udp] [--close]`: answers the
 //!   hostname over HTTP (default), raw TCP or UDP. As in the real image, `--tcp`/`--udp` need
 //!   `--http=false`, and SIGTERM leaves the server up for 60 s "awaiting pod deletion".
-//! - `netexec [--http-port 8080] [--udp-port 8081]`: HTTP endpoints `/`, `/clientip`, `/dial`,
-//!   `/echo`, `/exit`, `/healthz`, `/hostname` (and the older `/hostName`), `/redirect`,
-//!   `/shell`, `/shutdown`; a UDP server answering `hostname`, `echo <msg>`, `clientip`
-//!   (`--udp-port -1` disables it, and then `/healthz` answers 412 as the real one does).
-//!   Not built in: TLS, SCTP, `/upload`.
+//! - `netexec [--http-port 8080] [--udp-port 8081] [--delay-shutdown N]`: HTTP endpoints `/`,
+//!   `/clientip`, `/dial`, `/echo`, `/exit`, `/healthz`, `/readyz`, `/hostname` (and the
+//!   older `/hostName`), `/redirect`, `/shell`, `/shutdown`; a UDP server answering
+//!   `hostname`, `echo <msg>`, `clientip` (`--udp-port -1` disables it, and then `/healthz`
+//!   answers 412 as the real one does). On SIGTERM it exits 0 at once, or after
+//!   `--delay-shutdown` seconds during which it keeps serving and `/readyz` answers 503
+//!   "shutting down" (`test/images/agnhost/netexec/netexec.go`). Not built in: TLS, SCTP,
+//!   `/upload`.
 //! - `pause`: prints "Paused" and waits; SIGINT exits 1, SIGTERM exits 2.
 
 use std::net::SocketAddr;
@@ -109,6 +112,9 @@ struct NetexecArgs {
     /// HTTPS is not built into kemu; only an empty value is accepted.
     #[arg(long, default_value = "")]
     tls_private_key_file: String,
+    /// Number of seconds to delay shutdown when receiving SIGTERM.
+    #[arg(long, default_value_t = 0)]
+    delay_shutdown: u64,
 }
 
 /// `kemu builtin-image agnhost <subcommand> [flags]`.
@@ -353,6 +359,8 @@ struct Netexec {
     started: Instant,
     http_override: String,
     udp_ready: Arc<AtomicBool>,
+    /// SIGTERM has arrived (`/readyz` then answers 503).
+    terminating: Arc<AtomicBool>,
 }
 
 impl Handler for Netexec {
@@ -405,6 +413,16 @@ impl Netexec {
                 go_log("GET /healthz");
                 let ready = self.udp_ready.load(Ordering::Relaxed);
                 go_response(if ready { 200 } else { 412 }, "")
+            }
+            "/readyz" => {
+                go_log("GET /readyz");
+                if self.terminating.load(Ordering::Relaxed) {
+                    go_response(503, "shutting down")
+                } else if self.udp_ready.load(Ordering::Relaxed) {
+                    go_response(200, "ok")
+                } else {
+                    go_response(412, "")
+                }
             }
             "/hostname" | "/hostName" => {
                 go_log(&format!("GET {}", r.path()));
@@ -972,12 +990,33 @@ fn netexec(args: NetexecArgs) -> anyhow::Result<ExitCode> {
             .await
             .unwrap_or_else(|e| fatal(&format!("listen tcp :{}: bind: {}", args.http_port, os_error_text(&e))));
         go_log(&format!("Started HTTP server on port {}", args.http_port));
+        let terminating = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(Netexec {
             started: Instant::now(),
             http_override: args.http_override,
             udp_ready,
+            terminating: terminating.clone(),
         });
-        http::serve(listener, handler).await?;
+        // As the real one: on SIGTERM, optionally keep serving for --delay-shutdown seconds,
+        // then exit 0. (Images older than the flag had no handler; Go's runtime then ends
+        // the process with status 2, also at once.)
+        let mut term = signal(SignalKind::terminate())?;
+        let mut server = tokio::spawn(http::serve(listener, handler));
+        tokio::select! {
+            served = &mut server => {
+                served??;
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = term.recv() => {}
+        }
+        terminating.store(true, Ordering::Relaxed);
+        if args.delay_shutdown > 0 {
+            go_log(&format!(
+                "Sleeping {} seconds before terminating...",
+                args.delay_shutdown
+            ));
+            tokio::time::sleep(Duration::from_secs(args.delay_shutdown)).await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -100,6 +100,28 @@ impl LabCgroup {
             .open(cgroup.join("cgroup.procs"))
     }
 
+    /// Freeze (or thaw) every process of `cgroup` with `cgroup.freeze`, waiting until the
+    /// kernel reports it done (`frozen` in `cgroup.events`), for `kemu node stop|start`.
+    pub fn freeze(&self, cgroup: &Path, frozen: bool, timeout: Duration) -> io::Result<()> {
+        self.owner.prove(cgroup)?;
+        std::fs::write(cgroup.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = std::fs::read_to_string(cgroup.join("cgroup.events"))?;
+            if events.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "{} did not become {want} within {timeout:?}",
+                    cgroup.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Whether the lab has a cgroup.
     pub fn exists(&self) -> bool {
         self.dir.is_dir()

@@ -167,8 +167,10 @@ pub fn wait_nodes(
         let rows = node_rows(api).unwrap_or_default();
         let ready = expected
             .iter()
-            .all(|name| rows.iter().any(|r| &r.name == name && r.ready == "Ready"));
-        if ready {
+            .filter(|name| rows.iter().any(|r| &r.name == *name && r.ready == "Ready"))
+            .count();
+        super::progress::count("nodes Ready", ready, expected.len());
+        if ready == expected.len() {
             return Ok(rows);
         }
         if Instant::now() >= deadline {

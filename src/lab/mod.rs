@@ -10,6 +10,7 @@ pub mod health;
 pub mod idrange;
 pub mod kubeconfig;
 pub mod pki;
+pub mod progress;
 pub mod repair;
 pub mod snapshot;
 pub mod state;

@@ -148,6 +148,20 @@ impl LabDir {
     }
 }
 
+/// The lab a command names is not up, or no lab is (exit code 3).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LabNotFound {
+    #[error("lab {0} is not up (`kemu list` shows the labs that are)")]
+    Named(LabName),
+    #[error("no labs are up (start one with `kemu up topologies/seed.yaml`)")]
+    None,
+}
+
+/// A command named a host the lab does not have (a usage error, exit code 2).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NoSuchHost(pub String);
+
 /// What `lab.json` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -195,10 +209,9 @@ impl LabRecord {
     /// The state directory and record of the running lab `lab`, or an error that says so.
     pub fn open(lab: &LabName) -> anyhow::Result<(LabDir, LabRecord)> {
         let dir = LabDir::new(lab)?;
-        anyhow::ensure!(
-            dir.exists(),
-            "lab {lab} is not up (`kemu status` lists the labs that are)"
-        );
+        if !dir.exists() {
+            return Err(LabNotFound::Named(lab.clone()).into());
+        }
         let record = LabRecord::load(&dir)?;
         Ok((dir, record))
     }
@@ -212,11 +225,12 @@ impl LabRecord {
                 .iter()
                 .map(|h| format!("{} ({})", h.name, h.ip))
                 .collect();
-            anyhow::anyhow!(
+            NoSuchHost(format!(
                 "lab {} has no host {key:?}; hosts: {}",
                 topo.name,
                 names.join(", ")
-            )
+            ))
+            .into()
         })
     }
 

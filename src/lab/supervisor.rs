@@ -166,6 +166,9 @@ pub fn launch(dir: &LabDir, record: &LabRecord) -> anyhow::Result<i32> {
             );
         }
         if state != last.1 {
+            if let Some(s) = &state {
+                super::progress::count("agents started", s.agents, s.total);
+            }
             last = (Instant::now(), state);
         } else if last.0.elapsed() > LAUNCH_STALL {
             let progress = last

@@ -69,6 +69,7 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     // 1. Processes: the supervisor first (it stops its agents gracefully), then whatever is
     //    left (agents of a dead supervisor, container shims).
     let records = ProcessRecord::all(dir);
+    super::progress::phase("stopping the lab's processes");
     let (supervisor, others): (Vec<_>, Vec<_>) =
         records.into_iter().partition(|r| r.what == "supervisor");
     report.stopped_processes += stop_processes(
@@ -80,8 +81,14 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     report.stopped_processes += stop_processes(&others, STOP_GRACE, &mut report.errors);
     // The pods' containers outlive their kubelet on purpose (a restarted kubelet adopts them),
     // so the kubelets' runtime directories are the record of what is left to stop.
-    report.stopped_processes +=
-        stop_processes(&lab_containers(dir), STOP_GRACE, &mut report.errors);
+    let containers = lab_containers(dir);
+    if containers.iter().any(|c| c.is_alive()) {
+        super::progress::phase(format!(
+            "waiting for pods to stop ({} container processes)",
+            containers.len()
+        ));
+    }
+    report.stopped_processes += stop_processes(&containers, STOP_GRACE, &mut report.errors);
     // The lab's cgroup holds whatever is left, however it got there (a supervisor that `up`
     // started just before it was killed, anything an agent double-forked): it dies with it,
     // and the cgroups go too.
@@ -113,6 +120,12 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
     match Journal::read(dir) {
         Ok(entries) => {
             let mut seen = std::collections::HashSet::new();
+            let total = entries
+                .iter()
+                .map(|JournalEntry::Namespace(n)| n)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            super::progress::phase("removing the namespaces");
             for entry in entries.iter().rev() {
                 let JournalEntry::Namespace(name) = entry;
                 if !seen.insert(name.clone()) {
@@ -124,6 +137,7 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
                     Ok(()) => {}
                     Err(e) => report.errors.push(e.to_string()),
                 }
+                super::progress::count("namespaces removed", seen.len(), total);
             }
         }
         Err(e) => report
@@ -131,6 +145,7 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
             .push(format!("read {}: {e}", dir.journal().display())),
     }
 
+    super::progress::phase("removing the lab's state");
     // 3. The lab's kubeconfig context.
     if let Ok(record) = super::state::LabRecord::load(dir)
         && let Some(path) = &record.kubeconfig

@@ -115,6 +115,11 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
             None
         };
         let mut journal = Journal::open(&dir).context("open the lab journal")?;
+        super::progress::phase(format!(
+            "building the network: {} namespaces, {} kernel operations",
+            plan.namespaces.len(),
+            plan.operation_count()
+        ));
         let build = build(&plan, &mut journal, &dir.owner)?;
         if with_agents {
             for host in topo.minions() {
@@ -129,6 +134,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         let supervisor = if !with_agents {
             None
         } else {
+            super::progress::phase("starting the agents");
             let pid = super::supervisor::launch(&dir, &record)?;
             if let (Some(port), Some(pki)) = (dir.read_api_port(), &pki) {
                 let creds = super::kubeconfig::Credentials {
@@ -149,6 +155,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                 record.save(&dir).context("write lab.json")?;
                 let apiserver_log = dir.logs().join(&topo.master().name).join("apiserver.log");
                 let api = super::health::LabApi::of(topo)?;
+                super::progress::phase("waiting for the API server");
                 super::health::wait_api(&api, API_TIMEOUT)
                     .with_context(|| format!("see {}", apiserver_log.display()))?;
                 if agent_specs(topo, &dir, None)
@@ -156,6 +163,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                     .any(|a| a.name == "kubelet")
                 {
                     let expected: Vec<String> = topo.minions().map(|h| h.name.clone()).collect();
+                    super::progress::phase("waiting for the nodes");
                     nodes = super::health::wait_nodes(&api, &expected, NODES_TIMEOUT)?;
                 }
             }

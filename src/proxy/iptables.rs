@@ -133,8 +133,15 @@ impl Buffers {
     }
 }
 
-/// Render the full-sync restore input.
+/// Render the restore input (a full sync, or kube-proxy's partial sync when
+/// `input.changed_services` is set).
 pub fn render(input: &ProxyInput) -> String {
+    render_counted(input).0
+}
+
+/// [`render`], plus the number of nat rules of unchanged services a partial sync computed
+/// but did not write (for kube-proxy's `sync_proxy_rules_iptables_total` metric).
+pub fn render_counted(input: &ProxyInput) -> (String, usize) {
     let node = &input.node;
     let is_ipv6 = node.family() == IpFamily::V6;
     let mark = node.masquerade_mark();
@@ -205,9 +212,10 @@ pub fn render(input: &ProxyInput) -> String {
 
     let ctx = ServiceContext {
         input,
-        localhost_nfacct: localhost_node_ports && !is_ipv6 && node.nfacct,
+        localhost_nfacct: localhost_node_ports && !is_ipv6 && node.nfacct_localhost,
         detector: detector.as_deref(),
         large_cluster,
+        skipped_rules: std::cell::Cell::new(0),
     };
     for svc in &input.services {
         ctx.render_service(
@@ -263,7 +271,7 @@ pub fn render(input: &ProxyInput) -> String {
             b.filter_rules,
             "-A {KUBE_FORWARD} -m conntrack --ctstate INVALID"
         );
-        if node.nfacct {
+        if node.nfacct_invalid_drop {
             b.filter_rules
                 .push_str(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts");
         }
@@ -288,7 +296,7 @@ pub fn render(input: &ProxyInput) -> String {
     out.push_str(&b.nat_chains);
     out.push_str(&b.nat_rules);
     out.push_str("COMMIT\n");
-    out
+    (out, ctx.skipped_rules.get())
 }
 
 /// What every service port's rules depend on besides the port itself.
@@ -297,6 +305,8 @@ struct ServiceContext<'a> {
     localhost_nfacct: bool,
     detector: Option<&'a str>,
     large_cluster: bool,
+    /// nat rules a partial sync computed but did not write.
+    skipped_rules: std::cell::Cell<usize>,
 }
 
 impl ServiceContext<'_> {
@@ -432,8 +442,19 @@ impl ServiceContext<'_> {
             );
         }
 
-        let nat_chains = &mut b.nat_chains;
-        let nat_rules = &mut b.nat_rules;
+        // A partial sync leaves the chains of unchanged services as they are; they are still
+        // computed (and kept active) but not written.
+        let (mut skipped_chains, mut skipped_rules) = (String::new(), String::new());
+        let skip = self
+            .input
+            .changed_services
+            .as_ref()
+            .is_some_and(|changed| !changed.contains(&svc.name.service_key()));
+        let (nat_chains, nat_rules) = if skip {
+            (&mut skipped_chains, &mut skipped_rules)
+        } else {
+            (&mut b.nat_chains, &mut b.nat_rules)
+        };
         let mut activate = |name: &str| {
             if let Some(set) = active.as_deref_mut() {
                 set.insert(name.to_owned());
@@ -574,6 +595,10 @@ impl ServiceContext<'_> {
                 " -m {proto} -p {proto} -j DNAT --to-destination {}",
                 ep.addr
             );
+        }
+        if skip {
+            let skipped = skipped_rules.lines().count();
+            self.skipped_rules.set(self.skipped_rules.get() + skipped);
         }
     }
 

@@ -20,18 +20,21 @@
 //! applies these renders; [`forwarder`] is the userspace mode's socket forwarder.
 
 pub mod agent;
+pub mod conntrack;
 pub mod forwarder;
 pub mod hash;
 pub mod iptables;
 pub mod model;
+pub mod nfnetlink;
 pub mod nftables;
 pub mod normalize;
 pub mod objects;
+pub mod profile;
 pub mod rng;
 pub mod roundrobin;
 pub mod userspace;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -40,7 +43,18 @@ use serde::{Deserialize, Serialize};
 pub use model::{Endpoint, EndpointsMap, NodeContext, ServicePort, ServicePortName};
 
 /// Which proxier's rules to render.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyMode {
     /// 2015 userspace proxier: portal chains redirecting to local proxy ports.
@@ -82,6 +96,9 @@ pub struct ProxyInput {
     /// Service chains among them that this render no longer produces are flushed and deleted
     /// (`-X`), as kube-proxy does with its own save. Empty on a first sync.
     pub existing_nat_chains: Vec<String>,
+    /// iptables mode only: a kube-proxy partial sync, which writes the per-service chains
+    /// of these services (`namespace/name`) only; `None` for a full sync.
+    pub changed_services: Option<BTreeSet<String>>,
 }
 
 impl ProxyInput {
@@ -106,7 +123,40 @@ impl ProxyInput {
             endpoints,
             proxy_ports: BTreeMap::new(),
             existing_nat_chains: Vec::new(),
+            changed_services: None,
         }
+    }
+
+    /// The services (`namespace/name`) whose ports or endpoints differ between two inputs:
+    /// kube-proxy's `UpdatedServices` of its service and endpoint change trackers, the
+    /// services a partial sync rewrites.
+    pub fn changed_services(previous: &ProxyInput, next: &ProxyInput) -> BTreeSet<String> {
+        /// A service's ports, and its ports' endpoints.
+        type ServiceState<'a> = (
+            Vec<&'a ServicePort>,
+            Vec<(&'a ServicePortName, &'a Vec<Endpoint>)>,
+        );
+        fn by_service(input: &ProxyInput) -> BTreeMap<String, ServiceState<'_>> {
+            let mut map: BTreeMap<String, ServiceState<'_>> = BTreeMap::new();
+            for svc in &input.services {
+                map.entry(svc.name.service_key()).or_default().0.push(svc);
+            }
+            let mut eps: Vec<_> = input.endpoints.iter().collect();
+            eps.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, list) in eps {
+                map.entry(name.service_key())
+                    .or_default()
+                    .1
+                    .push((name, list));
+            }
+            map
+        }
+        let (old, new) = (by_service(previous), by_service(next));
+        old.keys()
+            .chain(new.keys())
+            .filter(|k| old.get(*k) != new.get(*k))
+            .cloned()
+            .collect()
     }
 
     /// The (sorted) endpoints of a service port; empty if it has none.

@@ -88,6 +88,11 @@ impl ServicePortName {
         }
     }
 
+    /// `namespace/name` of the Service the port belongs to.
+    pub fn service_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// The 2015 spelling (`%s:%s`): the colon stays even for an unnamed port.
     pub fn legacy_string(&self) -> String {
         format!("{}/{}:{}", self.namespace, self.name, self.port)
@@ -217,8 +222,12 @@ pub struct NodeContext {
     pub service_cidrs: Vec<IpNet>,
     /// Whether the iptables binary supports `--random-fully` (any iptables ≥ 1.6.2 does).
     pub random_fully: bool,
-    /// Whether kube-proxy's nfacct counters exist (it only uses them when it could create them).
-    pub nfacct: bool,
+    /// Whether the nfacct counter `ct_state_invalid_dropped_pkts` exists (kube-proxy ≥ 1.30
+    /// counts INVALID drops with it, but only when it could create it).
+    pub nfacct_invalid_drop: bool,
+    /// Whether the nfacct counter `localhost_nps_accepted_pkts` exists (≥ 1.31; without it
+    /// there is no separate 127.0.0.0/8 NodePort rule).
+    pub nfacct_localhost: bool,
     /// `net.netfilter.nf_conntrack_tcp_be_liberal` != 0 (then no INVALID drop rule).
     pub conntrack_tcp_be_liberal: bool,
     /// Userspace mode: the proxy's bind address (`--bind-address`, default 0.0.0.0).
@@ -237,7 +246,8 @@ impl NodeContext {
             node_port_addresses: Vec::new(),
             service_cidrs: Vec::new(),
             random_fully: true,
-            nfacct: false,
+            nfacct_invalid_drop: false,
+            nfacct_localhost: false,
             conntrack_tcp_be_liberal: false,
             proxy_bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }

@@ -536,3 +536,151 @@ impl Ctx<'_> {
         }
     }
 }
+
+/// The maps and sets whose elements kube-proxy keeps in its `nftElementStorage`s, in the
+/// order it deletes their leftover elements.
+const ELEMENT_STORAGES: [&str; 6] = [
+    "cluster-ips",
+    "service-ips",
+    "firewall-ips",
+    "no-endpoint-services",
+    "no-endpoint-nodeports",
+    "service-nodeports",
+];
+
+/// The service (`namespace/name`) a per-service chain or affinity set belongs to: its name
+/// is `<prefix>-<hash>-<namespace>/<name>/<proto>/<port>[__<ip>/<port>]`.
+fn service_of(name: &str) -> Option<&str> {
+    let rest = name.splitn(3, '-').nth(2)?;
+    let mut parts = rest.split('/');
+    let (namespace, service) = (parts.next()?, parts.next()?);
+    Some(&rest[..namespace.len() + 1 + service.len()])
+}
+
+/// An element's key (the comment is not part of it) and value (`""` for a set).
+fn element_key_value(element: &str) -> (&str, &str) {
+    let (key, value) = element.split_once(" : ").unwrap_or((element, ""));
+    (key.split(" comment ").next().unwrap_or(key), value)
+}
+
+/// One `add KIND FAMILY TABLE NAME REST` line of a render: (kind, prefix, name, rest).
+fn split_add(line: &str) -> Option<(&str, &str, &str, &str)> {
+    let mut words = line.splitn(6, ' ');
+    if words.next()? != "add" {
+        return None;
+    }
+    let kind = words.next()?;
+    let (family, table) = (words.next()?, words.next()?);
+    let name = words.next()?;
+    let prefix = &line[4 + kind.len() + 1..4 + kind.len() + 1 + family.len() + 1 + table.len()];
+    Some((kind, prefix, name, words.next().unwrap_or("")))
+}
+
+/// The `nft -f` transaction of kube-proxy's partial sync (`syncProxyRules` with
+/// `tryPartialSync`, `pkg/proxy/nftables/proxier.go` with its `nftElementStorage`) from the
+/// rules of `previous` to those of `next` (both full renders), `changed` being the services
+/// whose Service or EndpointSlices changed:
+///
+/// - no table set-up (only full syncs write the base chains and maps);
+/// - the chains of changed services added and flushed, then refilled; their affinity sets
+///   added (which keeps the contents of existing ones);
+/// - map and set elements as `ensureElem` writes them: a new key added, a changed value
+///   deleted and added again, an unchanged one left alone;
+/// - service chains no longer used flushed (kube-proxy deletes them in a later sync, at
+///   least a second after: a kernel before 6.2 may still see a reference from a deleted map
+///   element), affinity sets no longer used deleted, leftover elements deleted.
+///
+/// Services are walked in sorted order, where kube-proxy walks its map in random order.
+pub fn kube_proxy_partial(
+    previous: &str,
+    next: &str,
+    changed: &std::collections::BTreeSet<String>,
+) -> String {
+    use std::collections::{HashMap, HashSet};
+    let is_changed = |name: &str| service_of(name).is_some_and(|s| changed.contains(s));
+    let mut old_elements: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    let mut old_chains = Vec::new();
+    let mut old_sets = Vec::new();
+    let mut table_prefix = "ip kube-proxy";
+    for (kind, prefix, name, rest) in previous.lines().filter_map(split_add) {
+        table_prefix = prefix;
+        match kind {
+            "chain" if name.contains('/') => old_chains.push((prefix, name)),
+            "set" if name.starts_with("affinity-") => old_sets.push((prefix, name)),
+            "element" if ELEMENT_STORAGES.contains(&name) => {
+                let element = rest.trim_start_matches("{ ").trim_end_matches(" }");
+                old_elements
+                    .entry(name)
+                    .or_default()
+                    .push(element_key_value(element));
+            }
+            _ => {}
+        }
+    }
+
+    let mut out = String::new();
+    let mut active_chains = HashSet::new();
+    let mut active_sets = HashSet::new();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    for line in next.lines() {
+        let Some((kind, prefix, name, rest)) = split_add(line) else {
+            continue;
+        };
+        match kind {
+            "chain" if name.contains('/') => {
+                active_chains.insert(name);
+                if is_changed(name) {
+                    let _ = writeln!(out, "{line}\nflush chain {prefix} {name}");
+                }
+            }
+            "rule" if name.contains('/') && is_changed(name) => {
+                let _ = writeln!(out, "{line}");
+            }
+            "set" if name.starts_with("affinity-") => {
+                active_sets.insert(name);
+                if is_changed(name) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            "element" if ELEMENT_STORAGES.contains(&name) => {
+                let element = rest.trim_start_matches("{ ").trim_end_matches(" }");
+                let (key, value) = element_key_value(element);
+                if !seen.insert((name, key)) {
+                    continue;
+                }
+                let old = old_elements
+                    .get(name)
+                    .and_then(|els| els.iter().find(|(k, _)| *k == key));
+                match old {
+                    Some((_, v)) if *v == value => {}
+                    Some(_) => {
+                        let _ = writeln!(out, "delete element {prefix} {name} {{ {key} }}\n{line}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (prefix, chain) in &old_chains {
+        if !active_chains.contains(chain) {
+            let _ = writeln!(out, "flush chain {prefix} {chain}");
+        }
+    }
+    for (prefix, set) in &old_sets {
+        if !active_sets.contains(set) {
+            let _ = writeln!(out, "delete set {prefix} {set}");
+        }
+    }
+    for storage in ELEMENT_STORAGES {
+        for (key, _) in old_elements.get(storage).into_iter().flatten() {
+            // `seen` also keeps a key that several ports share from being deleted twice.
+            if seen.insert((storage, *key)) {
+                let _ = writeln!(out, "delete element {table_prefix} {storage} {{ {key} }}");
+            }
+        }
+    }
+    out
+}

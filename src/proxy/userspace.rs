@@ -237,6 +237,7 @@ mod tests {
             endpoints: Default::default(),
             proxy_ports: [(name, 43981)].into_iter().collect(),
             existing_nat_chains: vec![],
+            changed_services: None,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct Topology {
     pub cluster_network: ClusterNetwork,
     /// Lab-wide proxy mode; each host carries its effective mode.
     pub proxy_mode: ProxyMode,
+    /// The kube-proxy release the proxies emulate (`proxy.version`); kemu's own profile
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_version: Option<crate::proxy::profile::KubeVersion>,
     pub mtu: u32,
     pub control_plane: ControlPlane,
     #[serde(default)]

@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{Problem, TopologyError};
 use super::name::LabName;
-use super::raw::{Backend, ProxyMode, RawTopology, Role};
+use super::raw::{Backend, RawTopology, Role};
 use super::{ClusterNetwork, ControlPlane, Daemon, Host, PortRange, Segment, Topology};
 
 /// Longest host name: a Kubernetes label value (`kubernetes.io/hostname`) and a UTS hostname.
@@ -376,12 +376,37 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         Some(m) => m.value,
         None => 1500,
     };
+    let proxy_version = match raw.proxy.as_ref().and_then(|p| p.version.as_ref()) {
+        Some(v) => match v.value.parse::<crate::proxy::profile::KubeVersion>() {
+            Ok(version) => Some(version),
+            Err(e) => {
+                c.report(v.referenced, "proxy.version", e);
+                None
+            }
+        },
+        None => None,
+    };
+    let profile = crate::proxy::profile::ProxyProfile::new(proxy_version);
     let lab_proxy_mode = raw
         .proxy
         .as_ref()
         .and_then(|p| p.mode.as_ref())
         .map(|m| m.value)
-        .unwrap_or(ProxyMode::Iptables);
+        .unwrap_or(profile.default_mode);
+    let mode_spans = raw
+        .proxy
+        .iter()
+        .filter_map(|p| p.mode.as_ref().map(|m| (m, "proxy.mode".to_string())))
+        .chain(raw.hosts.iter().enumerate().filter_map(|(i, h)| {
+            h.proxy_mode
+                .as_ref()
+                .map(|m| (m, format!("hosts[{i}].proxyMode")))
+        }));
+    for (mode, field) in mode_spans {
+        if let Err(e) = profile.check_mode(mode.value) {
+            c.report(mode.referenced, field, e);
+        }
+    }
 
     // Hosts.
     if raw.hosts.is_empty() {
@@ -668,6 +693,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             backend,
         },
         proxy_mode: lab_proxy_mode,
+        proxy_version,
         mtu,
         control_plane: ControlPlane {
             node_monitor_grace_period: grace,

@@ -89,6 +89,12 @@ pub struct SyncPhases {
     pub written_bytes: usize,
     /// A full sync (everything written) rather than a patch.
     pub full: bool,
+    /// Listing the conntrack table and deleting the stale UDP entries.
+    #[serde(default)]
+    pub conntrack_ms: f64,
+    /// Conntrack entries the sync deleted.
+    #[serde(default)]
+    pub conntrack_deleted: usize,
 }
 
 impl ProxyStatus {

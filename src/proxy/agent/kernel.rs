@@ -28,9 +28,10 @@ pub fn nft_apply(input: &str) -> anyhow::Result<()> {
 /// Deleting a table that may not exist: adding it first makes the pair always succeed.
 const NFT_CLEANUP: &str = "add table ip kube-proxy\ndelete table ip kube-proxy\nadd table ip6 kube-proxy\ndelete table ip6 kube-proxy\n";
 
-/// Remove every rule, chain and table of `mode`, and put its sysctls back. Returns what was
-/// removed, for the log.
-pub fn cleanup(mode: ProxyMode) -> anyhow::Result<String> {
+/// Remove every rule, chain and table of `mode`, and (with `sysctls`, kemu's own clean
+/// switch; kube-proxy's cleanup leaves them) put its sysctls back. Returns what was removed,
+/// for the log.
+pub fn cleanup(mode: ProxyMode, sysctls: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     let what = match mode {
         ProxyMode::Nftables => {
@@ -50,7 +51,9 @@ pub fn cleanup(mode: ProxyMode) -> anyhow::Result<String> {
             }
         }
     };
-    restore_sysctls(mode);
+    if sysctls {
+        restore_sysctls(mode);
+    }
     Ok(format!(
         "{what} in {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
@@ -97,9 +100,14 @@ fn write_sysctl(key: &str, value: &str) {
     }
 }
 
-/// Set the mode's sysctls in this namespace.
-pub fn apply_sysctls(mode: ProxyMode) {
+/// Set the mode's sysctls in this namespace: `route_localnet` only when localhost NodePorts
+/// are on (kube-proxy's `NewProxier`: `--iptables-localhost-nodeports` and loopback among
+/// the NodePort addresses).
+pub fn apply_sysctls(mode: ProxyMode, node: &crate::proxy::NodeContext) {
     for (key, value, _) in mode_sysctls(mode) {
+        if key == ROUTE_LOCALNET.0 && !node.effective_localhost_node_ports() {
+            continue;
+        }
         write_sysctl(key, value);
     }
 }

@@ -241,6 +241,46 @@ pub fn chains_after_restore(restore: &str, table: &str) -> Vec<String> {
     declared
 }
 
+/// The chains of `table` after a partial restore `restore` (which declares only the
+/// chains it rewrites or deletes) was applied on top of `before`.
+pub fn chains_after_partial(before: &[String], restore: &str, table: &str) -> Vec<String> {
+    let declared = chains_after_restore(restore, table);
+    let deleted: Vec<&str> = restore
+        .lines()
+        .filter_map(|l| l.strip_prefix("-X "))
+        .map(str::trim)
+        .collect();
+    let mut out: Vec<String> = before
+        .iter()
+        .filter(|c| !deleted.contains(&c.as_str()))
+        .cloned()
+        .collect();
+    for chain in declared {
+        if !out.contains(&chain) {
+            out.push(chain);
+        }
+    }
+    out
+}
+
+/// The `-A` rules of a restore input per table: (filter, nat).
+pub fn rule_counts(restore: &str) -> (usize, usize) {
+    let mut table = "";
+    let (mut filter, mut nat) = (0, 0);
+    for line in restore.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name;
+        } else if line.starts_with("-A ") {
+            match table {
+                "filter" => filter += 1,
+                "nat" => nat += 1,
+                _ => {}
+            }
+        }
+    }
+    (filter, nat)
+}
+
 /// One table of a restore input: chain declarations and rules in order, `-X` lines.
 #[derive(Default)]
 struct RestoreTable<'a> {

@@ -214,12 +214,15 @@ fn main() {
     kemu_ok(&["down", LAB]);
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // Other work on the machine delays every wakeup of the delay line: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
     let date = jiff::Zoned::now().strftime("%Y-%m-%d").to_string();
     let section = format!(
         "<!-- faults:begin -->\n## Faults: applying, removing, and kemu's delay line\n\n\
 Reproduce with `sudo cargo bench --bench faults` (release build; a network-only seed lab). \
-Measured {date} on 2 cores, kernel {}, which has no netem: link impairments use kemu's own \
-engine (tbf, nftables, the NFQUEUE delay line).\n\n\
+Measured {date} on 2 cores (load average {load} at the end of the run), kernel {}, which has \
+no netem: link impairments use kemu's own engine (tbf, nftables, the NFQUEUE delay line).\n\n\
 Wall time of the whole command as a user runs it (process start included), {RUNS} runs each:\n\n\
 | fault | apply p50 | apply p90 | remove p50 | remove p90 |\n|---|---:|---:|---:|---:|\n{rows}\n\
 Target: applying or removing a fault ≤ 50 ms: {} (slowest median {worst:.1} ms).\n\n\

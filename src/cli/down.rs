@@ -15,6 +15,9 @@ pub struct DownArgs {
     /// Tear down every lab kemu knows about.
     #[arg(long, conflicts_with = "lab")]
     pub all: bool,
+    /// No progress lines on stderr (errors still show).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 fn dir_is_empty(path: &std::path::Path) -> bool {
@@ -28,7 +31,9 @@ pub fn run(args: DownArgs) -> anyhow::Result<ExitCode> {
     } else {
         vec![super::pick_lab(args.lab.as_ref())?]
     };
-    super::progress::install();
+    if !args.quiet {
+        super::progress::install();
+    }
     let mut failed = false;
     for lab in labs {
         let dir = LabDir::new(&lab)?;

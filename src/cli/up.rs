@@ -39,6 +39,9 @@ pub struct UpArgs {
     /// Print per-phase timings.
     #[arg(long, short)]
     pub verbose: bool,
+    /// No progress lines on stderr (warnings and errors still show).
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 /// Load the topology and apply command-line overrides.
@@ -87,7 +90,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    super::progress::install();
+    if !args.quiet {
+        super::progress::install();
+    }
     // A lab whose supervisor died is brought back rather than refused (as `kemu repair`).
     if dir.is_lab()
         && crate::lab::supervisor::alive(&dir).is_none()

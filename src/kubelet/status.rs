@@ -28,6 +28,8 @@ pub enum RunState {
         message: Option<String>,
         started_at: Option<Timestamp>,
         finished_at: Timestamp,
+        /// `<runtime>://<id>` of the container that ended: `kubectl logs --previous` needs it.
+        container_id: Option<String>,
     },
 }
 
@@ -46,6 +48,7 @@ impl RunState {
             message: None,
             started_at,
             finished_at,
+            container_id: None,
         }
     }
 
@@ -71,6 +74,7 @@ impl RunState {
                 message,
                 started_at,
                 finished_at,
+                container_id,
             } => ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: *exit_code,
@@ -79,7 +83,7 @@ impl RunState {
                     message: message.clone(),
                     started_at: started_at.map(Time),
                     finished_at: Some(Time(*finished_at)),
-                    container_id: None,
+                    container_id: container_id.clone(),
                 }),
                 ..Default::default()
             },

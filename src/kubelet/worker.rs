@@ -450,6 +450,7 @@ impl Worker {
                     message,
                     started_at: Some(started_at),
                     finished_at,
+                    container_id: Some(format!("{}://{id}", self.ctx.runtime.name())),
                 };
                 slot.readiness = None;
                 slot.liveness = None;

@@ -91,6 +91,15 @@ impl Lab {
     pub fn stderr_of_up(&self) -> String {
         String::from_utf8_lossy(&self.up_output.stderr).into_owned()
     }
+
+    /// The `warning:` lines `up` printed (its progress lines left out).
+    pub fn warnings_of_up(&self) -> String {
+        self.stderr_of_up()
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
 }
 
 impl Drop for Lab {

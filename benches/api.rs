@@ -1,6 +1,7 @@
 //! Benchmark of `kemu apiserver` (issue 3): latency of get, list and create with 1k and 10k
-//! pods, 1,000 concurrent watchers receiving one change, and the server's memory with 10k pods.
-//! Writes its section of BENCHMARKS.md.
+//! pods, 1,000 concurrent watchers receiving one change, and the server's memory with 10k pods;
+//! (issue 14) the discovery and OpenAPI documents kubectl fetches. Writes its section of
+//! BENCHMARKS.md.
 //!
 //!     cargo bench --bench api
 
@@ -50,6 +51,57 @@ async fn request(
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (code, body)
+}
+
+/// The discovery and OpenAPI documents kubectl asks for, with the Accept it sends.
+const DOCUMENTS: &[(&str, &str)] = &[
+    ("/api", AGGREGATED),
+    ("/apis", AGGREGATED),
+    ("/api/v1", "application/json"),
+    ("/apis/apps/v1", "application/json"),
+    ("/openapi/v3", "application/json"),
+    ("/openapi/v3/api/v1", "application/json"),
+    ("/openapi/v3/apis/apps/v1", "application/json"),
+    (
+        "/openapi/v2",
+        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    ),
+];
+
+const AGGREGATED: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+
+/// p50, p99 and size of each document over 300 sequential GETs on one connection.
+async fn documents(port: u16) -> Vec<(&'static str, Duration, Duration, usize)> {
+    let mut s = connect(port).await;
+    let mut rows = Vec::new();
+    for (path, accept) in DOCUMENTS {
+        let mut lat = Vec::new();
+        let mut size = 0;
+        for _ in 0..300 {
+            s.ready().await.expect("connection ready");
+            let req = Request::builder()
+                .uri(*path)
+                .header("host", "127.0.0.1")
+                .header("accept", *accept)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let t = Instant::now();
+            let resp = s.send_request(req).await.expect("request");
+            let code = resp.status().as_u16();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            lat.push(t.elapsed());
+            assert_eq!(code, 200, "{path}");
+            size = body.len();
+        }
+        rows.push((
+            *path,
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99),
+            size,
+        ));
+    }
+    rows
 }
 
 fn pod(i: usize) -> String {
@@ -270,11 +322,12 @@ fn main() {
         .build()
         .unwrap();
     let rss_empty = rss_kib(child.0.id());
-    let (r1k, r10k, watch) = rt.block_on(async {
+    let (docs, r1k, r10k, watch) = rt.block_on(async {
+        let docs = documents(port).await;
         let r1k = measure(port, 0, 1000).await;
         let r10k = measure(port, 1000, 10000).await;
         let watch = watchers(port, 1000).await;
-        (r1k, r10k, watch)
+        (docs, r1k, r10k, watch)
     });
     let rss_10k = rss_kib(child.0.id());
     drop(child);
@@ -313,6 +366,31 @@ fn main() {
         if r10k.list.1 < Duration::from_millis(100) { "met" } else { "missed" },
         if watch.2 < Duration::from_millis(100) { "met" } else { "missed" },
     ));
+    // The documents' table goes before the end marker.
+    let end = section.rfind("<!-- api:end -->").expect("written above");
+    let mut docs_text = String::from(
+        "\nDiscovery and OpenAPI documents as kubectl fetches them (aggregated discovery for `/api` and `/apis`, \
+         protobuf for OpenAPI v2), 300 sequential GETs each on one keep-alive connection of an empty server:\n\n\
+         | document | p50 / p99 | size |\n|---|---:|---:|\n",
+    );
+    for (path, p50, p99, size) in &docs {
+        docs_text.push_str(&format!(
+            "| `{path}` | {} / {} | {:.1} KiB |\n",
+            ms(*p50),
+            ms(*p99),
+            *size as f64 / 1024.0
+        ));
+    }
+    let slowest = docs.iter().map(|d| d.2).max().unwrap_or_default();
+    docs_text.push_str(&format!(
+        "\nTarget: every document served in 5 ms or less at p99 ({}).\n",
+        if slowest <= Duration::from_millis(5) {
+            "met"
+        } else {
+            "missed"
+        }
+    ));
+    section.insert_str(end, &docs_text);
     print!("{section}");
     write_section("api", &section);
 }

@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(iproute2 iptables nftables conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates)
+PACKAGES=(iproute2 iptables nftables conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates
+          docker-registry apache2-utils)  # the last two: tests/images_registry.rs
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -50,6 +51,34 @@ build() {
   ln -sfn bin/kemu kemu
 }
 
+# Build every test binary, then run them TEST_JOBS at a time (default 3): most of a lab test's
+# time is spent waiting on agents, not on the CPU, and every test makes labs of unique names.
+# Each binary's output goes to target/test-logs/; a failing one is printed whole at the end.
+run_tests() {
+  local logs=target/test-logs jobs=${TEST_JOBS:-3} failed=() bins=() exe name
+  cargo test --locked --no-run 2>&1 | tee target/test-build.log
+  mapfile -t bins < <(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' target/test-build.log)
+  rm -rf "$logs" && mkdir -p "$logs"
+  [ ${#bins[@]} -gt 0 ] || { echo "no test binaries found" >&2; exit 1; }
+  for exe in "${bins[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    name=$(basename "$exe")
+    echo "running $name"
+    ( start=$SECONDS; if "$exe" >"$logs/$name.log" 2>&1; then r=ok; else r=FAILED; fi
+      echo "$r $name $((SECONDS - start)) s" | tee -a "$logs/summary" ) &
+  done
+  wait
+  sort -k3 -n -r "$logs/summary" 2>/dev/null | sed 's/^/  /'
+  while read -r r name _; do [ "$r" = ok ] || failed+=("$name"); done <"$logs/summary"
+  if [ "$(wc -l <"$logs/summary")" -ne ${#bins[@]} ]; then
+    echo "some test binaries did not report" >&2; exit 1
+  fi
+  for name in "${failed[@]}"; do echo "=== $name"; cat "$logs/$name.log"; done
+  if [ ${#failed[@]} -gt 0 ]; then echo "FAILED: ${failed[*]}" >&2; exit 1; fi
+  echo "all ${#bins[@]} test binaries passed"
+  cargo test --locked --doc
+}
+
 case "${1:-up}" in
   deps)
     need_root "$@"; deps ;;
@@ -82,7 +111,7 @@ case "${1:-up}" in
     done ;;
   test)
     need_root "$@"; deps
-    cargo test --locked --no-fail-fast ;;
+    run_tests ;;
   *)
     echo "usage: $0 up|test|build|deps" >&2; exit 2 ;;
 esac

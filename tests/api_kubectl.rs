@@ -186,8 +186,13 @@ fn run_scenario(kubectl: &Kubectl) -> String {
         .replace("nginx:1.25", "nginx:1.27")
         .replace(r#"{name: "Y", value: "2"}"#, r#"{name: "Z", value: "3"}"#);
     stdin_run(&["apply", "-f", "-"], &v2);
+    // replicas is the client-side applier's: a conflict, until forced.
     stdin_run(
         &["apply", "--server-side", "-f", "-"],
+        &v2.replace("replicas: 2", "replicas: 3"),
+    );
+    stdin_run(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
         &v2.replace("replicas: 2", "replicas: 3"),
     );
     stdin_run(

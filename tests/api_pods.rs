@@ -99,6 +99,13 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: starting}}
+spec:
+  nodeName: minion-1
+  containers: [{{name: c, image: nginx}}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: unscheduled}}
 spec:
   containers: [{{name: c, image: nginx}}]
@@ -121,11 +128,19 @@ async fn logs_and_exec_through_the_kubelet() {
                 "{}",
                 String::from_utf8_lossy(&created.stderr)
             );
+            // The kubelet reports a container that has not started.
+            let waiting = r#"{"status":{"containerStatuses":[{"name":"c","image":"nginx","imageID":"","ready":false,"restartCount":0,"state":{"waiting":{"reason":"ContainerCreating"}}}]}}"#;
+            let reported = kubectl.output(&[
+                "patch", "pod", "starting", "--subresource=status", "--type=merge", "-p", waiting,
+            ]);
+            assert!(reported.status.success(), "{}", String::from_utf8_lossy(&reported.stderr));
             let mut out = String::new();
             for args in [
                 &["logs", "web", "-c", "nginx"][..],
                 &["logs", "web", "-c", "sidecar", "--tail=5", "--timestamps"],
                 &["logs", "web", "-c", "nope"],
+                &["logs", "starting"],
+                &["logs", "starting", "--previous"],
                 &["logs", "unscheduled"],
                 &["logs", "lonely"],
                 &["logs", "ghost"],

@@ -251,7 +251,7 @@ async fn nginx_container_serves_the_welcome_page_in_its_own_namespaces() {
     // PID 1 is nginx; hostname; user; read-only root; private /tmp; pod files.
     let (code, out, _) = exec(rt, &id, &["cat", "/proc/1/cmdline"]).await;
     assert_eq!(code, 0);
-    assert!(out.starts_with("kemu\0image\0nginx\0"), "{out:?}");
+    assert!(out.starts_with("kemu\0builtin-image\0nginx\0"), "{out:?}");
     // Its own PID, mount, UTS and IPC namespaces; the pod's network namespace.
     let (_, out, _) = exec(
         rt,
@@ -810,7 +810,7 @@ async fn serve_hostname_and_pause_images() {
         .await
         .unwrap();
     let (code, out, _) = exec(rt, &pause, &["cat", "/proc/1/cmdline"]).await;
-    assert_eq!((code, out.as_str()), (0, "kemu\0image\0pause\0"));
+    assert_eq!((code, out.as_str()), (0, "kemu\0builtin-image\0pause\0"));
     // As PID 1 it gets SIGTERM only once it takes it (blocked, or waited for in sigwait): a
     // SIGTERM sent before, while a loaded machine still starts the binary, would be dropped.
     let pid = rt.status(&pause).await.unwrap().pid.unwrap();

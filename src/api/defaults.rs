@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::object::{ensure_map, set_default};
-use super::resources::id;
+use super::resources::{RESOURCES, id};
 
 /// Fill defaults into a new or updated object of resource `rt`.
 pub fn apply(rt: usize, obj: &mut Value) {
@@ -120,7 +120,11 @@ pub fn apply(rt: usize, obj: &mut Value) {
                 }
             }
         }
-        _ => {}
+        _ => {
+            if let Some(hooks) = RESOURCES[rt].hooks {
+                (hooks.defaults)(obj);
+            }
+        }
     }
 }
 
@@ -144,11 +148,15 @@ pub fn initial_status(rt: usize, obj: &mut Value) {
             let status = ensure_map(obj, "status");
             set_default(status, "loadBalancer", json!({}));
         }
-        _ => {}
+        _ => {
+            if let Some(hooks) = RESOURCES[rt].hooks {
+                (hooks.initial_status)(obj);
+            }
+        }
     }
 }
 
-fn ensure_map_in<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+pub fn ensure_map_in<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
     let entry = map.entry(key.to_string()).or_insert_with(|| json!({}));
     if !entry.is_object() {
         *entry = json!({});

@@ -67,6 +67,7 @@ fn unreachable(node: &str, addr: SocketAddr, err: impl std::fmt::Display) -> Api
         reason: "InternalError",
         message: format!("error talking to the kubelet of node {node:?} at {addr}: {err}"),
         details: None,
+        continue_token: None,
     }
 }
 
@@ -104,19 +105,22 @@ pub async fn container_logs(
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let text = String::from_utf8_lossy(&body).trim().to_string();
+        // The kubelet's 400 (a container that cannot show logs) and 404 pass through.
+        let (code, reason) = match status.as_u16() {
+            400 => (400, "BadRequest"),
+            404 => (404, "NotFound"),
+            _ => (500, "InternalError"),
+        };
         return Err(ApiError {
-            code: if status.as_u16() == 404 { 404 } else { 500 },
-            reason: if status.as_u16() == 404 {
-                "NotFound"
-            } else {
-                "InternalError"
-            },
+            code,
+            reason,
             message: if text.is_empty() {
                 format!("the kubelet answered {status}")
             } else {
                 text
             },
             details: None,
+            continue_token: None,
         });
     }
     Ok(Body::new(response.into_body()))

@@ -36,24 +36,31 @@
 //! # Known gaps
 //! Request bodies are JSON, YAML or the protobuf of the kinds kubectl's generators post; answers
 //! are JSON only (an `Accept` without JSON gets 406); exec needs WebSockets (kubectl 1.30+);
-//! server-side apply merges like a strategic merge patch with minimal `managedFields` (no field
-//! ownership or conflicts); the garbage collector (dependents, `orphan`/`foregroundDeletion`
+//! server-side apply ([`managed`]) keys associative lists by one merge key (kube: the
+//! schema's list-map keys, e.g. `containerPort` and `protocol`); the garbage collector (dependents, `orphan`/`foregroundDeletion`
 //! finalizers) is a separate controller.
 
 pub mod alloc;
+pub mod auth;
 pub mod body;
 pub mod defaults;
 pub mod discovery;
+pub mod eviction;
+pub mod kinds;
 pub mod kubelet_client;
+pub mod managed;
 pub mod object;
 pub mod openapi;
+pub mod paging;
 pub mod patch;
 pub mod pods;
 pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod resources;
+pub mod response;
 pub mod rest;
+pub mod routes;
 pub mod selectors;
 pub mod server;
 pub mod service;

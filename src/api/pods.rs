@@ -171,9 +171,66 @@ fn q_all<'a>(q: &'a Query, key: &'a str) -> impl Iterator<Item = (&'a str, &'a s
     q.pairs().filter(move |(k, _)| *k == key)
 }
 
+/// Why a container has no logs to show, from the pod's reported status (the kubelet's
+/// `validateContainerLogStatus`, which kube-apiserver passes on as 400). `None`: ask the
+/// kubelet, also when the status does not list the container yet.
+pub fn log_status_error(pod: &Value, container: &str, previous: bool) -> Option<String> {
+    let name = str_at(pod, "/metadata/name");
+    let status = [
+        "containerStatuses",
+        "initContainerStatuses",
+        "ephemeralContainerStatuses",
+    ]
+    .iter()
+    .filter_map(|list| {
+        pod.pointer(&format!("/status/{list}"))
+            .and_then(Value::as_array)
+    })
+    .flatten()
+    .find(|s| str_at(s, "/name") == container)?;
+    let id_of = |state: &str| status.pointer(&format!("/{state}/terminated/containerID"));
+    let has_id = |state: &str| {
+        id_of(state)
+            .and_then(Value::as_str)
+            .is_some_and(|i| !i.is_empty())
+    };
+    let is_set = |state: &str| status.pointer(state).is_some_and(Value::is_object);
+    let prefix = format!("container {container:?} in pod {name:?}");
+    if previous {
+        return (!has_id("lastState")).then(|| {
+            format!("previous terminated container {container:?} in pod {name:?} not found")
+        });
+    }
+    if is_set("/state/running") {
+        return None;
+    }
+    if is_set("/state/terminated") {
+        return (!has_id("state") && !has_id("lastState"))
+            .then(|| format!("{prefix} is terminated"));
+    }
+    if is_set("/lastState/terminated") {
+        return (!has_id("lastState")).then(|| format!("{prefix} is terminated"));
+    }
+    if is_set("/state/waiting") {
+        return Some(match str_at(status, "/state/waiting/reason") {
+            "ErrImagePull" => format!("{prefix} is waiting to start: image can't be pulled"),
+            "ImagePullBackOff" => {
+                format!("{prefix} is waiting to start: trying and failing to pull image")
+            }
+            reason => format!("{prefix} is waiting to start: {reason}"),
+        });
+    }
+    Some(format!("{prefix} is waiting to start - no logs yet"))
+}
+
 /// `GET pods/NAME/log`.
 pub async fn logs(api: &Api, t: &Target, q: &Query) -> ApiResult<Response> {
     let target = resolve(api, t, q)?;
+    if let Some(pod) = api.registry.get(id::PODS, &target.namespace, &target.pod)
+        && let Some(why) = log_status_error(&pod.value(), &target.container, q.flag("previous"))
+    {
+        return Err(ApiError::bad_request(why));
+    }
     let query = forward_query(
         q,
         &[
@@ -281,5 +338,80 @@ async fn relay(client: WebSocket, kubelet: KubeletSocket) {
     tokio::select! {
         _ = downstream => {}
         _ = upstream => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_of_containers_that_never_ran_are_refused_as_the_kubelet_refuses_them() {
+        let pod = |status: Value| json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [status]}});
+        let c = |state: Value, last: Value| json!({"name": "c", "state": state, "lastState": last});
+        let cases = [
+            (
+                c(
+                    json!({"waiting": {"reason": "ContainerCreating"}}),
+                    json!({}),
+                ),
+                false,
+                Some("container \"c\" in pod \"p\" is waiting to start: ContainerCreating"),
+            ),
+            (
+                c(
+                    json!({"waiting": {"reason": "ImagePullBackOff"}}),
+                    json!({}),
+                ),
+                false,
+                Some(
+                    "container \"c\" in pod \"p\" is waiting to start: trying and failing to pull image",
+                ),
+            ),
+            (c(json!({"running": {}}), json!({})), false, None),
+            (
+                c(json!({"running": {}}), json!({})),
+                true,
+                Some("previous terminated container \"c\" in pod \"p\" not found"),
+            ),
+            (
+                c(
+                    json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+                    json!({"terminated": {"containerID": "kemu://1"}}),
+                ),
+                false,
+                None,
+            ),
+            (
+                c(
+                    json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+                    json!({"terminated": {"containerID": "kemu://1"}}),
+                ),
+                true,
+                None,
+            ),
+            (
+                c(json!({"terminated": {"containerID": ""}}), json!({})),
+                false,
+                Some("container \"c\" in pod \"p\" is terminated"),
+            ),
+            (
+                c(json!({}), json!({})),
+                false,
+                Some("container \"c\" in pod \"p\" is waiting to start - no logs yet"),
+            ),
+        ];
+        for (status, previous, want) in cases {
+            assert_eq!(
+                log_status_error(&pod(status.clone()), "c", previous).as_deref(),
+                want,
+                "{status}"
+            );
+        }
+        // Not reported yet: the kubelet decides.
+        assert_eq!(
+            log_status_error(&json!({"metadata": {"name": "p"}}), "c", false),
+            None
+        );
     }
 }

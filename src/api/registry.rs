@@ -47,8 +47,9 @@ pub struct WatchEvent {
     pub kind: EventType,
     /// The object after the change (the last state, for DELETED).
     pub obj: Arc<Stored>,
-    /// The object before the change (MODIFIED only): watchers with selectors turn a change that
-    /// leaves or enters their selection into DELETED or ADDED.
+    /// The object before the change (MODIFIED and DELETED): watchers with selectors turn a
+    /// change that leaves or enters their selection into DELETED or ADDED, and paginated lists
+    /// rebuild an earlier state from it.
     pub prev: Option<Arc<Stored>>,
     /// `{"type":...,"object":...}\n` for `kind`.
     pub json_line: OnceLock<Bytes>,
@@ -175,6 +176,42 @@ impl Registry {
     pub fn list(&self, rt: usize, namespace: Option<&str>) -> (Vec<Arc<Stored>>, u64) {
         let inner = self.lock();
         (list_in(&inner.objects[rt], namespace), inner.rv)
+    }
+
+    /// Objects of `rt` (in `namespace` if given) as they were at resourceVersion `rv`: the
+    /// current ones with the retained changes after `rv` undone, for the later pages of a
+    /// paginated list. `None` when changes after `rv` have left the history (etcd's
+    /// compaction, for kube-apiserver).
+    pub fn list_at(&self, rt: usize, namespace: Option<&str>, rv: u64) -> Option<Vec<Arc<Stored>>> {
+        let inner = self.lock();
+        if rv < inner.horizon[rt] || rv > inner.rv {
+            return None;
+        }
+        let mut objects: Objects = list_in(&inner.objects[rt], namespace)
+            .into_iter()
+            .map(|o| ((o.namespace.to_string(), o.name.to_string()), o))
+            .collect();
+        for ev in inner.history[rt]
+            .iter()
+            .rev()
+            .take_while(|ev| ev.obj.rv > rv)
+        {
+            if namespace.is_some_and(|ns| *ev.obj.namespace != *ns) {
+                continue;
+            }
+            let key = (ev.obj.namespace.to_string(), ev.obj.name.to_string());
+            match (&ev.kind, &ev.prev) {
+                (EventType::Added, _) => {
+                    objects.remove(&key);
+                }
+                (_, Some(prev)) => {
+                    objects.insert(key, prev.clone());
+                }
+                // Every MODIFIED and DELETED event has it; without it the state is unknown.
+                (_, None) => return None,
+            }
+        }
+        Some(objects.into_values().collect())
     }
 
     /// Run `f` atomically against the registry.
@@ -350,7 +387,10 @@ impl Txn<'_> {
         let mut last = current.value();
         meta_mut(&mut last).insert("resourceVersion".into(), Value::String(rv.to_string()));
         let last = Arc::new(Stored::new(&RESOURCES[rt], &last, rv));
-        self.publish(rt, WatchEvent::new(EventType::Deleted, last.clone(), None));
+        self.publish(
+            rt,
+            WatchEvent::new(EventType::Deleted, last.clone(), Some(current)),
+        );
         Ok(Some(last))
     }
 
@@ -429,6 +469,39 @@ mod tests {
             )
         );
         assert_eq!(e.retry_after_seconds(), Some(1));
+    }
+
+    #[test]
+    fn earlier_states_are_rebuilt_from_the_history() {
+        let reg = registry(4);
+        let labelled = |name: &str, v: &str| json!({"metadata": {"name": name, "namespace": "default", "labels": {"v": v}}});
+        reg.txn(|t| t.put(id::PODS, labelled("a", "1"))).unwrap();
+        reg.txn(|t| t.put(id::PODS, labelled("b", "1"))).unwrap();
+        reg.txn(|t| {
+            t.put(
+                id::PODS,
+                json!({"metadata": {"name": "x", "namespace": "other"}}),
+            )
+        })
+        .unwrap();
+        let at = reg.rv();
+        reg.txn(|t| t.put(id::PODS, labelled("a", "2"))).unwrap();
+        reg.txn(|t| t.delete(id::PODS, "default", "b")).unwrap();
+        reg.txn(|t| t.put(id::PODS, labelled("c", "1"))).unwrap();
+        let then = |ns| {
+            reg.list_at(id::PODS, ns, at)
+                .unwrap()
+                .iter()
+                .map(|o| format!("{}/{}@{}", o.name, o.label("v").unwrap_or("-"), o.rv))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(then(Some("default")), ["a/1@1", "b/1@2"]);
+        assert_eq!(then(None), ["a/1@1", "b/1@2", "x/-@3"]);
+        assert_eq!(reg.list_at(id::PODS, None, reg.rv()).unwrap().len(), 3);
+        // A ring of 4 has forgotten event 2: the state at 1 cannot be rebuilt.
+        assert!(reg.list_at(id::PODS, None, 2).is_some());
+        assert!(reg.list_at(id::PODS, None, 1).is_none());
+        assert!(reg.list_at(id::PODS, None, reg.rv() + 1).is_none());
     }
 
     #[test]

@@ -12,19 +12,22 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::body;
 use super::defaults;
-use super::object::{Stored, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
+use super::managed;
+use super::object::{Stored, ensure_map, meta_mut, name_suffix, new_uid, now_rfc3339, str_at};
+use super::paging;
 use super::patch::{self, PatchType};
 use super::registry::Txn;
 use super::request::{Format, Parsed, Query, Target, format, parse_path};
 use super::resources::{RESOURCES, Subresource, id};
+use super::response::json_with_type;
 use super::selectors::{
     FieldSelector, LabelSelector, Selectors, format_label_selector, format_labels,
 };
-use super::server::{Api, json_with_type};
+use super::server::Api;
 use super::service;
 use super::status::{ApiError, ApiResult, FieldError};
 use super::strict::{self, FieldValidation};
@@ -48,12 +51,37 @@ pub async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
 
 async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
     let path = req.uri().path().to_string();
-    let q = Query::parse(req.uri().query());
+    let mut q = Query::parse(req.uri().query());
+    if q.get("fieldManager").is_none_or(str::is_empty) {
+        // kube's default manager: the User-Agent up to its first '/'.
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let prefix = agent.split('/').next().unwrap_or_default();
+        if !prefix.is_empty() {
+            q.push("fieldManager", prefix.chars().take(128).collect());
+        }
+    }
     let t = match parse_path(&path)? {
         Parsed::Doc(doc) => return Ok(json_with_type(StatusCode::OK, "application/json", &doc)),
         Parsed::Target(t) => t,
     };
     let method = req.method().clone();
+    let user = super::auth::identify(&api.registry, &api.tokens, req.headers())?;
+    super::auth::check(&api.registry, &user, &attributes(&t, &method, &q))?;
+    if !t.rt.stored {
+        return match (&method, &t.name) {
+            (&Method::POST, None) => {
+                let body = body::object(req).await?;
+                super::auth::reviews::review(&api.registry, &api.tokens, &t, body, &user)
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ))),
+        };
+    }
     // Logs are text and exec a WebSocket: only the object answers negotiate on Accept.
     let fmt = match t.sub {
         Some(Subresource::Log | Subresource::Exec) => Format::Json,
@@ -92,6 +120,14 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
             let binding = body::object(req).await?;
             super::pods::bind(&api, &t, &binding, &q)
         }
+        (&Method::POST, Some(_), Some(Subresource::Token)) => {
+            let request = body::object(req).await?;
+            super::auth::reviews::token_request(&api.registry, &api.tokens, &t, request)
+        }
+        (&Method::POST, Some(_), Some(Subresource::Eviction)) => {
+            let eviction = body::object(req).await?;
+            super::eviction::evict(&api, &t, &eviction, &q)
+        }
         (&Method::PUT, Some(_), _) => {
             let obj = body::object(req).await?;
             update(&api, &t, obj, &q, fmt)
@@ -111,6 +147,36 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
         ))),
+    }
+}
+
+/// What the authorizer sees of a request (`RequestInfo`).
+fn attributes(t: &Target, method: &Method, q: &Query) -> super::auth::Attributes {
+    let watch = t.watch_path || q.flag("watch");
+    let verb = match (method, &t.name) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, None) => "deletecollection",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => "unknown",
+    };
+    // `pods/exec` is asked for with GET (WebSocket) but authorised as create, like kube's.
+    let verb = match t.sub {
+        Some(Subresource::Exec) => "create",
+        _ => verb,
+    };
+    super::auth::Attributes {
+        verb: verb.into(),
+        namespace: t.ns().into(),
+        group: t.rt.group.into(),
+        resource: t.rt.plural.into(),
+        subresource: t.sub.map(|s| s.name().to_string()).unwrap_or_default(),
+        name: t.name.clone().unwrap_or_default(),
+        path: String::new(),
     }
 }
 
@@ -201,27 +267,74 @@ fn selectors(t: &Target, q: &Query) -> ApiResult<Selectors> {
 
 async fn list(api: &Api, t: &Target, q: &Query, fmt: Format) -> ApiResult<Response> {
     let sel = selectors(t, q)?;
-    wait_until_fresh(api, q).await?;
-    let (objects, rv) = api.registry.list(t.id, t.namespace.as_deref());
-    let objects: Vec<&Arc<Stored>> = objects.iter().filter(|o| sel.matches(o)).collect();
+    let ns = t.namespace.as_deref();
+    let limit = match q.get("limit") {
+        None | Some("") => 0,
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}: not an integer")))?
+            .max(0) as usize,
+    };
+    let resume = match q.get("continue").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(token) => Some(paging::decode(token, ns)?),
+    };
+    // The first page (or a whole list) is the current state; later pages that of the first.
+    let (objects, rv) = match &resume {
+        Some(paging::Continue {
+            rv: Some(rv),
+            after,
+        }) => {
+            let objects = api
+                .registry
+                .list_at(t.id, ns, *rv)
+                .ok_or_else(|| paging::expired(ns, (&after.0, &after.1)))?;
+            (objects, *rv)
+        }
+        _ => {
+            wait_until_fresh(api, q).await?;
+            api.registry.list(t.id, ns)
+        }
+    };
+    let page = paging::page(
+        objects,
+        resume.as_ref().map(|c| &c.after),
+        limit,
+        ["labelSelector", "fieldSelector"]
+            .iter()
+            .any(|k| q.get(k).is_some_and(|s| !s.is_empty())),
+        |o| sel.matches(o),
+    );
+    let objects = page.items;
+    let next = page
+        .more_after
+        .map(|(n, name)| paging::encode(Some(rv), ns, (&n, &name)));
+    let mut list_meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(next) = &next {
+        list_meta["continue"] = json!(next);
+    }
+    if let Some(remaining) = page.remaining {
+        list_meta["remainingItemCount"] = json!(remaining);
+    }
     let body = match fmt {
         Format::Table(include) => {
             let values: Vec<Value> = objects.iter().map(|o| o.value()).collect();
-            serde_json::to_vec(&table::table(
+            let mut table = table::table(
                 t.id,
                 &values,
                 include,
                 &rv.to_string(),
                 jiff::Timestamp::now(),
-            ))
-            .expect("serialisable")
+            );
+            table["metadata"] = list_meta;
+            serde_json::to_vec(&table).expect("serialisable")
         }
         Format::Json => {
             let size: usize = objects.iter().map(|o| o.json.len() + 1).sum();
             let mut out = Vec::with_capacity(size + 128);
             out.extend_from_slice(
                 format!(
-                    "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"}},\"items\":[",
+                    "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{list_meta},\"items\":[",
                     t.rt.list_kind(),
                     t.rt.api_version()
                 )
@@ -383,12 +496,19 @@ fn check_namespace(txn: &Txn<'_>, t: &Target, name: &str) -> ApiResult<()> {
                 .pointer("/metadata/deletionTimestamp")
                 .is_some_and(|v| !v.is_null()) =>
         {
+            // The NamespaceLifecycle admission plugin; clients (controllers, kubectl drain)
+            // recognise the cause.
             Err(ApiError::forbidden(
                 &t.rt.qualified(),
                 name,
                 &format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ),
+            )
+            .with_cause(
+                "NamespaceTerminating",
+                &format!("namespace {ns} is being terminated"),
+                Some("metadata.namespace"),
             ))
         }
         Some(_) => Ok(()),
@@ -403,8 +523,37 @@ fn resets_status(rt: usize) -> bool {
 
 fn create(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> ApiResult<Response> {
     let warnings = decode(t, &mut body, q)?;
-    let (code, obj) = api.registry.txn(|txn| create_in(txn, t, body, q))?;
+    let manager = updater(t, q);
+    let (code, obj) = api
+        .registry
+        .txn(|txn| create_in(txn, t, body, q, manager.as_ref()))?;
     Ok(value_response(code, t, &obj, fmt, warnings))
+}
+
+/// Who a write records in `managedFields`: `None` for a server-side apply, which did.
+fn updater(t: &Target, q: &Query) -> Option<managed::Manager> {
+    Some(managed::Manager {
+        name: q.get("fieldManager").unwrap_or("unknown").to_string(),
+        operation: "Update".into(),
+        subresource: t.sub.map(|s| s.name().to_string()).unwrap_or_default(),
+    })
+}
+
+/// Record `manager`'s write of `new` (over `old`) in `managedFields`.
+fn track(t: &Target, manager: Option<&managed::Manager>, old: Option<&Value>, new: &mut Value) {
+    if let Some(m) = manager {
+        let skip_status = t.sub.is_none() && resets_status(t.id);
+        let now = now_rfc3339();
+        managed::track_update(
+            t.rt.kind,
+            skip_status,
+            old,
+            new,
+            m,
+            &t.rt.api_version(),
+            &now,
+        );
+    }
 }
 
 fn create_in(
@@ -412,6 +561,7 @@ fn create_in(
     t: &Target,
     mut obj: Value,
     q: &Query,
+    manager: Option<&managed::Manager>,
 ) -> ApiResult<(StatusCode, Value)> {
     let ns = t.ns().to_string();
     {
@@ -480,6 +630,7 @@ fn create_in(
     if txn.get(t.id, &ns, &name).is_some() {
         return Err(ApiError::already_exists(&t.rt.qualified(), &name));
     }
+    track(t, manager, None, &mut obj);
     let allocation = if t.id == id::SERVICES {
         let (alloc, rng) = txn.alloc_rng();
         Some(
@@ -509,6 +660,7 @@ fn update_in(
     current: &Stored,
     mut new: Value,
     q: &Query,
+    manager: Option<&managed::Manager>,
 ) -> ApiResult<(StatusCode, Value)> {
     let old = current.value();
     let name = current.name.to_string();
@@ -520,7 +672,15 @@ fn update_in(
             "the object has been modified; please apply your changes to the latest version and try again",
         ));
     }
-    if t.sub == Some(Subresource::Status) {
+    if t.sub == Some(Subresource::Finalize) {
+        // Only the namespace's finalizers change through `finalize`.
+        let finalizers = new.pointer("/spec/finalizers").cloned();
+        new = old.clone();
+        match finalizers {
+            Some(f) => ensure_map(&mut new, "spec").insert("finalizers".into(), f),
+            None => ensure_map(&mut new, "spec").remove("finalizers"),
+        };
+    } else if t.sub == Some(Subresource::Status) {
         // Only the status changes through the status subresource.
         let status = new.get("status").cloned();
         new = old.clone();
@@ -581,6 +741,7 @@ fn update_in(
             + 1;
         meta_mut(&mut new).insert("generation".into(), json!(generation));
     }
+    track(t, manager, Some(&old), &mut new);
     let allocation = if t.id == id::SERVICES && t.sub.is_none() {
         let (alloc, rng) = txn.alloc_rng();
         Some(
@@ -602,7 +763,17 @@ fn update_in(
     if let Some(a) = allocation {
         a.commit(txn.alloc());
     }
-    if finalized(&new) {
+    let namespace_held = t.id == id::NAMESPACES
+        && new
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+    // An update removes an object being deleted when it takes away its last finalizer.
+    let had_finalizers = old
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if finalized(&new) && !namespace_held && (t.id != id::NAMESPACES || had_finalizers) {
         let last = remove(txn, t.id, &current.namespace, &name)?;
         return Ok((StatusCode::OK, last));
     }
@@ -663,9 +834,11 @@ fn update(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> Api
     let warnings = decode(t, &mut body, q)?;
     check_name(t, &body)?;
     let name = t.name.clone().unwrap_or_default();
+    let manager = updater(t, q);
+    let manager = manager.as_ref();
     let (code, obj) = api.registry.txn(|txn| match txn.get(t.id, t.ns(), &name) {
-        Some(current) => update_in(txn, t, &current, body, q),
-        None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q),
+        Some(current) => update_in(txn, t, &current, body, q, manager),
+        None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q, manager),
         None => Err(t.not_found()),
     })?;
     Ok(value_response(code, t, &obj, fmt, warnings))
@@ -684,6 +857,29 @@ fn patch_object(
     }
     let name = t.name.clone().unwrap_or_default();
     let mut warnings = Vec::new();
+    let applier = q.get("fieldManager").filter(|m| !m.is_empty());
+    if ty == PatchType::Apply && applier.is_none() {
+        return Err(ApiError::bad_request(
+            "fieldManager is required for apply requests",
+        ));
+    }
+    // The status of the main resource is not the applier's (kube resets it).
+    let skip_status = t.sub.is_none() && resets_status(t.id);
+    let apply = |live: Option<&Value>| {
+        let now = now_rfc3339();
+        managed::apply(
+            t.rt.kind,
+            skip_status,
+            live,
+            &body,
+            applier.unwrap_or_default(),
+            q.flag("force"),
+            &t.rt.api_version(),
+            &now,
+        )
+    };
+    let manager = updater(t, q);
+    let manager = manager.as_ref();
     let (code, obj) = api.registry.txn(|txn| {
         let Some(current) = txn.get(t.id, t.ns(), &name) else {
             if ty == PatchType::Apply && t.sub.is_none() {
@@ -691,63 +887,31 @@ fn patch_object(
                 let mut obj = body.clone();
                 warnings = decode(t, &mut obj, q)?;
                 check_name(t, &obj)?;
-                set_managed_fields(&mut obj, t, q, &body);
-                return create_in(txn, t, obj, q);
+                let obj = apply(None).map(|mut applied| {
+                    // The decoded object, with the applier's managedFields.
+                    let fields = applied["metadata"]["managedFields"].take();
+                    let mut decoded = obj;
+                    meta_mut(&mut decoded).insert("managedFields".into(), fields);
+                    decoded
+                })?;
+                return create_in(txn, t, obj, q, None);
             }
             return Err(t.not_found());
         };
-        let mut patched = patch::apply_patch(ty, t.rt.kind, &current.value(), &body)?;
-        if ty == PatchType::Apply {
-            set_managed_fields(&mut patched, t, q, &body);
-        }
+        let (mut patched, tracked) = if ty == PatchType::Apply {
+            (apply(Some(&current.value()))?, None)
+        } else {
+            let patched = patch::apply_patch(ty, t.rt.kind, &current.value(), &body)?;
+            (patched, manager)
+        };
         warnings = check_fields(t, &mut patched, q)?;
         // A patch that does not name a resourceVersion has no precondition.
         if body.pointer("/metadata/resourceVersion").is_none() {
             meta_mut(&mut patched).insert("resourceVersion".into(), json!(current.rv.to_string()));
         }
-        update_in(txn, t, &current, patched, q)
+        update_in(txn, t, &current, patched, q, tracked)
     })?;
     Ok(value_response(code, t, &obj, fmt, warnings))
-}
-
-/// Minimal `managedFields` for server-side apply: one `Apply` entry per field manager, listing
-/// the fields of the applied configuration.
-fn set_managed_fields(obj: &mut Value, t: &Target, q: &Query, applied: &Value) {
-    fn fields(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut out = Map::new();
-                for (k, v) in m {
-                    if matches!(k.as_str(), "apiVersion" | "kind") {
-                        continue;
-                    }
-                    out.insert(format!("f:{k}"), fields(v));
-                }
-                Value::Object(out)
-            }
-            _ => json!({}),
-        }
-    }
-    let manager = q.get("fieldManager").unwrap_or("kubectl").to_string();
-    let mut fv1 = fields(applied);
-    if let Some(m) = fv1.get_mut("f:metadata").and_then(Value::as_object_mut) {
-        for k in ["f:name", "f:namespace", "f:resourceVersion"] {
-            m.remove(k);
-        }
-    }
-    let entry = json!({"manager": manager, "operation": "Apply", "apiVersion": t.rt.api_version(),
-        "time": now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": fv1});
-    let meta = meta_mut(obj);
-    let list = meta.entry("managedFields").or_insert_with(|| json!([]));
-    if let Some(list) = list.as_array_mut() {
-        list.retain(|e| {
-            !(e.get("manager") == Some(&json!(manager))
-                && e.get("operation") == Some(&json!("Apply")))
-        });
-        list.push(entry);
-    } else {
-        *list = json!([entry]);
-    }
 }
 
 // ----- scale -----
@@ -787,6 +951,8 @@ fn apply_scale(
         sub: None,
         ..t.clone()
     };
+    // Recorded as a write through `scale` (kubectl scale), of the parent's spec.replicas.
+    let manager = updater(t, q);
     let (_, obj) = api.registry.txn(|txn| {
         let current = txn.get(t.id, t.ns(), &name).ok_or_else(|| t.not_found())?;
         let parent = current.value();
@@ -810,7 +976,7 @@ fn apply_scale(
         }
         let mut updated = parent.clone();
         updated["spec"]["replicas"] = json!(replicas);
-        update_in(txn, &parent_target, &current, updated, q)
+        update_in(txn, &parent_target, &current, updated, q, manager.as_ref())
     })?;
     Ok(json_response(StatusCode::OK, &scale_of(t, &obj)))
 }
@@ -839,15 +1005,15 @@ fn patch_scale(
 
 /// `DeleteOptions` from the body and the query.
 #[derive(Debug, Default)]
-struct DeleteOptions {
-    grace: Option<i64>,
-    policy: Option<String>,
-    uid: Option<String>,
-    resource_version: Option<String>,
-    dry_run: bool,
+pub struct DeleteOptions {
+    pub grace: Option<i64>,
+    pub policy: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub dry_run: bool,
 }
 
-fn delete_options(body: Option<Value>, q: &Query) -> ApiResult<DeleteOptions> {
+pub fn delete_options(body: Option<Value>, q: &Query) -> ApiResult<DeleteOptions> {
     let v = body.unwrap_or_else(|| json!({}));
     let mut o = DeleteOptions {
         grace: v.get("gracePeriodSeconds").and_then(Value::as_i64),
@@ -914,7 +1080,7 @@ fn delete(
 
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
-fn delete_in(
+pub fn delete_in(
     txn: &mut Txn<'_>,
     t: &Target,
     name: &str,
@@ -955,19 +1121,7 @@ fn delete_in(
                 "this namespace may not be deleted",
             ));
         }
-        if opts.dry_run {
-            return Ok((StatusCode::OK, obj));
-        }
-        // Delete the namespace's content, then the namespace (the real namespace controller's job).
-        for (rt, r) in RESOURCES.iter().enumerate() {
-            if !r.namespaced {
-                continue;
-            }
-            for o in txn.list(rt, Some(name)) {
-                remove(txn, rt, name, &o.name)?;
-            }
-        }
-        return Ok((StatusCode::OK, remove(txn, t.id, "", name)?));
+        return delete_namespace(txn, obj, opts);
     }
     // Finalizers asked for by the propagation policy (the garbage collector removes them).
     let mut finalizers: Vec<Value> = obj
@@ -1034,6 +1188,53 @@ fn delete_in(
         return Ok((StatusCode::ACCEPTED, obj));
     }
     Ok((StatusCode::ACCEPTED, txn.put(t.id, obj)?.value()))
+}
+
+/// A namespace is deleted in two steps, as kube-apiserver's namespace storage does it: the first
+/// DELETE marks it `Terminating` (new content is refused from then on); the namespace controller
+/// deletes its content, empties `spec.finalizers` through the `finalize` subresource, and
+/// deletes it again, which removes it once no finalizer is left.
+fn delete_namespace(
+    txn: &mut Txn<'_>,
+    mut obj: Value,
+    opts: &DeleteOptions,
+) -> ApiResult<(StatusCode, Value)> {
+    let name = str_at(&obj, "/metadata/name").to_string();
+    let has = |obj: &Value, p: &str| {
+        obj.pointer(p)
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    };
+    let already = obj
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null());
+    if !already {
+        meta_mut(&mut obj).insert("deletionTimestamp".into(), json!(now_rfc3339()));
+        ensure_map(&mut obj, "status").insert("phase".into(), json!("Terminating"));
+        if let Some(f) = match opts.policy.as_deref() {
+            Some("Orphan") => Some("orphan"),
+            Some("Foreground") => Some("foregroundDeletion"),
+            _ => None,
+        } {
+            let meta = meta_mut(&mut obj);
+            let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut()
+                && !list.contains(&json!(f))
+            {
+                list.push(json!(f));
+            }
+        }
+    }
+    if opts.dry_run {
+        return Ok((StatusCode::OK, obj));
+    }
+    if !has(&obj, "/spec/finalizers") && !has(&obj, "/metadata/finalizers") {
+        return Ok((StatusCode::OK, remove(txn, id::NAMESPACES, "", &name)?));
+    }
+    if already {
+        return Ok((StatusCode::OK, obj));
+    }
+    Ok((StatusCode::OK, txn.put(id::NAMESPACES, obj)?.value()))
 }
 
 fn delete_collection(api: &Api, t: &Target, body: Option<Value>, q: &Query) -> ApiResult<Response> {

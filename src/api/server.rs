@@ -1,28 +1,23 @@
-//! The HTTP server: configuration, start-up (store, allocators, built-in objects) and routing.
-//! Fixed paths (`/version`, discovery, OpenAPI, health) have their own routes; everything under
-//! `/api/v1` and `/apis/<g>/<v>` goes to the one generic resource handler in `rest`.
+//! The API server's state: configuration, start-up (store, allocators, service-account keys,
+//! built-in objects). The HTTP side is [`super::routes`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use ipnet::Ipv4Net;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use super::alloc::{Allocators, IpAllocator, PortAllocator};
-use super::discovery;
+use super::auth::{
+    self,
+    token::{self, Signer},
+};
 use super::object::{new_uid, now_rfc3339, str_at};
-use super::openapi;
 use super::registry::Registry;
-use super::resources::{RESOURCES, id};
+use super::resources::id;
 use super::service;
 use super::status::ApiError;
 use super::store::{Store, log::LogStore, memory::MemoryStore};
@@ -43,6 +38,12 @@ pub struct Config {
     pub fsync: bool,
     /// Watch events kept per resource for resuming watches.
     pub watch_history: usize,
+    /// PEM private key (ECDSA P-256, PKCS#8: the lab CA's `ca.key`) that signs service-account
+    /// tokens; without it a key of this process signs them, and they die with it.
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// More PEM private keys whose tokens are accepted (kube's `--service-account-key-file`;
+    /// the signing key's own tokens always are).
+    pub service_account_key_files: Vec<PathBuf>,
 }
 
 /// Shared state of all handlers.
@@ -51,6 +52,8 @@ pub struct Api {
     pub config: Config,
     /// The address and port actually bound (the port may have been 0).
     pub bound: SocketAddr,
+    /// Service-account token keys and audiences.
+    pub tokens: auth::Tokens,
 }
 
 impl Api {
@@ -72,10 +75,24 @@ impl Api {
             None => ChaCha8Rng::from_os_rng(),
         };
         let registry = Registry::open(store, alloc, rng, config.watch_history)?;
+        let signer = match &config.service_account_signing_key_file {
+            Some(path) => Signer::from_file(path)?,
+            None => Signer::ephemeral(),
+        };
+        let verification_keys = config
+            .service_account_key_files
+            .iter()
+            .map(|p| Signer::from_file(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let api = Api {
             registry,
             config,
             bound,
+            tokens: auth::Tokens {
+                signer,
+                verification_keys,
+                audiences: vec![token::ISSUER.to_string()],
+            },
         };
         api.bootstrap()
             .map_err(|e| anyhow::anyhow!("creating the built-in objects: {e}"))?;
@@ -103,6 +120,7 @@ impl Api {
                 let value = svc.value();
                 service::restore(txn.alloc(), &value);
             }
+            auth::bootstrap_policy(txn)?;
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
                 if txn.get(id::NAMESPACES, "", ns).is_none() {
                     let uid = new_uid(txn.rng());
@@ -188,145 +206,4 @@ fn reconcile(
         }
     }
     Ok(())
-}
-
-/// The router of the whole API.
-pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route(
-            "/version",
-            get(|| async { axum::Json(discovery::version()) }),
-        )
-        .route(
-            "/version/",
-            get(|| async { axum::Json(discovery::version()) }),
-        )
-        .route("/healthz", get(health))
-        .route("/livez", get(health))
-        .route("/readyz", get(health))
-        .route("/api", get(core_discovery))
-        .route("/api/", get(core_discovery))
-        .route("/apis", get(groups_discovery))
-        .route("/apis/", get(groups_discovery))
-        .route("/openapi/v2", get(openapi_v2))
-        .route("/openapi/v3", get(|| async { axum::Json(openapi::root()) }))
-        .route("/openapi/v3/{*gv}", get(openapi_document))
-        .fallback(super::rest::handle)
-        .with_state(api)
-}
-
-async fn health() -> &'static str {
-    "ok"
-}
-
-fn accept(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-}
-
-/// A JSON answer with an explicit Content-Type.
-pub fn json_with_type(status: StatusCode, content_type: &str, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).expect("serialisable");
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, content_type.to_string()),
-            (header::VARY, "Accept".to_string()),
-        ],
-        bytes,
-    )
-        .into_response()
-}
-
-async fn core_discovery(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    match discovery::negotiate_aggregated(accept(&headers)) {
-        Some(v) => json_with_type(
-            StatusCode::OK,
-            &discovery::aggregated_content_type(v),
-            &discovery::aggregated(true, v),
-        ),
-        None => json_with_type(
-            StatusCode::OK,
-            "application/json",
-            &discovery::api_versions(&format!("{}:{}", api.advertise_address(), api.bound.port())),
-        ),
-    }
-}
-
-async fn groups_discovery(headers: HeaderMap) -> Response {
-    match discovery::negotiate_aggregated(accept(&headers)) {
-        Some(v) => json_with_type(
-            StatusCode::OK,
-            &discovery::aggregated_content_type(v),
-            &discovery::aggregated(false, v),
-        ),
-        None => json_with_type(
-            StatusCode::OK,
-            "application/json",
-            &discovery::api_group_list(),
-        ),
-    }
-}
-
-async fn openapi_document(Path(gv): Path<String>) -> Response {
-    let parts: Vec<&str> = gv.trim_end_matches('/').split('/').collect();
-    let doc = match parts.as_slice() {
-        ["api", v] => openapi::group_version_document("", v),
-        ["apis", g, v] => openapi::group_version_document(g, v),
-        _ => None,
-    };
-    match doc {
-        Some(doc) => json_with_type(StatusCode::OK, "application/json", &doc),
-        None => ApiError::path_not_found().into_response(),
-    }
-}
-
-/// `/openapi/v2` exists only in its protobuf form: the JSON form's value to other tools would be
-/// its schemas, which kemu does not serve.
-async fn openapi_v2(headers: HeaderMap) -> Response {
-    let accept = accept(&headers);
-    if !(accept.contains("protobuf") || accept.contains("*/*") || accept.is_empty()) {
-        return ApiError::not_acceptable(format!(
-            "/openapi/v2 is served only as {}",
-            openapi::v2::PROTOBUF_CONTENT_TYPE
-        ))
-        .into_response();
-    }
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, openapi::v2::PROTOBUF_CONTENT_TYPE)],
-        openapi::v2::protobuf(),
-    )
-        .into_response()
-}
-
-/// Serve until the process ends.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let bound = listener.local_addr()?;
-    let api = Arc::new(Api::open(config, bound)?);
-    tracing::info!(
-        "kemu apiserver listening on http://{bound} ({} objects, resourceVersion {})",
-        RESOURCES
-            .iter()
-            .enumerate()
-            .map(|(i, _)| api.registry.list(i, None).0.len())
-            .sum::<usize>(),
-        api.registry.rv()
-    );
-    // Tests and `kemu up` wait for this line to know the port.
-    println!("listening on http://{bound}");
-    axum::serve(listener, router(api))
-        .await
-        .context("serving the API")?;
-    Ok(())
-}
-
-/// Used by the generic handler for requests that are not under a served group-version.
-pub fn not_found(_req: &Request) -> Response {
-    ApiError::path_not_found().into_response()
 }

@@ -26,6 +26,8 @@ pub enum FieldErrorKind {
     Duplicate(Value),
     NotSupported(Value, Vec<String>),
     Forbidden,
+    /// Longer than the given number of bytes.
+    TooLong(usize),
 }
 
 impl FieldError {
@@ -84,6 +86,13 @@ impl FieldError {
             detail: detail.into(),
         }
     }
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::TooLong(max_bytes),
+            detail: String::new(),
+        }
+    }
 
     /// `reason` of the Status cause (`FieldValueInvalid`, ...).
     pub fn reason(&self) -> &'static str {
@@ -93,6 +102,7 @@ impl FieldError {
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
             FieldErrorKind::NotSupported(..) => "FieldValueNotSupported",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::TooLong(_) => "FieldValueTooLong",
         }
     }
 
@@ -101,6 +111,7 @@ impl FieldError {
         let mut s = match &self.kind {
             FieldErrorKind::Required => "Required value".to_string(),
             FieldErrorKind::Forbidden => "Forbidden".to_string(),
+            FieldErrorKind::TooLong(max) => format!("Too long: may not be more than {max} bytes"),
             FieldErrorKind::Invalid(v) => format!("Invalid value: {}", go_value(v)),
             FieldErrorKind::InvalidGo(v) => format!("Invalid value: {v}"),
             FieldErrorKind::Duplicate(v) => format!("Duplicate value: {}", go_value(v)),
@@ -143,6 +154,8 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status: the inconsistent continuation an expired list offers.
+    pub continue_token: Option<String>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -163,6 +176,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            continue_token: None,
         }
     }
     fn with_details(mut self, details: Value) -> Self {
@@ -205,6 +219,10 @@ impl ApiError {
         .with_details(
             json!({"name": name, "kind": short_resource(resource), "group": group_of(resource)}),
         )
+    }
+    /// 409 of a server-side apply over fields other managers own (`errors.NewApplyConflict`).
+    pub fn apply_conflict(message: impl Into<String>, causes: Vec<Value>) -> Self {
+        Self::new(409, "Conflict", message).with_details(json!({"causes": causes}))
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
@@ -278,6 +296,48 @@ impl ApiError {
         .with_details(json!({"name": name, "kind": short_resource(resource)}))
     }
 
+    /// 401 for a request whose credentials are not valid.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 with a message already worded (authorization, impersonation).
+    pub fn forbidden_plain(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message).with_details(json!({}))
+    }
+
+    /// `details.{name, kind, group}` naming the refused resource.
+    pub fn with_resource_details(mut self, name: &str, resource: &str, group: &str) -> Self {
+        let details = self.details.get_or_insert_with(|| json!({}));
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        details["kind"] = json!(resource);
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        self
+    }
+
+    /// 429 (`errors.NewTooManyRequests`), without a retry hint.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message).with_details(json!({}))
+    }
+
+    /// The same error with one more `details.causes` entry (`type` is written `reason`).
+    pub fn with_cause(mut self, reason: &str, message: &str, field: Option<&str>) -> Self {
+        let mut cause = json!({"reason": reason, "message": message});
+        if let Some(f) = field {
+            cause["field"] = json!(f);
+        }
+        let details = self.details.get_or_insert_with(|| json!({}));
+        match details.get_mut("causes").and_then(Value::as_array_mut) {
+            Some(causes) => causes.push(cause),
+            None => details["causes"] = json!([cause]),
+        }
+        self
+    }
+
     /// 422 Invalid with the field errors, formatted like `errors.NewInvalid`.
     pub fn invalid(kind: &str, group: &str, name: &str, errors: &[FieldError]) -> Self {
         let list = match errors {
@@ -324,6 +384,9 @@ impl ApiError {
         });
         if let Some(details) = &self.details {
             status["details"] = details.clone();
+        }
+        if let Some(token) = &self.continue_token {
+            status["metadata"]["continue"] = json!(token);
         }
         status
     }

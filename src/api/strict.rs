@@ -5,10 +5,10 @@
 //! Unknown fields are also removed from the object before it is stored, as the real server's typed
 //! decoding drops them.
 
-use k8s_openapi::api::{apps, coordination, core, discovery};
 use serde_json::Value;
 
-use super::resources::id;
+use super::kinds::config::base64_problem;
+use super::resources::{RESOURCES, id};
 
 /// How the request wants unknown fields handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,10 @@ pub struct UnknownField {
     pub pointer: String,
 }
 
-fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+/// Decode `v` into `T` and encode it again (a kind's [`ResourceType::typed`]).
+///
+/// [`ResourceType::typed`]: super::resources::ResourceType::typed
+pub fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
     v: &Value,
 ) -> Result<Value, String> {
     let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
@@ -45,20 +48,16 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 /// The typed round trip of `obj` for resource `rt`; `Err` carries the decoding error.
 pub fn normalised(rt: usize, obj: &Value) -> Result<Value, String> {
-    match rt {
-        id::NAMESPACES => round_trip::<core::v1::Namespace>(obj),
-        id::NODES => round_trip::<core::v1::Node>(obj),
-        id::PODS => round_trip::<core::v1::Pod>(obj),
-        id::SERVICES => round_trip::<core::v1::Service>(obj),
-        id::ENDPOINTS => round_trip::<core::v1::Endpoints>(obj),
-        id::REPLICATION_CONTROLLERS => round_trip::<core::v1::ReplicationController>(obj),
-        id::EVENTS => round_trip::<core::v1::Event>(obj),
-        id::DEPLOYMENTS => round_trip::<apps::v1::Deployment>(obj),
-        id::REPLICA_SETS => round_trip::<apps::v1::ReplicaSet>(obj),
-        id::ENDPOINT_SLICES => round_trip::<discovery::v1::EndpointSlice>(obj),
-        id::LEASES => round_trip::<coordination::v1::Lease>(obj),
-        _ => Ok(obj.clone()),
+    // Bytes fields are base64 in JSON; Go's decoder names where it stopped.
+    let bytes_field = match rt {
+        id::SECRETS => Some("data"),
+        id::CONFIG_MAPS => Some("binaryData"),
+        _ => None,
+    };
+    if let Some(problem) = bytes_field.and_then(|f| base64_problem(obj, f)) {
+        return Err(problem);
     }
+    (RESOURCES[rt].typed)(obj)
 }
 
 /// Fields of `obj` that the schema of `rt` does not know.

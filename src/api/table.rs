@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::object::{parse_time, str_at};
-use super::resources::id;
+use super::resources::{RESOURCES, id};
 use super::selectors::{format_label_selector, format_labels};
 
 /// What each row carries in `object` (`includeObject` query parameter).
@@ -30,16 +30,16 @@ impl IncludeObject {
 }
 
 /// (name, type, format, priority, description)
-type Col = (&'static str, &'static str, &'static str, u8, &'static str);
+pub type Col = (&'static str, &'static str, &'static str, u8, &'static str);
 
-const NAME: Col = (
+pub const NAME: Col = (
     "Name",
     "string",
     "name",
     0,
     "Name must be unique within a namespace.",
 );
-const AGE: Col = (
+pub const AGE: Col = (
     "Age",
     "string",
     "",
@@ -47,21 +47,23 @@ const AGE: Col = (
     "CreationTimestamp is a timestamp representing the server time when this object was created.",
 );
 
+pub const CONTAINERS: Col = (
+    "Containers",
+    "string",
+    "",
+    1,
+    "Names of each container in the template.",
+);
+pub const IMAGES: Col = (
+    "Images",
+    "string",
+    "",
+    1,
+    "Images referenced by each container in the template.",
+);
+
 fn column_defs(rt: usize) -> Vec<Col> {
-    let containers: Col = (
-        "Containers",
-        "string",
-        "",
-        1,
-        "Names of each container in the template.",
-    );
-    let images: Col = (
-        "Images",
-        "string",
-        "",
-        1,
-        "Images referenced by each container in the template.",
-    );
+    let (containers, images) = (CONTAINERS, IMAGES);
     match rt {
         id::PODS => vec![
             NAME,
@@ -377,7 +379,10 @@ fn column_defs(rt: usize) -> Vec<Col> {
             ("Holder", "string", "", 0, "The holder of this lease"),
             AGE,
         ],
-        _ => vec![NAME, AGE],
+        _ => match RESOURCES[rt].hooks {
+            Some(hooks) => hooks.columns.to_vec(),
+            None => vec![NAME, AGE],
+        },
     }
 }
 
@@ -502,7 +507,7 @@ fn since(ts: Option<&str>, now: Timestamp) -> String {
     }
 }
 
-fn age(obj: &Value, now: Timestamp) -> Value {
+pub fn age(obj: &Value, now: Timestamp) -> Value {
     Value::String(since(
         obj.pointer("/metadata/creationTimestamp")
             .and_then(Value::as_str),
@@ -510,7 +515,7 @@ fn age(obj: &Value, now: Timestamp) -> Value {
     ))
 }
 
-fn name(obj: &Value) -> Value {
+pub fn name(obj: &Value) -> Value {
     Value::String(str_at(obj, "/metadata/name").to_string())
 }
 
@@ -535,7 +540,7 @@ pub fn cells(rt: usize, obj: &Value, now: Timestamp) -> Vec<Value> {
         id::PODS => pod_cells(obj, now),
         id::SERVICES => service_cells(obj, now),
         id::REPLICATION_CONTROLLERS | id::REPLICA_SETS => {
-            let (containers, images) = template_containers(obj);
+            let (containers, images) = template_containers(obj, "/spec/template/spec/containers");
             let selector = if rt == id::REPLICATION_CONTROLLERS {
                 format_labels(obj.pointer("/spec/selector").and_then(Value::as_object))
             } else {
@@ -553,7 +558,7 @@ pub fn cells(rt: usize, obj: &Value, now: Timestamp) -> Vec<Value> {
             ]
         }
         id::DEPLOYMENTS => {
-            let (containers, images) = template_containers(obj);
+            let (containers, images) = template_containers(obj, "/spec/template/spec/containers");
             vec![
                 name(obj),
                 json!(format!(
@@ -612,7 +617,10 @@ pub fn cells(rt: usize, obj: &Value, now: Timestamp) -> Vec<Value> {
             json!(str_at(obj, "/spec/holderIdentity")),
             age(obj, now),
         ],
-        _ => vec![name(obj), age(obj, now)],
+        _ => match RESOURCES[rt].hooks {
+            Some(hooks) => (hooks.cells)(obj, now),
+            None => vec![name(obj), age(obj, now)],
+        },
     }
 }
 
@@ -633,8 +641,16 @@ fn list_with_more(items: &[String]) -> String {
     }
 }
 
-fn template_containers(obj: &Value) -> (String, String) {
-    let containers = arr(obj, "/spec/template/spec/containers");
+/// The time at `pointer`, if set and valid.
+pub fn parse_since(obj: &Value, pointer: &str) -> Option<Timestamp> {
+    obj.pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(parse_time)
+}
+
+/// Container names and images of the container list at `pointer` (`layoutContainerCells`).
+pub fn template_containers(obj: &Value, pointer: &str) -> (String, String) {
+    let containers = arr(obj, pointer);
     let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
     let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
     (names.join(","), images.join(","))

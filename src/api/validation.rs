@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::resources::id;
+use super::resources::{RESOURCES, id};
 use super::status::FieldError;
 
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
@@ -240,7 +240,11 @@ pub fn validate(rt: usize, obj: &Value, old: Option<&Value>) -> Vec<FieldError> 
             }
         }
         id::SERVICES => service(&spec, old, &mut errs),
-        _ => {}
+        _ => {
+            if let Some(hooks) = RESOURCES[rt].hooks {
+                (hooks.validate)(obj, old, &mut errs);
+            }
+        }
     }
     errs
 }

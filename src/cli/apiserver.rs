@@ -8,7 +8,8 @@ use clap::Args as ClapArgs;
 use ipnet::Ipv4Net;
 
 use crate::api::alloc::parse_port_range;
-use crate::api::server::{Config, serve};
+use crate::api::routes::serve;
+use crate::api::server::Config;
 
 /// Run the Kubernetes API server of a lab's master host.
 #[derive(Debug, ClapArgs)]
@@ -38,6 +39,15 @@ pub struct Args {
     /// Watch events kept per resource type for watches that resume from an older resourceVersion.
     #[arg(long, default_value_t = 4096)]
     pub watch_history: usize,
+    /// PEM private key (ECDSA P-256, PKCS#8, e.g. the lab CA's `<state>/pki/ca.key`) that signs
+    /// service-account tokens. Without it the server signs with a key of its own process, and
+    /// its tokens stop working when it restarts.
+    #[arg(long)]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// PEM private key whose tokens are also accepted (repeatable); tokens of the signing key
+    /// always are.
+    #[arg(long)]
+    pub service_account_key_file: Vec<PathBuf>,
 }
 
 fn port_range(s: &str) -> Result<(u16, u16), String> {
@@ -55,6 +65,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         advertise_address: args.advertise_address,
         fsync: args.fsync,
         watch_history: args.watch_history,
+        service_account_signing_key_file: args.service_account_signing_key_file,
+        service_account_key_files: args.service_account_key_file,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod apiserver;
+mod builtin_image;
 mod container_exec;
 mod container_shim;
 mod controller_manager;
@@ -85,9 +86,11 @@ pub enum Command {
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy agent (`render` prints a node's rules, `mode` switches a lab's mode).
     Proxy(proxy::ProxyArgs),
+    /// Manage the image store shared by all labs: load, ls, rm, pull, gc.
+    Image(image::ImageArgs),
     /// Run a built-in container image (started inside containers by the process runtime).
     #[command(hide = true)]
-    Image(image::ImageArgs),
+    BuiltinImage(builtin_image::BuiltinImageArgs),
     /// Own one container of the process runtime (started by the kubelet).
     #[command(hide = true)]
     ContainerShim(container_shim::ContainerShimArgs),
@@ -146,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Image(args) => image::run(args),
+        Command::BuiltinImage(args) => builtin_image::run(args),
         Command::ContainerShim(args) => container_shim::run(args),
         Command::ContainerExec(args) => container_exec::run(args),
         Command::Supervise { lab } => crate::lab::supervisor::run(&lab).map(|_| ExitCode::SUCCESS),

@@ -99,7 +99,7 @@ struct NetexecArgs {
     tls_private_key_file: String,
 }
 
-/// `kemu image agnhost <subcommand> [flags]`.
+/// `kemu builtin-image agnhost <subcommand> [flags]`.
 pub fn main(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let cli = Cli::parse_from(std::iter::once("agnhost".to_string()).chain(args));
     match cli.command {

@@ -1,7 +1,9 @@
-//! Built-in container images.
+//! Container images: kemu's built-in images (this file and `agnhost`, `nginx`, `pause`), and
+//! the image store shared by all labs (`store`), filled from archives and registries (`oci`),
+//! with the kubelet's pull policy, back-off and events on top (`manager`).
 //!
-//! kemu pulls no images. A pod that names one of a few well-known images runs a small program
-//! built into the kemu binary instead (`kemu image <name> [args...]`), which answers on the
+//! A pod that names one of a few well-known images runs a small program built into the kemu
+//! binary (`kemu builtin-image <name> [args...]`), which answers on the
 //! network the way the real image does: the default page and headers of `nginx`, the
 //! `serve-hostname`/`netexec`/`pause` subcommands of Kubernetes' test image `agnhost`, and the
 //! `pause` image. Every other image needs a `command:` that exists on the host.
@@ -10,9 +12,13 @@
 //! large buffers, nothing started that a request does not need.
 
 pub mod agnhost;
+pub mod config;
 mod http;
+pub mod manager;
 pub mod nginx;
+pub mod oci;
 pub mod pause;
+pub mod store;
 
 use std::process::ExitCode;
 
@@ -62,7 +68,7 @@ impl BuiltinImage {
         }
     }
 
-    /// The name given to `kemu image`.
+    /// The name given to `kemu builtin-image`.
     pub fn name(self) -> &'static str {
         match self {
             BuiltinImage::Nginx => "nginx",
@@ -79,7 +85,7 @@ impl BuiltinImage {
         base == self.name()
     }
 
-    /// Parse a `kemu image` name.
+    /// Parse a `kemu builtin-image` name.
     pub fn from_name(name: &str) -> Option<BuiltinImage> {
         [
             BuiltinImage::Nginx,
@@ -102,7 +108,7 @@ fn image_repository(image: &str) -> &str {
     }
 }
 
-/// Run a built-in image's program: the body of `kemu image <name> [args...]`.
+/// Run a built-in image's program: the body of `kemu builtin-image <name> [args...]`.
 pub fn run(name: &str, args: Vec<String>) -> anyhow::Result<ExitCode> {
     match BuiltinImage::from_name(name) {
         Some(BuiltinImage::Nginx) => nginx::main(args),

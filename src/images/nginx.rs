@@ -101,7 +101,7 @@ impl Release {
     }
 }
 
-/// `kemu image nginx` arguments. The container's own command and args (`nginx -g 'daemon
+/// `kemu builtin-image nginx` arguments. The container's own command and args (`nginx -g 'daemon
 /// off;'`) are not passed on: the runtime gives the declared container ports instead.
 #[derive(Debug, Parser)]
 #[command(name = "nginx", about = "kemu's built-in nginx image")]
@@ -325,7 +325,7 @@ fn notice(message: &str) {
     );
 }
 
-/// `kemu image nginx [--port N]... [--pod-name NAME]`.
+/// `kemu builtin-image nginx [--port N]... [--pod-name NAME]`.
 pub fn main(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let args = Args::parse_from(std::iter::once("nginx".to_string()).chain(args));
     let pod_name = args

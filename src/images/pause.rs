@@ -10,7 +10,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 /// The upstream version this stands in for.
 const VERSION: &str = "v3.10";
 
-/// `kemu image pause [-v]`.
+/// `kemu builtin-image pause [-v]`.
 pub fn main(args: Vec<String>) -> anyhow::Result<ExitCode> {
     if args.first().map(String::as_str) == Some("-v") {
         println!("pause.c {VERSION}");

@@ -102,6 +102,11 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
         format!("--data-dir={}", dir.root.join("apiserver").display()),
         format!("--service-cluster-ip-range={}", topo.service_cidr),
         format!("--service-node-port-range={}", topo.node_port_range),
+        // Service-account tokens signed by the lab CA's key outlive an API server restart.
+        format!(
+            "--service-account-signing-key-file={}",
+            dir.pki().join("ca.key").display()
+        ),
     ];
     apiserver.extend(seed.iter().cloned());
     specs.push(kemu(master, "apiserver", apiserver));

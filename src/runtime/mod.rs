@@ -185,7 +185,7 @@ pub enum RuntimeError {
     /// The image is not built in and the container gave no command; the kubelet reports
     /// `ErrImagePull` / `ImagePullBackOff` with this message.
     #[error(
-        "image {image:?} of container {container:?} is not built into kemu and the container has no command: kemu pulls no images; use one of the built-in images ({builtin}) or give a `command:` that exists on the host"
+        "image {image:?} of container {container:?} is not built into kemu and the container has no command: pods do not run images from kemu's image store yet; use one of the built-in images ({builtin}) or give a `command:` that exists on the host"
     )]
     ImageNotAvailable {
         image: String,

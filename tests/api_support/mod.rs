@@ -24,6 +24,11 @@ impl Server {
 
     /// Start on a given `listen` address (a restart reuses the old port).
     pub fn start_on(data_dir: &Path, listen: &str) -> Server {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Start on `listen` with more command-line arguments.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kemu"))
             .args([
                 "apiserver",
@@ -40,6 +45,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

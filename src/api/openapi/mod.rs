@@ -73,9 +73,11 @@ pub struct PatchOperation {
     pub kind: &'static str,
 }
 
-/// The PATCH operations of one group-version (empty if it is not served).
+/// The PATCH operations of one group-version (empty if it is not served). The reviews are
+/// only ever created, and have none.
 pub fn patch_operations(group: &str, version: &str) -> Vec<PatchOperation> {
     in_group(group, version)
+        .filter(|r| r.stored)
         .map(|r| {
             let prefix = r.gv_path();
             let path = if r.namespaced {
@@ -96,6 +98,7 @@ pub fn patch_operations(group: &str, version: &str) -> Vec<PatchOperation> {
 
 /// The v3 document of one group-version, or `None` if not served.
 pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
+    in_group(group, version).next()?;
     let mut paths = Map::new();
     for op in patch_operations(group, version) {
         let parameters: Vec<Value> = PATCH_PARAMETERS
@@ -112,9 +115,6 @@ pub fn group_version_document(group: &str, version: &str) -> Option<Value> {
                 "responses": {"200": {"description": "OK"}, "201": {"description": "Created"}},
             }}),
         );
-    }
-    if paths.is_empty() {
-        return None;
     }
     Some(json!({
         "openapi": "3.0.0",
@@ -154,8 +154,15 @@ mod tests {
             [
                 "api/v1",
                 "apis/apps/v1",
+                "apis/authentication.k8s.io/v1",
+                "apis/authorization.k8s.io/v1",
+                "apis/batch/v1",
                 "apis/coordination.k8s.io/v1",
-                "apis/discovery.k8s.io/v1"
+                "apis/discovery.k8s.io/v1",
+                "apis/networking.k8s.io/v1",
+                "apis/policy/v1",
+                "apis/rbac.authorization.k8s.io/v1",
+                "apis/storage.k8s.io/v1"
             ]
         );
         let apps = group_version_document("apps", "v1").unwrap();
@@ -164,6 +171,6 @@ mod tests {
         assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
         let core = group_version_document("", "v1").unwrap();
         assert!(core["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
-        assert!(group_version_document("batch", "v1").is_none());
+        assert!(group_version_document("batch", "v2").is_none());
     }
 }

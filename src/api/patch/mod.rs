@@ -110,6 +110,7 @@ impl ApiError {
                 "the server rejected our request due to an error in our request: {why}"
             ),
             details: None,
+            continue_token: None,
         }
     }
 }

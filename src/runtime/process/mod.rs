@@ -9,7 +9,7 @@
 //! which outlives the kubelet; everything about a container is in its directory (`layout`),
 //! so a new `ProcessRuntime` on the same root adopts the containers of an old one.
 //!
-//! Built-in images (`crate::images`) run the kemu binary as `kemu image <name> ...`; other
+//! Built-in images (`crate::images`) run the kemu binary as `kemu builtin-image <name> ...`; other
 //! images run the container's `command:` from the host.
 
 pub mod caps;

@@ -248,7 +248,8 @@ fn program_and_argv(
         _ => None,
     };
     if let Some(image) = runs_builtin {
-        let mut argv: Vec<String> = vec!["kemu".into(), "image".into(), image.name().into()];
+        let mut argv: Vec<String> =
+            vec!["kemu".into(), "builtin-image".into(), image.name().into()];
         match image {
             BuiltinImage::Nginx => {
                 // nginx serves every declared TCP port (80 when none is declared).
@@ -386,7 +387,13 @@ mod tests {
         let spec = build(&container).unwrap();
         assert_eq!(
             spec.process.argv,
-            ["kemu", "image", "agnhost", "netexec", "--http-port=8080"]
+            [
+                "kemu",
+                "builtin-image",
+                "agnhost",
+                "netexec",
+                "--http-port=8080"
+            ]
         );
         assert!(matches!(spec.process.program, Program::Kemu { .. }));
     }

@@ -270,9 +270,22 @@ pub fn render_table(v: &StatusView) -> String {
             }
         );
     }
-    if v.agents.is_empty() && v.supervisor.is_none() {
-        return out;
+    if !(v.agents.is_empty() && v.supervisor.is_none()) {
+        render_agents(&mut out, v);
     }
+    let faults = v.faults.describe();
+    if !faults.is_empty() {
+        let _ = writeln!(out, "\nfaults (`kemu heal {}` removes them all):", v.lab);
+        for line in faults {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// The supervisor and agents part of the table (a network-only lab has none).
+fn render_agents(out: &mut String, v: &StatusView) {
+    use std::fmt::Write as _;
     let _ = writeln!(out);
     match &v.supervisor {
         Some(s) if s.alive => {
@@ -326,14 +339,6 @@ pub fn render_table(v: &StatusView) -> String {
             s.last_exit.as_deref().unwrap_or("-")
         );
     }
-    let faults = v.faults.describe();
-    if !faults.is_empty() {
-        let _ = writeln!(out, "\nfaults (`kemu heal {}` removes them all):", v.lab);
-        for line in faults {
-            let _ = writeln!(out, "  {line}");
-        }
-    }
-    out
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {

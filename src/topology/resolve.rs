@@ -11,8 +11,12 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{Problem, TopologyError};
 use super::name::LabName;
-use super::raw::{Backend, RawTopology, Role};
-use super::{ClusterNetwork, ControlPlane, Daemon, Host, PortRange, Segment, Topology};
+use super::raw::{Backend, ProxyMode, RawHost, RawTopology, Role};
+use super::{
+    ClusterNetwork, ControlPlane, Daemon, Host, KubeletSettings, PortRange, Segment, Topology,
+};
+
+use crate::proxy::profile::{KubeVersion, ProxyProfile};
 
 /// Longest host name: a Kubernetes label value (`kubernetes.io/hostname`) and a UTS hostname.
 pub const MAX_HOST_NAME: usize = 63;
@@ -171,13 +175,47 @@ fn check_lab_name(c: &mut Checker, name: &Spanned<String>) {
     }
 }
 
-/// Resolve a parsed file into a `Topology`, or every problem found.
+/// Resolve a parsed file into a `Topology`, or every problem found. Each part of the file is
+/// checked by its own function below; all of them report into one `Checker`, so that a file
+/// with several mistakes gets them all at once.
 pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
     let mut c = Checker::default();
     check_lab_name(&mut c, &raw.name);
-    let lab = raw.name.value.clone();
+    let segments = resolve_segments(&mut c, &raw);
+    let ranges = resolve_ranges(&mut c, &raw);
+    check_range_overlaps(&mut c, &raw, &ranges, &segments);
+    let mtu = resolve_mtu(&mut c, &raw);
+    let (proxy_version, proxy_mode) = resolve_proxy(&mut c, &raw);
+    let mut hosts = resolve_hosts(&mut c, &raw, &segments, proxy_mode);
+    lease_pod_subnets(&mut c, &raw, &ranges, &mut hosts);
+    let control_plane = resolve_control_plane(&mut c, &raw);
+    let kubelet = resolve_kubelet(&mut c, &raw);
 
-    // Segments.
+    if !c.problems.is_empty() {
+        c.problems.sort_by_key(|p| (p.line, p.column));
+        return Err(c.problems);
+    }
+    Ok(Topology {
+        name: LabName::parse(&raw.name.value).expect("checked by check_lab_name"),
+        segments,
+        hosts,
+        service_cidr: ranges.service_cidr.expect("checked"),
+        node_port_range: ranges.node_port_range.expect("checked"),
+        cluster_network: ClusterNetwork {
+            network: ranges.network.expect("checked"),
+            subnet_len: ranges.subnet_len.expect("checked"),
+            backend: ranges.backend,
+        },
+        proxy_mode,
+        proxy_version,
+        mtu,
+        control_plane,
+        kubelet,
+    })
+}
+
+/// `segments:`: names, CIDRs, gateways, and no two overlapping.
+fn resolve_segments(c: &mut Checker, raw: &RawTopology) -> Vec<Segment> {
     let mut segments: Vec<Segment> = Vec::new();
     let mut segment_at: Vec<Location> = Vec::new();
     if raw.segments.is_empty() {
@@ -263,8 +301,24 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             }
         }
     }
+    segments
+}
 
-    // Cluster-wide ranges.
+/// The cluster-wide ranges (`services:` and `clusterNetwork:`); `None` where a problem was
+/// reported.
+struct Ranges {
+    service_cidr: Option<Ipv4Net>,
+    node_port_range: Option<PortRange>,
+    network: Option<Ipv4Net>,
+    subnet_len: Option<u8>,
+    backend: Backend,
+    /// Where the file names them, for problems found later (none: the defaults).
+    service_at: Option<Location>,
+    network_at: Option<Location>,
+    subnet_len_at: Option<Location>,
+}
+
+fn resolve_ranges(c: &mut Checker, raw: &RawTopology) -> Ranges {
     let services = raw.services.as_ref();
     let service_cidr = match services {
         Some(s) => c.cidr(&s.cluster_ip_range, "services.clusterIPRange"),
@@ -324,27 +378,36 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             Some(len) => Some(len.value),
         }
     });
-    let backend = network_field
-        .and_then(|n| n.backend.as_ref())
-        .map(|b| b.value)
-        .unwrap_or(Backend::Vxlan);
+    Ranges {
+        service_cidr,
+        node_port_range,
+        network,
+        subnet_len,
+        backend: network_field
+            .and_then(|n| n.backend.as_ref())
+            .map(|b| b.value)
+            .unwrap_or(Backend::Vxlan),
+        service_at: services.map(|s| s.cluster_ip_range.referenced),
+        network_at: network_field.map(|n| n.network.referenced),
+        subnet_len_at: network_field.and_then(|n| n.subnet_len.as_ref().map(|l| l.referenced)),
+    }
+}
 
-    // Overlaps between the three kinds of range.
-    let network_at = network_field.map(|n| n.network.referenced);
-    let service_at = services.map(|s| s.cluster_ip_range.referenced);
-    if let (Some(svc), Some(net)) = (service_cidr, network)
+/// The service range, the cluster network and the segments must not overlap.
+fn check_range_overlaps(c: &mut Checker, raw: &RawTopology, r: &Ranges, segments: &[Segment]) {
+    if let (Some(svc), Some(net)) = (r.service_cidr, r.network)
         && overlaps(svc, net)
     {
         c.report(
-            service_at.or(network_at).unwrap_or(raw.name.referenced),
+            r.service_at.or(r.network_at).unwrap_or(raw.name.referenced),
             "services.clusterIPRange",
             format!("service range {svc} overlaps the cluster network {net}"),
         );
     }
-    for seg in &segments {
-        if let Some(svc) = service_cidr.filter(|svc| overlaps(*svc, seg.cidr)) {
+    for seg in segments {
+        if let Some(svc) = r.service_cidr.filter(|svc| overlaps(*svc, seg.cidr)) {
             c.report(
-                service_at.unwrap_or(raw.name.referenced),
+                r.service_at.unwrap_or(raw.name.referenced),
                 "services.clusterIPRange",
                 format!(
                     "service range {svc} overlaps segment {} ({})",
@@ -352,9 +415,9 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
                 ),
             );
         }
-        if let Some(net) = network.filter(|net| overlaps(*net, seg.cidr)) {
+        if let Some(net) = r.network.filter(|net| overlaps(*net, seg.cidr)) {
             c.report(
-                network_at.unwrap_or(raw.name.referenced),
+                r.network_at.unwrap_or(raw.name.referenced),
                 "clusterNetwork.network",
                 format!(
                     "cluster network {net} overlaps segment {} ({})",
@@ -363,8 +426,10 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             );
         }
     }
+}
 
-    let mtu = match &raw.mtu {
+fn resolve_mtu(c: &mut Checker, raw: &RawTopology) -> u32 {
+    match &raw.mtu {
         Some(m) if !(576..=9000).contains(&m.value) => {
             c.report(
                 m.referenced,
@@ -375,9 +440,14 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         }
         Some(m) => m.value,
         None => 1500,
-    };
+    }
+}
+
+/// `proxy:`: the emulated kube-proxy release and the lab's mode, with every mode in the file
+/// (the lab's and the hosts' own) checked against that release.
+fn resolve_proxy(c: &mut Checker, raw: &RawTopology) -> (Option<KubeVersion>, ProxyMode) {
     let proxy_version = match raw.proxy.as_ref().and_then(|p| p.version.as_ref()) {
-        Some(v) => match v.value.parse::<crate::proxy::profile::KubeVersion>() {
+        Some(v) => match v.value.parse::<KubeVersion>() {
             Ok(version) => Some(version),
             Err(e) => {
                 c.report(v.referenced, "proxy.version", e);
@@ -386,7 +456,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         },
         None => None,
     };
-    let profile = crate::proxy::profile::ProxyProfile::new(proxy_version);
+    let profile = ProxyProfile::new(proxy_version);
     let lab_proxy_mode = raw
         .proxy
         .as_ref()
@@ -407,8 +477,17 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             c.report(mode.referenced, field, e);
         }
     }
+    (proxy_version, lab_proxy_mode)
+}
 
-    // Hosts.
+/// `hosts:`: each host checked on its own, then the lab as a whole (unique names and
+/// addresses, exactly one master).
+fn resolve_hosts(
+    c: &mut Checker,
+    raw: &RawTopology,
+    segments: &[Segment],
+    lab_proxy_mode: ProxyMode,
+) -> Vec<Host> {
     if raw.hosts.is_empty() {
         c.report(
             raw.name.referenced,
@@ -416,6 +495,8 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             "a lab needs at least one host",
         );
     }
+    // With a bad segment, hosts cannot be placed; its problems are reported already.
+    let segments_ok = segments.len() == raw.segments.len() && !segments.is_empty();
     let mut hosts = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
@@ -423,37 +504,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
     for (i, h) in raw.hosts.iter().enumerate() {
         let field = format!("hosts[{i}]");
         let name = &h.name.value;
-        let namespace = format!("kemu-{lab}-{name}");
-        if name.len() > MAX_HOST_NAME {
-            c.report(
-                h.name.referenced,
-                format!("{field}.name"),
-                format!(
-                    "host name {name:?} is {} characters long; the limit is {MAX_HOST_NAME} (a Kubernetes label value and a hostname)",
-                    name.len()
-                ),
-            );
-        } else if namespace.len() > MAX_NAMESPACE_NAME {
-            c.report(
-                h.name.referenced,
-                format!("{field}.name"),
-                format!("namespace name {namespace:?} is longer than {MAX_NAMESPACE_NAME} bytes"),
-            );
-        } else if !is_dns_subdomain(name) {
-            c.report(
-                h.name.referenced,
-                format!("{field}.name"),
-                format!(
-                    "host name {name:?} must be a valid Kubernetes node name: lowercase letters, digits, '-' and '.'"
-                ),
-            );
-        } else if name == "fabric" || name == "router" || name.starts_with("pod-") {
-            c.report(
-                h.name.referenced,
-                format!("{field}.name"),
-                format!("host name {name:?} is reserved: kemu uses the namespaces kemu-<lab>-fabric, kemu-<lab>-router and kemu-<lab>-pod-*"),
-            );
-        }
+        check_host_name(c, &field, h, &raw.name.value);
         if let Some(first) = names.insert(name, i) {
             c.report(
                 h.name.referenced,
@@ -461,38 +512,10 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
                 format!("duplicate host name {name:?} (also hosts[{first}])"),
             );
         }
-
-        let mut roles: Vec<Role> = Vec::new();
-        for r in &h.roles {
-            if roles.contains(&r.value) {
-                c.report(
-                    r.referenced,
-                    format!("{field}.roles"),
-                    format!("role {:?} is listed twice", r.value),
-                );
-            } else {
-                roles.push(r.value);
-            }
-        }
-        if roles.is_empty() {
-            c.report(
-                h.name.referenced,
-                format!("{field}.roles"),
-                "a host needs roles: [master], [minion], [master, minion] or [client]",
-            );
-        }
-        if roles.contains(&Role::Client) && roles.len() > 1 {
-            c.report(
-                h.roles[0].referenced,
-                format!("{field}.roles"),
-                "a client is a machine outside the cluster: it cannot also be master or minion",
-            );
-        }
+        let roles = resolve_roles(c, &field, h);
         if roles.contains(&Role::Master) {
             masters.push((i, h.name.referenced));
         }
-        roles.sort_by_key(|r| *r as u8);
-
         let Some(ip) = c.ipv4(&h.ip, &format!("{field}.ip")) else {
             continue;
         };
@@ -503,105 +526,24 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
                 format!("duplicate IP {ip} (also hosts[{first}])"),
             );
         }
-        if segments.len() != raw.segments.len() || segments.is_empty() {
-            continue; // the segment problems are reported already
+        if !segments_ok {
+            continue;
         }
-        let segment = match &h.segment {
-            Some(s) => match segments.iter().find(|seg| seg.name == s.value) {
-                Some(seg) if !seg.cidr.contains(&ip) => {
-                    c.report(
-                        h.ip.referenced,
-                        format!("{field}.ip"),
-                        format!("{ip} is outside its segment {} ({})", seg.name, seg.cidr),
-                    );
-                    continue;
-                }
-                Some(seg) => seg,
-                None => {
-                    c.report(
-                        s.referenced,
-                        format!("{field}.segment"),
-                        format!("no segment is named {:?}", s.value),
-                    );
-                    continue;
-                }
-            },
-            None => match segments.iter().find(|seg| seg.cidr.contains(&ip)) {
-                Some(seg) => seg,
-                None => {
-                    let known: Vec<String> = segments
-                        .iter()
-                        .map(|s| format!("{} ({})", s.name, s.cidr))
-                        .collect();
-                    c.report(
-                        h.ip.referenced,
-                        format!("{field}.ip"),
-                        format!("{ip} is outside every segment: {}", known.join(", ")),
-                    );
-                    continue;
-                }
-            },
+        let Some(segment) = host_segment(c, &field, h, ip, segments) else {
+            continue;
         };
-        if !usable(segment.cidr, ip) {
-            c.report(
-                h.ip.referenced,
-                format!("{field}.ip"),
-                format!(
-                    "{ip} is the network or broadcast address of {}",
-                    segment.cidr
-                ),
-            );
-        } else if ip == segment.gateway {
-            c.report(
-                h.ip.referenced,
-                format!("{field}.ip"),
-                format!("{ip} is the gateway of segment {}; give the host another address or set the segment's gateway", segment.name),
-            );
-        }
-        let proxy_mode = h
-            .proxy_mode
-            .as_ref()
-            .map(|m| m.value)
-            .unwrap_or(lab_proxy_mode);
-        let mut daemons: Vec<Daemon> = Vec::new();
-        for (j, d) in h.daemons.iter().enumerate() {
-            let dfield = format!("{field}.daemons[{j}]");
-            if !is_dns_label(&d.name.value) {
-                c.report(
-                    d.name.referenced,
-                    format!("{dfield}.name"),
-                    format!(
-                        "daemon name {:?} must be lowercase letters, digits and '-'",
-                        d.name.value
-                    ),
-                );
-            } else if daemons.iter().any(|x| x.name == d.name.value) {
-                c.report(
-                    d.name.referenced,
-                    format!("{dfield}.name"),
-                    format!("duplicate daemon name {:?} on this host", d.name.value),
-                );
-            }
-            if d.command.is_empty() {
-                c.report(
-                    d.name.referenced,
-                    format!("{dfield}.command"),
-                    "a daemon needs a command, e.g. [iperf3, -s]",
-                );
-            }
-            daemons.push(Daemon {
-                name: d.name.value.clone(),
-                command: d.command.iter().map(|a| a.value.clone()).collect(),
-            });
-        }
         hosts.push(Host {
             name: name.clone(),
             ip,
             segment: segment.name.clone(),
             roles,
             subnet: None,
-            proxy_mode,
-            daemons,
+            proxy_mode: h
+                .proxy_mode
+                .as_ref()
+                .map(|m| m.value)
+                .unwrap_or(lab_proxy_mode),
+            daemons: resolve_daemons(c, &field, h),
         });
     }
     match masters.as_slice() {
@@ -617,54 +559,230 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         }
         _ => {}
     }
+    hosts
+}
 
-    // Pod subnets: flannel skips the first subnet (SubnetMin = Network + one subnet) and kemu
-    // leases the rest in file order, so the same file always gives the same subnets.
-    if let (Some(net), Some(len)) = (network, subnet_len) {
-        let available = (1u64 << (len - net.prefix_len())) - 1;
-        let minions = hosts
-            .iter()
-            .filter(|h| h.roles.contains(&Role::Minion))
-            .count() as u64;
-        if minions > available {
-            let at = network_field
-                .and_then(|n| n.subnet_len.as_ref().map(|l| l.referenced))
-                .or(network_at)
-                .unwrap_or(raw.name.referenced);
+/// A host name is a node name, a hostname and part of a namespace name, and must not take
+/// the names kemu gives its own namespaces.
+fn check_host_name(c: &mut Checker, field: &str, h: &RawHost, lab: &str) {
+    let name = &h.name.value;
+    let namespace = format!("kemu-{lab}-{name}");
+    if name.len() > MAX_HOST_NAME {
+        c.report(
+            h.name.referenced,
+            format!("{field}.name"),
+            format!(
+                "host name {name:?} is {} characters long; the limit is {MAX_HOST_NAME} (a Kubernetes label value and a hostname)",
+                name.len()
+            ),
+        );
+    } else if namespace.len() > MAX_NAMESPACE_NAME {
+        c.report(
+            h.name.referenced,
+            format!("{field}.name"),
+            format!("namespace name {namespace:?} is longer than {MAX_NAMESPACE_NAME} bytes"),
+        );
+    } else if !is_dns_subdomain(name) {
+        c.report(
+            h.name.referenced,
+            format!("{field}.name"),
+            format!(
+                "host name {name:?} must be a valid Kubernetes node name: lowercase letters, digits, '-' and '.'"
+            ),
+        );
+    } else if name == "fabric" || name == "router" || name.starts_with("pod-") {
+        c.report(
+            h.name.referenced,
+            format!("{field}.name"),
+            format!("host name {name:?} is reserved: kemu uses the namespaces kemu-<lab>-fabric, kemu-<lab>-router and kemu-<lab>-pod-*"),
+        );
+    }
+}
+
+/// The host's roles, each once, sorted; a client is nothing else.
+fn resolve_roles(c: &mut Checker, field: &str, h: &RawHost) -> Vec<Role> {
+    let mut roles: Vec<Role> = Vec::new();
+    for r in &h.roles {
+        if roles.contains(&r.value) {
             c.report(
-                at,
-                "clusterNetwork.subnetLen",
-                format!(
-                    "cannot give {minions} minions a pod subnet: {net} cut into /{len} subnets gives {available} (the first is reserved); use a larger network or a longer subnetLen"
-                ),
+                r.referenced,
+                format!("{field}.roles"),
+                format!("role {:?} is listed twice", r.value),
             );
         } else {
-            let mut subnets = net
-                .subnets(len)
-                .expect("subnet_len is longer than the prefix")
-                .skip(1);
-            for host in hosts.iter_mut().filter(|h| h.roles.contains(&Role::Minion)) {
-                host.subnet = subnets.next();
-            }
+            roles.push(r.value);
         }
     }
+    if roles.is_empty() {
+        c.report(
+            h.name.referenced,
+            format!("{field}.roles"),
+            "a host needs roles: [master], [minion], [master, minion] or [client]",
+        );
+    }
+    if roles.contains(&Role::Client) && roles.len() > 1 {
+        c.report(
+            h.roles[0].referenced,
+            format!("{field}.roles"),
+            "a client is a machine outside the cluster: it cannot also be master or minion",
+        );
+    }
+    roles.sort_by_key(|r| *r as u8);
+    roles
+}
 
+/// The segment a host's address puts it on (or the one it names, which must contain the
+/// address); the address must be a usable one that is not the segment's gateway.
+fn host_segment<'s>(
+    c: &mut Checker,
+    field: &str,
+    h: &RawHost,
+    ip: Ipv4Addr,
+    segments: &'s [Segment],
+) -> Option<&'s Segment> {
+    let segment = match &h.segment {
+        Some(s) => match segments.iter().find(|seg| seg.name == s.value) {
+            Some(seg) if !seg.cidr.contains(&ip) => {
+                c.report(
+                    h.ip.referenced,
+                    format!("{field}.ip"),
+                    format!("{ip} is outside its segment {} ({})", seg.name, seg.cidr),
+                );
+                return None;
+            }
+            Some(seg) => seg,
+            None => {
+                c.report(
+                    s.referenced,
+                    format!("{field}.segment"),
+                    format!("no segment is named {:?}", s.value),
+                );
+                return None;
+            }
+        },
+        None => match segments.iter().find(|seg| seg.cidr.contains(&ip)) {
+            Some(seg) => seg,
+            None => {
+                let known: Vec<String> = segments
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.cidr))
+                    .collect();
+                c.report(
+                    h.ip.referenced,
+                    format!("{field}.ip"),
+                    format!("{ip} is outside every segment: {}", known.join(", ")),
+                );
+                return None;
+            }
+        },
+    };
+    if !usable(segment.cidr, ip) {
+        c.report(
+            h.ip.referenced,
+            format!("{field}.ip"),
+            format!(
+                "{ip} is the network or broadcast address of {}",
+                segment.cidr
+            ),
+        );
+    } else if ip == segment.gateway {
+        c.report(
+            h.ip.referenced,
+            format!("{field}.ip"),
+            format!("{ip} is the gateway of segment {}; give the host another address or set the segment's gateway", segment.name),
+        );
+    }
+    Some(segment)
+}
+
+/// `hosts[].daemons`: named uniquely on their host, each with a command.
+fn resolve_daemons(c: &mut Checker, field: &str, h: &RawHost) -> Vec<Daemon> {
+    let mut daemons: Vec<Daemon> = Vec::new();
+    for (j, d) in h.daemons.iter().enumerate() {
+        let dfield = format!("{field}.daemons[{j}]");
+        if !is_dns_label(&d.name.value) {
+            c.report(
+                d.name.referenced,
+                format!("{dfield}.name"),
+                format!(
+                    "daemon name {:?} must be lowercase letters, digits and '-'",
+                    d.name.value
+                ),
+            );
+        } else if daemons.iter().any(|x| x.name == d.name.value) {
+            c.report(
+                d.name.referenced,
+                format!("{dfield}.name"),
+                format!("duplicate daemon name {:?} on this host", d.name.value),
+            );
+        }
+        if d.command.is_empty() {
+            c.report(
+                d.name.referenced,
+                format!("{dfield}.command"),
+                "a daemon needs a command, e.g. [iperf3, -s]",
+            );
+        }
+        daemons.push(Daemon {
+            name: d.name.value.clone(),
+            command: d.command.iter().map(|a| a.value.clone()).collect(),
+        });
+    }
+    daemons
+}
+
+/// Pod subnets: flannel skips the first subnet (SubnetMin = Network + one subnet) and kemu
+/// leases the rest in file order, so the same file always gives the same subnets.
+fn lease_pod_subnets(c: &mut Checker, raw: &RawTopology, r: &Ranges, hosts: &mut [Host]) {
+    let (Some(net), Some(len)) = (r.network, r.subnet_len) else {
+        return;
+    };
+    let available = (1u64 << (len - net.prefix_len())) - 1;
+    let minions = hosts
+        .iter()
+        .filter(|h| h.roles.contains(&Role::Minion))
+        .count() as u64;
+    if minions > available {
+        c.report(
+            r.subnet_len_at.or(r.network_at).unwrap_or(raw.name.referenced),
+            "clusterNetwork.subnetLen",
+            format!(
+                "cannot give {minions} minions a pod subnet: {net} cut into /{len} subnets gives {available} (the first is reserved); use a larger network or a longer subnetLen"
+            ),
+        );
+        return;
+    }
+    let mut subnets = net
+        .subnets(len)
+        .expect("subnet_len is longer than the prefix")
+        .skip(1);
+    for host in hosts.iter_mut().filter(|h| h.roles.contains(&Role::Minion)) {
+        host.subnet = subnets.next();
+    }
+}
+
+fn resolve_control_plane(c: &mut Checker, raw: &RawTopology) -> ControlPlane {
     let cp = raw.control_plane.as_ref();
-    let grace = cp
-        .and_then(|p| p.node_monitor_grace_period.as_ref())
-        .and_then(|d| c.duration(d, "controlPlane.nodeMonitorGracePeriod"))
-        .unwrap_or(Duration::from_secs(8));
-    let eviction = cp
-        .and_then(|p| p.pod_eviction_timeout.as_ref())
-        .and_then(|d| c.duration(d, "controlPlane.podEvictionTimeout"))
-        .unwrap_or(Duration::from_secs(5));
-    let seed = cp.and_then(|p| p.seed.as_ref()).map(|s| s.value);
-    let kubelet_raw = raw.kubelet.as_ref();
-    let restart_back_off = kubelet_raw
+    ControlPlane {
+        node_monitor_grace_period: cp
+            .and_then(|p| p.node_monitor_grace_period.as_ref())
+            .and_then(|d| c.duration(d, "controlPlane.nodeMonitorGracePeriod"))
+            .unwrap_or(Duration::from_secs(8)),
+        pod_eviction_timeout: cp
+            .and_then(|p| p.pod_eviction_timeout.as_ref())
+            .and_then(|d| c.duration(d, "controlPlane.podEvictionTimeout"))
+            .unwrap_or(Duration::from_secs(5)),
+        seed: cp.and_then(|p| p.seed.as_ref()).map(|s| s.value),
+    }
+}
+
+fn resolve_kubelet(c: &mut Checker, raw: &RawTopology) -> KubeletSettings {
+    let kubelet = raw.kubelet.as_ref();
+    let restart_back_off = kubelet
         .and_then(|k| k.restart_back_off.as_ref())
         .and_then(|d| c.duration(d, "kubelet.restartBackOff"))
         .unwrap_or(Duration::from_secs(10));
-    let max_pods = match kubelet_raw.and_then(|k| k.max_pods.as_ref()) {
+    let max_pods = match kubelet.and_then(|k| k.max_pods.as_ref()) {
         Some(m) if m.value == 0 => {
             c.report(
                 m.referenced,
@@ -676,35 +794,10 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         Some(m) => m.value,
         None => 110,
     };
-
-    if !c.problems.is_empty() {
-        c.problems.sort_by_key(|p| (p.line, p.column));
-        return Err(c.problems);
+    KubeletSettings {
+        restart_back_off,
+        max_pods,
     }
-    Ok(Topology {
-        name: LabName::parse(&lab).expect("checked by check_lab_name"),
-        segments,
-        hosts,
-        service_cidr: service_cidr.expect("checked"),
-        node_port_range: node_port_range.expect("checked"),
-        cluster_network: ClusterNetwork {
-            network: network.expect("checked"),
-            subnet_len: subnet_len.expect("checked"),
-            backend,
-        },
-        proxy_mode: lab_proxy_mode,
-        proxy_version,
-        mtu,
-        control_plane: ControlPlane {
-            node_monitor_grace_period: grace,
-            pod_eviction_timeout: eviction,
-            seed,
-        },
-        kubelet: super::KubeletSettings {
-            restart_back_off,
-            max_pods,
-        },
-    })
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod controllers;
+pub mod dns;
 pub mod events;
 pub mod faults;
 pub mod firewall;

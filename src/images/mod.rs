@@ -14,7 +14,8 @@
 
 pub mod agnhost;
 pub mod config;
-mod http;
+pub mod coredns;
+pub(crate) mod http;
 pub mod manager;
 pub mod nginx;
 pub mod oci;
@@ -35,6 +36,8 @@ pub enum BuiltinImage {
     Agnhost,
     /// `registry.k8s.io/pause`, `kemu/pause`: sleeps until SIGTERM.
     Pause,
+    /// `registry.k8s.io/coredns/coredns`: the cluster DNS server.
+    Coredns,
 }
 
 /// The images that are built in, as shown in error messages.
@@ -44,6 +47,7 @@ pub const BUILTIN_IMAGES: &[&str] = &[
     "kemu/agnhost",
     "registry.k8s.io/pause",
     "kemu/pause",
+    "registry.k8s.io/coredns/coredns",
 ];
 
 /// `BUILTIN_IMAGES` as one line for messages: "nginx, registry.k8s.io/…, …".
@@ -65,6 +69,7 @@ impl BuiltinImage {
             "nginx" => Some(BuiltinImage::Nginx),
             "agnhost" => Some(BuiltinImage::Agnhost),
             "pause" | "pause-amd64" => Some(BuiltinImage::Pause),
+            "coredns" => Some(BuiltinImage::Coredns),
             _ => None,
         }
     }
@@ -75,6 +80,7 @@ impl BuiltinImage {
             BuiltinImage::Nginx => "nginx",
             BuiltinImage::Agnhost => "agnhost",
             BuiltinImage::Pause => "pause",
+            BuiltinImage::Coredns => "coredns",
         }
     }
 
@@ -92,6 +98,7 @@ impl BuiltinImage {
             BuiltinImage::Nginx,
             BuiltinImage::Agnhost,
             BuiltinImage::Pause,
+            BuiltinImage::Coredns,
         ]
         .into_iter()
         .find(|image| image.name() == name)
@@ -115,8 +122,9 @@ pub fn run(name: &str, args: Vec<String>) -> anyhow::Result<ExitCode> {
         Some(BuiltinImage::Nginx) => nginx::main(args),
         Some(BuiltinImage::Agnhost) => agnhost::main(args),
         Some(BuiltinImage::Pause) => pause::main(args),
+        Some(BuiltinImage::Coredns) => coredns::main(args),
         None => anyhow::bail!(
-            "no built-in image {name:?}: the built-in images are nginx, agnhost and pause"
+            "no built-in image {name:?}: the built-in images are nginx, agnhost, pause and coredns"
         ),
     }
 }

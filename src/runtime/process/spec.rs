@@ -402,7 +402,7 @@ fn program_and_argv(
                 // The tag picks the release (the seed's 1.9.1 page for `nginx`).
                 argv.extend(["--image".into(), container.image.clone()]);
             }
-            BuiltinImage::Agnhost | BuiltinImage::Pause => {
+            BuiltinImage::Agnhost | BuiltinImage::Pause | BuiltinImage::Coredns => {
                 argv.extend(container.command.iter().skip(1).cloned());
                 argv.extend(container.args.iter().cloned());
             }

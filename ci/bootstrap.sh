@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(iproute2 iptables nftables ethtool conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates
-          docker-registry apache2-utils)  # the last two: tests/images_registry.rs
+          docker-registry apache2-utils  # tests/images_registry.rs
+          bind9-dnsutils)                # dig and nslookup: tests/dns.rs
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then

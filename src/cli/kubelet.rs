@@ -59,6 +59,15 @@ pub struct KubeletArgs {
     /// (`kemu up` allocates one range per lab). Root in a pod is host uid START.
     #[arg(long)]
     pub pod_id_range: IdRange,
+    /// The cluster DNS Service's IP, put in pods' resolv.conf (`dnsPolicy: ClusterFirst`).
+    #[arg(long)]
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// The cluster domain of pods' DNS search list.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The node's resolv.conf, for `dnsPolicy: Default` ("": `nameserver 127.0.0.1`, search `.`).
+    #[arg(long, default_value = "")]
+    pub resolv_conf: String,
 }
 
 pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +95,17 @@ pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
         max_pods: args.max_pods,
         kemu_binary,
         pod_ids: args.pod_id_range,
+        dns: crate::kubelet::dns::DnsSettings {
+            cluster_dns: args.cluster_dns,
+            cluster_domain: args.cluster_domain,
+            node: if args.resolv_conf.is_empty() {
+                None
+            } else {
+                let text = std::fs::read_to_string(&args.resolv_conf)
+                    .with_context(|| format!("read --resolv-conf {}", args.resolv_conf))?;
+                Some(crate::kubelet::dns::ResolvConf::parse(&text))
+            },
+        },
     };
     crate::client::agent_runtime()?.block_on(run(cfg))?;
     Ok(ExitCode::SUCCESS)

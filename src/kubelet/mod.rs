@@ -9,6 +9,7 @@
 //! of pods that are gone, so no namespace, address or process leaks.
 
 pub mod admission;
+pub mod dns;
 pub mod env;
 pub mod ipam;
 pub mod node;
@@ -61,6 +62,8 @@ pub struct Config {
     pub kemu_binary: PathBuf,
     /// The host uids and gids pods' user namespaces map onto (the lab's range).
     pub pod_ids: IdRange,
+    /// Cluster DNS and the node's resolv.conf, for pods' resolv.conf.
+    pub dns: dns::DnsSettings,
 }
 
 /// Run until SIGTERM (pods keep running).
@@ -127,6 +130,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         restart_backoff: cfg.restart_backoff,
         base_env: Mutex::new(Vec::new()),
         images,
+        dns: cfg.dns.clone(),
     });
     tokio::spawn(service_links(client.clone(), ctx.clone()));
 

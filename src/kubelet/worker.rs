@@ -76,6 +76,8 @@ pub struct Ctx {
     /// kemu's image store with the kubelet's pull policy and back-off; `None` when the store
     /// could not be opened (built-in images and host commands still run).
     pub images: Option<Arc<ImageManager>>,
+    /// Cluster DNS and the node's resolv.conf.
+    pub dns: super::dns::DnsSettings,
 }
 
 /// How soon a container whose image is not there yet is looked at again (the image manager's
@@ -307,7 +309,16 @@ impl Worker {
         }
         if self.net.is_none() {
             match self.ensure_sandbox(pod).await {
-                Ok(net) => self.net = Some(net),
+                Ok(net) => {
+                    self.net = Some(net);
+                    let (_, events) = super::dns::pod_resolv_conf(pod, &self.ctx.dns);
+                    for (reason, message) in events {
+                        self.ctx
+                            .events
+                            .pod(pod, None, "Warning", reason, message)
+                            .await;
+                    }
+                }
                 Err(e) => {
                     self.ctx
                         .events
@@ -925,9 +936,7 @@ impl Worker {
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{hostname}\n",
                 net.ip
             ),
-            resolv_conf: format!(
-                "search {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
-            ),
+            resolv_conf: super::dns::pod_resolv_conf(pod, &self.ctx.dns).0.render(),
         }
     }
 

@@ -148,7 +148,17 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
                 topo.kubelet.restart_back_off.as_millis()
             ),
             format!("--max-pods={}", topo.kubelet.max_pods),
+            format!("--cluster-domain={}", topo.dns.cluster_domain),
         ];
+        if let Some(ip) = topo.dns_service_ip() {
+            kubelet.push(format!("--cluster-dns={ip}"));
+        }
+        if !topo.dns.upstream.is_empty() {
+            kubelet.push(format!(
+                "--resolv-conf={}",
+                dir.root.join("resolv.conf").display()
+            ));
+        }
         if host.is_master() {
             kubelet.push("--node-labels=node-role.kubernetes.io/control-plane=".to_string());
         }

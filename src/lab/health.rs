@@ -38,13 +38,42 @@ impl LabApi {
 
 /// GET `path` from the lab's API server; returns the status code and body.
 pub fn http_get(api: &LabApi, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    http_request(api, "GET", path, None, timeout)
+}
+
+/// POST a JSON `body` to `path` on the lab's API server; returns the status code and body.
+pub fn http_post(
+    api: &LabApi,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    http_request(api, "POST", path, Some(body), timeout)
+}
+
+fn http_request(
+    api: &LabApi,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = api.connect(timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let content = body
+        .map(|b| {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            )
+        })
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-        api.addr
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n{content}Connection: close\r\n\r\n{}",
+        api.addr,
+        body.unwrap_or_default()
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

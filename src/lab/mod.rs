@@ -1,6 +1,7 @@
 //! A lab's life cycle: `up` builds it from a plan and starts the supervisor, `down` tears it
 //! down from the state directory alone, `status` and `exec` look inside.
 
+pub mod addons;
 pub mod agents;
 pub mod build;
 pub mod cgroup;

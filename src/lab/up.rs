@@ -165,6 +165,10 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                     let expected: Vec<String> = topo.minions().map(|h| h.name.clone()).collect();
                     super::progress::phase("waiting for the nodes");
                     nodes = super::health::wait_nodes(&api, &expected, NODES_TIMEOUT)?;
+                    if topo.dns.enabled {
+                        super::progress::phase("installing the cluster DNS");
+                        super::addons::install(&api, topo)?;
+                    }
                 }
             }
             Some(pid)

@@ -348,6 +348,19 @@ pub fn plan(topo: &Topology, state_dir: &Path, overlay_by: OverlayBy) -> Plan {
             });
         }
     }
+    if !topo.dns.upstream.is_empty() {
+        // The nodes' resolv.conf (the kubelet's --resolv-conf): pods with `dnsPolicy: Default`
+        // and the cluster DNS itself ask the lab's upstream nameservers.
+        steps.push(Step::File {
+            path: state_dir.join("resolv.conf"),
+            contents: topo
+                .dns
+                .upstream
+                .iter()
+                .map(|ip| format!("nameserver {ip}\n"))
+                .collect(),
+        });
+    }
     steps.push(Step::File {
         path: state_dir.join("net-conf.json"),
         contents: crate::flannel::NetConf::render(

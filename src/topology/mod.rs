@@ -48,6 +48,38 @@ pub struct Topology {
     pub control_plane: ControlPlane,
     #[serde(default)]
     pub kubelet: KubeletSettings,
+    #[serde(default)]
+    pub dns: DnsSettings,
+}
+
+/// Cluster DNS (`dns:`); a lab recorded before it existed has none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsSettings {
+    pub enabled: bool,
+    pub cluster_domain: String,
+    /// Lab hosts that answer names outside the cluster.
+    pub upstream: Vec<Ipv4Addr>,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            enabled: false,
+            cluster_domain: "cluster.local".into(),
+            upstream: Vec::new(),
+        }
+    }
+}
+
+impl Topology {
+    /// The `kube-dns` Service's ClusterIP: the tenth address of the service range, as kubeadm
+    /// gives it (`None` when the lab has no cluster DNS).
+    pub fn dns_service_ip(&self) -> Option<Ipv4Addr> {
+        self.dns
+            .enabled
+            .then(|| Ipv4Addr::from(u32::from(self.service_cidr.network()) + 10))
+    }
 }
 
 /// Settings of every minion's kubelet.

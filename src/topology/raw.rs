@@ -31,6 +31,24 @@ pub struct RawTopology {
     pub control_plane: Option<RawControlPlane>,
     /// Settings of every minion's kubelet.
     pub kubelet: Option<RawKubelet>,
+    /// Cluster DNS (on by default).
+    pub dns: Option<RawDns>,
+}
+
+/// `dns:` block.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawDns {
+    /// Run the cluster DNS (`kube-dns` Service at the service range's tenth address, CoreDNS pods in `kube-system`) and point pods at it (default `true`).
+    #[schemars(with = "Option<bool>")]
+    pub enabled: Option<Spanned<bool>>,
+    /// The cluster domain (default `cluster.local`).
+    #[schemars(with = "Option<String>")]
+    pub cluster_domain: Option<Spanned<String>>,
+    /// Nameservers for names outside the cluster: addresses of this lab's own hosts (for example a client running a DNS daemon). Without one, such names get NXDOMAIN at once.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub upstream: Vec<Spanned<String>>,
 }
 
 /// `kubelet:` block.

@@ -13,7 +13,8 @@ use super::error::{Problem, TopologyError};
 use super::name::LabName;
 use super::raw::{Backend, ProxyMode, RawHost, RawTopology, Role};
 use super::{
-    ClusterNetwork, ControlPlane, Daemon, Host, KubeletSettings, PortRange, Segment, Topology,
+    ClusterNetwork, ControlPlane, Daemon, DnsSettings, Host, KubeletSettings, PortRange, Segment,
+    Topology,
 };
 
 use crate::proxy::profile::{KubeVersion, ProxyProfile};
@@ -190,6 +191,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
     lease_pod_subnets(&mut c, &raw, &ranges, &mut hosts);
     let control_plane = resolve_control_plane(&mut c, &raw);
     let kubelet = resolve_kubelet(&mut c, &raw);
+    let dns = resolve_dns(&mut c, &raw, &ranges, &hosts);
 
     if !c.problems.is_empty() {
         c.problems.sort_by_key(|p| (p.line, p.column));
@@ -211,6 +213,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         mtu,
         control_plane,
         kubelet,
+        dns,
     })
 }
 
@@ -810,4 +813,61 @@ fn first_host(net: Ipv4Net) -> Ipv4Addr {
 
 fn usable(net: Ipv4Net, ip: Ipv4Addr) -> bool {
     net.contains(&ip) && ip != net.network() && ip != net.broadcast()
+}
+
+/// `dns:`: on unless switched off; the domain a DNS name; upstreams only the lab's own hosts
+/// (a lab never sends traffic to machines outside it); room for the tenth service address.
+fn resolve_dns(c: &mut Checker, raw: &RawTopology, r: &Ranges, hosts: &[Host]) -> DnsSettings {
+    let Some(dns) = raw.dns.as_ref() else {
+        return DnsSettings {
+            enabled: true,
+            ..DnsSettings::default()
+        };
+    };
+    let enabled = dns.enabled.as_ref().is_none_or(|e| e.value);
+    let cluster_domain = match &dns.cluster_domain {
+        Some(d) => {
+            let domain = d.value.trim_end_matches('.').to_ascii_lowercase();
+            if !domain.split('.').all(is_dns_label) || domain.len() > 200 {
+                c.report(
+                    d.referenced,
+                    "dns.clusterDomain",
+                    format!("{:?} is not a DNS domain such as cluster.local", d.value),
+                );
+            }
+            domain
+        }
+        None => "cluster.local".to_string(),
+    };
+    let mut upstream = Vec::new();
+    for (i, u) in dns.upstream.iter().enumerate() {
+        let field = format!("dns.upstream[{i}]");
+        let Some(ip) = c.ipv4(u, &field) else {
+            continue;
+        };
+        if !hosts.iter().any(|h| h.ip == ip) {
+            c.report(
+                u.referenced,
+                field,
+                format!("{ip} is not one of this lab's hosts: an upstream nameserver must be a host of the lab (a lab sends no traffic outside itself)"),
+            );
+            continue;
+        }
+        upstream.push(ip);
+    }
+    if enabled
+        && let Some(net) = r.service_cidr
+        && net.prefix_len() > 28
+    {
+        c.report(
+            r.service_at.unwrap_or(raw.name.referenced),
+            "services.clusterIPRange",
+            format!("{net} has no tenth address for the kube-dns Service: use /28 or larger, or `dns: {{enabled: false}}`"),
+        );
+    }
+    DnsSettings {
+        enabled,
+        cluster_domain,
+        upstream,
+    }
 }

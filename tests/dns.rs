@@ -147,25 +147,25 @@ fn pods_resolve_every_record_kind_and_reach_a_service_by_name() {
     let dashed = dbx.replace('.', "-");
 
     // A short name through the search list, and the full names.
-    assert_eq!(short(&lab, &["+search", "web"]), [web_ip.clone()]);
+    assert_eq!(short(&lab, &["+search", "web"]), vec![web_ip.clone()]);
     assert_eq!(
         short(&lab, &["web.default.svc.cluster.local"]),
-        [web_ip.clone()]
+        vec![web_ip.clone()]
     );
     assert_eq!(
         short(&lab, &["+tcp", "web.default.svc.cluster.local"]),
-        [web_ip.clone()]
+        vec![web_ip.clone()]
     );
     let mut both = vec![db0.clone(), dbx.clone()];
     both.sort();
     assert_eq!(short(&lab, &["db.default.svc.cluster.local"]), both);
     assert_eq!(
         short(&lab, &["db-0.db.default.svc.cluster.local"]),
-        [db0.clone()]
+        vec![db0.clone()]
     );
     assert_eq!(
         short(&lab, &[&format!("{dashed}.db.default.svc.cluster.local")]),
-        [dbx.clone()]
+        vec![dbx.clone()]
     );
     assert_eq!(
         short(&lab, &["SRV", "_http._tcp.web.default.svc.cluster.local"]),
@@ -192,7 +192,7 @@ fn pods_resolve_every_record_kind_and_reach_a_service_by_name() {
                 db0.replace('.', "-")
             )]
         ),
-        [db0.clone()]
+        vec![db0.clone()]
     );
     assert_eq!(
         short(&lab, &["-x", &web_ip]),

@@ -136,27 +136,20 @@ pub fn model(topo: &Topology, live: Option<&Live>) -> Graph {
 // The texts of the boxes, shared by the three formats so that they show the same facts.
 
 impl Graph {
-    /// The caption: the lab and its service range.
+    /// The caption: the lab (`running` when drawn from a running lab) and its ranges.
     pub fn title(&self) -> String {
         format!(
-            "lab {}, services {}, pods {}",
-            self.lab, self.service_cidr, self.overlay.network
+            "lab {}{}, services {}, pods {}",
+            self.lab,
+            if self.live { " (running)" } else { "" },
+            self.service_cidr,
+            self.overlay.network
         )
     }
 
     /// The router box.
     pub fn router_lines(&self) -> Vec<String> {
         vec!["router".into(), format!("kemu-{}-router", self.lab)]
-    }
-
-    /// The hosts of a segment, in file order.
-    pub fn hosts_of<'a>(&'a self, segment: &'a str) -> impl Iterator<Item = &'a HostNode> {
-        self.hosts.iter().filter(move |h| h.segment == segment)
-    }
-
-    /// Whether the host is on the overlay (runs pods).
-    pub fn on_overlay(host: &HostNode) -> bool {
-        host.subnet.is_some()
     }
 }
 
@@ -338,6 +331,7 @@ mod tests {
             }
             let g = model(&topology("seed.yaml"), Some(&seed_live()));
             insta::assert_snapshot!("seed-live.mmd", mermaid(&g));
+            insta::assert_snapshot!("seed-live.svg", svg(&g));
         });
     }
 }

@@ -15,6 +15,7 @@ pub mod faults;
 pub mod firewall;
 pub mod flannel;
 pub mod fsguard;
+pub mod graph;
 pub mod images;
 pub mod kubelet;
 pub mod lab;

@@ -31,6 +31,7 @@ fn every_command_follows_the_convention() {
         (&["status"], 0),
         (&["down", "nosuch"], 0),
         (&["generate", "--hosts", "3", "--segments", "3"], 0),
+        (&["graph", "topologies/seed.yaml", "--format", "svg"], 0),
         // 2: usage and configuration errors.
         (&["list", "--bogus"], 2),
         (&["status", "../etc"], 2),
@@ -57,6 +58,16 @@ fn every_command_follows_the_convention() {
         ),
         (&["reach", "nosuch", "--expect", missing], 2),
         (&["completions", "nosh"], 2),
+        (
+            &["graph", "tests/fixtures/topologies/bad/03-bad-ip.yaml"],
+            2,
+        ),
+        (
+            &["graph", "tests/fixtures/topologies/does-not-exist.yaml"],
+            2,
+        ),
+        (&["graph", "Bad_Name"], 2),
+        (&["graph", "topologies/seed.yaml", "--format", "png"], 2),
         // 3: the lab is not up.
         (&["status", "nosuch"], 3),
         (&["logs", "nosuch"], 3),
@@ -67,6 +78,7 @@ fn every_command_follows_the_convention() {
         (&["repair", "nosuch"], 3),
         (&["proxy", "mode", "nosuch", "iptables"], 3),
         (&["down"], 3),
+        (&["graph", "nosuch"], 3),
     ];
     let mut wrong = Vec::new();
     for (args, want) in cases {

@@ -16,6 +16,7 @@ mod exec;
 pub mod exit;
 pub mod flanneld;
 mod generate;
+mod graph;
 mod image;
 mod kubeconfig;
 pub mod kubelet;
@@ -78,6 +79,8 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
+    /// Draw a lab (a file or a running lab): segments, router, hosts, overlay, pods.
+    Graph(graph::GraphArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(docs::CompletionsArgs),
     /// Print kemu's man page (`--dir` writes one per command).
@@ -160,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(args),
         Command::FaultEngine(args) => link::run_engine(args),
         Command::Generate(args) => generate::run(args),
+        Command::Graph(args) => graph::run(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Schema(args) => schema::run(args),

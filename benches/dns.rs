@@ -169,6 +169,26 @@ fn main() {
         );
         assert_eq!(code, 201, "{text}");
     }
+    // The endpoints controller makes a slice per Service; the zone settles once they exist.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = api(
+            lab,
+            "GET",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if v["items"].as_array().is_some_and(|i| i.len() >= SERVICES) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the EndpointSlices never all came"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     let ns = kemu::netns::NetNs::open(&format!("kemu-{LAB}-{NODE}")).unwrap();
     let socket = ns
         .run(|| {

@@ -114,7 +114,11 @@ fn proto_label(protocol: Option<&str>) -> String {
 
 impl ClusterRecords {
     /// The records of `services` and their `slices`.
-    pub fn build(zone: Zone, services: &[Service], slices: &[EndpointSlice]) -> ClusterRecords {
+    pub fn build<'a>(
+        zone: Zone,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> ClusterRecords {
         let mut entries = BTreeMap::new();
         for svc in services {
             let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {

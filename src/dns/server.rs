@@ -21,6 +21,9 @@ use crate::images::http::{self, Handler, Request, Response};
 
 /// How long a forwarded query waits for the upstream.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// The shortest time between two rebuilds of the zone: how stale an answer may be after a
+/// change (CoreDNS's own cache, with kubeadm's Corefile, keeps answers 30 s).
+const REBUILD_INTERVAL: Duration = Duration::from_millis(50);
 /// Largest UDP reply without EDNS (RFC 1035).
 const CLASSIC_UDP_SIZE: usize = 512;
 
@@ -206,10 +209,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.ttl,
         );
         move || -> anyhow::Result<ClusterRecords> {
-            let svc: Vec<Service> = services.list().iter().map(|s| (**s).clone()).collect();
-            let sl: Vec<EndpointSlice> = slices.list().iter().map(|s| (**s).clone()).collect();
+            let (svc, sl) = (services.list(), slices.list());
             let zone = Zone::new(&domain, ttl, now_serial()).map_err(anyhow::Error::msg)?;
-            Ok(ClusterRecords::build(zone, &svc, &sl))
+            Ok(ClusterRecords::build(
+                zone,
+                svc.iter().map(|s| &**s),
+                sl.iter().map(|s| &**s),
+            ))
         }
     };
     // Probes answer from the start, as CoreDNS's health plugin does; the zone once listed.
@@ -217,7 +223,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     services.wait_ready().await;
     slices.wait_ready().await;
     let server = Arc::new(Server {
-        records: RwLock::new(Arc::new(build()?)),
+        records: RwLock::new(Arc::new(build.clone()()?)),
         upstreams: cfg.upstreams.clone(),
     });
     tokio::spawn(http::serve(http::listen_tcp(8181).await?, Arc::new(Probes)));
@@ -226,11 +232,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 changed.notified().await;
-                match build() {
-                    Ok(records) => {
+                // A burst of changes (a thousand Services being created) rebuilds the zone a
+                // few times, not once per change; and never on the thread that answers.
+                tokio::time::sleep(REBUILD_INTERVAL).await;
+                match tokio::task::spawn_blocking(build.clone()).await {
+                    Ok(Ok(records)) => {
                         *server.records.write().expect("records lock") = Arc::new(records)
                     }
-                    Err(e) => tracing::warn!("rebuilding the zone: {e:#}"),
+                    Ok(Err(e)) => tracing::warn!("rebuilding the zone: {e:#}"),
+                    Err(e) => tracing::warn!("rebuilding the zone: {e}"),
                 }
             }
         });

@@ -14,6 +14,9 @@
 //! Both are pure; [`crate::proxy::nfnetlink`] lists and deletes entries in the agent's
 //! namespace.
 
+pub mod index;
+pub mod table;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 

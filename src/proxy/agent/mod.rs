@@ -24,7 +24,9 @@
 //!   ([`crate::proxy::profile`]) it does what that release does: from 1.15 the old mode's
 //!   rules stay, and nothing is removed on exit.
 //! - After a sync, stale UDP conntrack entries are deleted as the profile's release does
-//!   ([`crate::proxy::conntrack`]), through netlink.
+//!   ([`crate::proxy::conntrack`]), through netlink. The entries are known from the
+//!   namespace's conntrack events, read as they come: a cleanup dumps the table only at the
+//!   start and after lost events.
 //! - Health (`--healthz-bind-address`, with a listener per health check node port) and
 //!   metrics (`--metrics-bind-address`) are served as kube-proxy serves them ([`http`]).
 //! - [`control::ProxyStatus`] is written after every sync.

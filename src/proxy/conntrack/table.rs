@@ -84,13 +84,32 @@ impl ConntrackTable {
 
     /// Delete `flows`; the index forgets them and those the kernel no longer had.
     pub fn delete(&mut self, nfnl: &mut Nfnl, flows: &[Flow]) -> io::Result<usize> {
-        let deleted = nfnl.delete_flows(flows)?;
+        if flows.is_empty() {
+            return Ok(0);
+        }
+        // Not listening to the DESTROY events of our own deletes spares the kernel building
+        // them. A DESTROY of another entry missed meanwhile only leaves a gone entry in the
+        // index (never a missing one), whose delete would answer ENOENT.
+        let paused = self
+            .events
+            .as_ref()
+            .is_some_and(|e| e.listen_to_destroy(false).is_ok());
+        let result = nfnl.delete_flows(flows);
+        if paused
+            && let Some(events) = &self.events
+            && let Err(e) = events.listen_to_destroy(true)
+        {
+            // Without DESTROY events gone entries would pile up: use dumps from now on.
+            tracing::warn!("cannot listen to conntrack DESTROY events again ({e}): cleanups dump");
+            self.events = None;
+            self.in_sync = false;
+        }
         // Deleted or not found: gone either way (an entry that predates the listener gets
         // no DESTROY event).
         for f in flows {
             self.index.forget(f);
         }
-        Ok(deleted)
+        result
     }
 
     /// A duplicate of the listener's descriptor, to wait for events on.

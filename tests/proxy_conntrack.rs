@@ -5,10 +5,14 @@
 //! - the conntrack entries of a UDP service are listed, and exactly the stale ones are
 //!   deleted after an endpoint goes (kube-proxy's `CleanStaleEntries`,
 //!   `pkg/proxy/conntrack/cleanup.go`, and its test `TestCleanStaleEntries`);
+//! - the agent's index of the namespace's UDP entries, kept from conntrack events, lists
+//!   what a dump lists (entries created before it listened, new ones, ones deleted by
+//!   others) and is listed again by a dump after events were lost;
 //! - kube-proxy's nfacct counters are created once and read.
 
 use std::net::IpAddr;
 
+use kemu::proxy::conntrack::table::{ConntrackTable, EVENT_BUFFER, Source};
 use kemu::proxy::conntrack::{Flow, IPPROTO_UDP, stale_flows};
 use kemu::proxy::nfnetlink::Nfnl;
 use kemu::proxy::profile::ConntrackCleanup;
@@ -96,6 +100,111 @@ fn stale_udp_entries_are_listed_and_deleted() {
         left.iter().all(|f| f.reply_src == ip("172.16.2.2")),
         "{left:?}"
     );
+}
+
+/// The UDP entries of the table, by a dump, in order.
+fn dumped(nfnl: &mut Nfnl) -> Vec<Flow> {
+    let mut flows: Vec<Flow> = nfnl
+        .list_flows(false)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.protocol == IPPROTO_UDP)
+        .collect();
+    flows.sort();
+    flows
+}
+
+/// What the table lists (and from where), in order.
+fn listed(table: &mut ConntrackTable, nfnl: &mut Nfnl) -> (Vec<Flow>, Source) {
+    let (mut flows, source) = table.flows(nfnl, false).unwrap();
+    flows.sort();
+    (flows, source)
+}
+
+#[test]
+fn the_event_index_lists_what_a_dump_lists() {
+    in_private_netns(|| {
+        let mut nfnl = Nfnl::open().unwrap();
+        // Entries from before the agent listened come from its first listing, a dump.
+        for sport in 30000..30050 {
+            nfnl.create_flow(&flow(sport, "172.16.1.2"), 120).unwrap();
+        }
+        let mut table = ConntrackTable::open(EVENT_BUFFER);
+        let (first, source) = listed(&mut table, &mut nfnl);
+        assert_eq!(source, Source::Dump);
+        assert_eq!(first, dumped(&mut nfnl));
+        assert_eq!(first.len(), 50);
+
+        // New entries (a TCP one too, never cleaned and not kept) come from events.
+        for (ep, ports) in [("172.16.1.2", 40000..40200), ("172.16.2.2", 41000..41200)] {
+            for sport in ports {
+                nfnl.create_flow(&flow(sport, ep), 120).unwrap();
+            }
+        }
+        let tcp = Flow {
+            protocol: 6,
+            ..flow(50000, "172.16.1.2")
+        };
+        nfnl.create_flow(&tcp, 120).unwrap();
+        // Some go without the agent (as entries time out): a DESTROY event each, or none
+        // for those older than the listener.
+        let others: Vec<Flow> = (30000..30010)
+            .chain(40000..40010)
+            .map(|p| flow(p, "172.16.1.2"))
+            .collect();
+        assert_eq!(nfnl.delete_flows(&others).unwrap(), 20);
+        let (flows, source) = listed(&mut table, &mut nfnl);
+        assert_eq!(source, Source::Events);
+        let table_now = dumped(&mut nfnl);
+        assert_eq!(table_now.len(), 430);
+        // Every entry of the table is in the index. Beyond them it may only hold deleted
+        // entries older than the listener: with `nf_conntrack_events` at 2 (the default)
+        // they carry no event extension, so no DESTROY event came for them.
+        assert!(table_now.iter().all(|f| flows.contains(f)));
+        let extra: Vec<Flow> = flows
+            .iter()
+            .filter(|f| !table_now.contains(f))
+            .copied()
+            .collect();
+        assert!(extra.iter().all(|f| others[..10].contains(f)), "{extra:?}");
+
+        // The cleanup deletes the same entries either way (the extra ones are found gone);
+        // the index forgets them.
+        let (before, after) = (input(&["172.16.1.2", "172.16.2.2"]), input(&["172.16.2.2"]));
+        let mode = ConntrackCleanup::Reconciler { fixed: false };
+        let from_index = stale_flows(mode, &flows, &before, &after);
+        let from_dump = stale_flows(mode, &table_now, &before, &after);
+        assert_eq!(from_index.len(), from_dump.len() + extra.len());
+        assert_eq!(from_dump.len(), 230);
+        assert_eq!(table.delete(&mut nfnl, &from_index).unwrap(), 230);
+        let (flows, source) = listed(&mut table, &mut nfnl);
+        assert_eq!(source, Source::Events);
+        assert_eq!(flows, dumped(&mut nfnl));
+        assert_eq!(flows.len(), 200);
+        assert!(flows.iter().all(|f| f.reply_src == ip("172.16.2.2")));
+    });
+}
+
+#[test]
+fn lost_events_make_the_next_listing_a_dump() {
+    in_private_netns(|| {
+        let mut nfnl = Nfnl::open().unwrap();
+        // A buffer far too small for the events of 500 entries (the kernel's minimum).
+        let mut table = ConntrackTable::open(1);
+        assert_eq!(listed(&mut table, &mut nfnl).1, Source::Dump);
+        for sport in 40000..40500 {
+            nfnl.create_flow(&flow(sport, "172.16.1.2"), 120).unwrap();
+        }
+        let (flows, source) = listed(&mut table, &mut nfnl);
+        assert_eq!(source, Source::Dump, "events were lost");
+        assert_eq!(flows, dumped(&mut nfnl));
+        assert_eq!(flows.len(), 500);
+        // And the index is right again after it.
+        nfnl.create_flow(&flow(40500, "172.16.2.2"), 120).unwrap();
+        let (flows, source) = listed(&mut table, &mut nfnl);
+        assert_eq!(source, Source::Events);
+        assert_eq!(flows, dumped(&mut nfnl));
+    });
 }
 
 #[test]

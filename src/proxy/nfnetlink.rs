@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
@@ -24,6 +25,7 @@ use netlink_packet_netfilter::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::conntrack::Flow;
+use super::conntrack::index::FlowEvent;
 
 /// `NFNL_SUBSYS_ACCT` and its messages (`include/uapi/linux/netfilter/nfnetlink_acct.h`).
 const NFNL_SUBSYS_ACCT: u8 = 7;
@@ -143,14 +145,17 @@ impl Nfnl {
         Ok(flows)
     }
 
-    /// Delete `flows` by their original tuple; returns how many the kernel deleted (an entry
-    /// that timed out in between is not an error).
+    /// Delete `flows` by their original tuple. Each batch goes in one datagram and only its
+    /// last message asks for an ack: the kernel handles a datagram's messages in order and
+    /// answers the others only when they fail, so after that ack every failure is queued.
+    /// Returns how many the kernel deleted (an entry gone in between is not an error).
     pub fn delete_flows(&mut self, flows: &[Flow]) -> io::Result<usize> {
         let mut deleted = 0;
         for chunk in flows.chunks(BATCH) {
             let msgs: Vec<_> = chunk
                 .iter()
-                .map(|f| {
+                .enumerate()
+                .map(|(i, f)| {
                     let family = if f.orig_src.is_ipv6() {
                         NetfilterProtoFamily::IPv6
                     } else {
@@ -167,31 +172,35 @@ impl Nfnl {
                             ProtoTuple::DestinationPort(f.orig_dport),
                         ]),
                     ];
+                    let ack = if i + 1 == chunk.len() { NLM_F_ACK } else { 0 };
                     self.message(
                         family,
                         ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple)])
                             .into(),
-                        NLM_F_REQUEST | NLM_F_ACK,
+                        NLM_F_REQUEST | ack,
                     )
                 })
                 .collect();
+            let last_seq = self.seq;
             self.send_all(&msgs)?;
-            let mut acks = 0;
+            let mut gone = 0;
             let mut failure = None;
             self.receive(|msg| {
+                let seq = msg.header.sequence_number;
                 if let NetlinkPayload::Error(e) = msg.payload {
-                    acks += 1;
                     match e.code {
-                        None => deleted += 1,
-                        Some(code) if -code.get() == libc::ENOENT => {}
+                        None => {}
+                        Some(code) if -code.get() == libc::ENOENT => gone += 1,
                         Some(_) => failure = Some(e.to_io()),
                     }
+                    return Ok(seq != last_seq);
                 }
-                Ok(acks < chunk.len())
+                Ok(true)
             })?;
             if let Some(e) = failure {
                 return Err(e);
             }
+            deleted += chunk.len() - gone;
         }
         Ok(deleted)
     }
@@ -328,6 +337,116 @@ impl Nfnl {
             _ => Ok(true),
         })?;
         result
+    }
+}
+
+/// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY`
+/// (`include/uapi/linux/netfilter/nfnetlink.h`).
+const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+
+/// A listener of the conntrack events of the calling thread's network namespace: one message
+/// per entry confirmed (with its NATed reply tuple) and per entry destroyed. It never blocks;
+/// the owner reads it when its descriptor is readable and before using what it learnt.
+pub struct ConntrackEvents {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl ConntrackEvents {
+    /// Subscribe, with a receive buffer of `buffer` bytes (events arriving while it is full
+    /// are lost, which the next read reports).
+    pub fn open(buffer: usize) -> io::Result<ConntrackEvents> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        // SO_RCVBUFFORCE (root) may exceed net.core.rmem_max; a plain SO_RCVBUF otherwise.
+        if set_int_option(&socket, libc::SO_RCVBUFFORCE, buffer).is_err() {
+            set_int_option(&socket, libc::SO_RCVBUF, buffer)?;
+        }
+        socket.set_non_blocking(true)?;
+        socket.add_membership(NFNLGRP_CONNTRACK_NEW)?;
+        socket.add_membership(NFNLGRP_CONNTRACK_DESTROY)?;
+        Ok(ConntrackEvents {
+            socket,
+            buf: vec![0; 1 << 17],
+        })
+    }
+
+    /// Stop or start receiving DESTROY events. While no one listens to them the kernel does
+    /// not build them: about half of what a delete costs it.
+    pub fn listen_to_destroy(&self, on: bool) -> io::Result<()> {
+        if on {
+            self.socket.add_membership(NFNLGRP_CONNTRACK_DESTROY)
+        } else {
+            self.socket.drop_membership(NFNLGRP_CONNTRACK_DESTROY)
+        }
+    }
+
+    /// Hand every queued event to `each`, in order, until none is left. Returns false when
+    /// events were lost since the last read (the buffer overflowed): what `each` saw is then
+    /// incomplete.
+    pub fn read(&mut self, mut each: impl FnMut(FlowEvent)) -> io::Result<bool> {
+        let mut complete = true;
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(complete),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    complete = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut at = 0;
+            while at < n {
+                let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[at..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = msg.header.length as usize;
+                if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                    inner: NetfilterMessageInner::Conntrack(ct),
+                    ..
+                }) = msg.payload
+                {
+                    match ct {
+                        ConntrackMessage::New(attrs) => parse_flow(&attrs).map(FlowEvent::New),
+                        ConntrackMessage::Delete(attrs) => {
+                            parse_flow(&attrs).map(FlowEvent::Destroy)
+                        }
+                        _ => None,
+                    }
+                    .map(&mut each);
+                }
+                if len == 0 {
+                    break;
+                }
+                at += len.next_multiple_of(4);
+            }
+        }
+    }
+}
+
+impl AsFd for ConntrackEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+fn set_int_option(socket: &Socket, option: libc::c_int, value: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -24,7 +24,9 @@
 //!   ([`crate::proxy::profile`]) it does what that release does: from 1.15 the old mode's
 //!   rules stay, and nothing is removed on exit.
 //! - After a sync, stale UDP conntrack entries are deleted as the profile's release does
-//!   ([`crate::proxy::conntrack`]), through netlink.
+//!   ([`crate::proxy::conntrack`]), through netlink. The entries are known from the
+//!   namespace's conntrack events, read as they come: a cleanup dumps the table only at the
+//!   start and after lost events.
 //! - Health (`--healthz-bind-address`, with a listener per health check node port) and
 //!   metrics (`--metrics-bind-address`) are served as kube-proxy serves them ([`http`]).
 //! - [`control::ProxyStatus`] is written after every sync.
@@ -57,9 +59,10 @@ use self::control::{ProxyStatus, SyncPhases};
 use self::http::{Endpoint, Shared, SharedState};
 use self::limiter::SyncLimiter;
 use super::conntrack;
+use super::conntrack::table::ConntrackTable;
 use super::forwarder::Forwarder;
 use super::nfnetlink::Nfnl;
-use super::profile::{ModeSwitch, ProxyProfile, SyncOutput};
+use super::profile::{ConntrackCleanup, ModeSwitch, ProxyProfile, SyncOutput};
 use super::{NodeContext, ProxyInput, ProxyMode, render};
 
 /// How often the mode file is re-read without a SIGHUP.
@@ -143,6 +146,9 @@ struct Agent {
     /// nftables with a kube-proxy profile: chains a partial sync flushed (`ip kube-proxy
     /// NAME`) and when.
     stale_nft_chains: Vec<(String, Instant)>,
+    /// The namespace's UDP conntrack entries, kept from the kernel's events so that a
+    /// cleanup needs no dump; `None` when the profile never cleans up.
+    conntrack_table: Option<ConntrackTable>,
 }
 
 impl Agent {
@@ -178,6 +184,15 @@ impl Agent {
         );
         let shared = Arc::new(Mutex::new(Shared::new(cfg.sync_period * 2)));
         let applied_input = ProxyInput::from_objects(node.clone(), &[], &[]);
+        // Listen before the first sync, and list the table once now rather than in it.
+        let conntrack_table = (cfg.profile.conntrack != ConntrackCleanup::None).then(|| {
+            let mut table = ConntrackTable::open(conntrack::table::EVENT_BUFFER);
+            let listed = Nfnl::open().and_then(|mut nfnl| table.flows(&mut nfnl, false));
+            if let Err(e) = listed {
+                tracing::warn!("cannot list the conntrack table: {e}");
+            }
+            table
+        });
         Ok(Agent {
             cfg,
             node,
@@ -203,6 +218,7 @@ impl Agent {
             health_check_ports: HashMap::new(),
             rule_counts: ((0, 0), (0, 0)),
             stale_nft_chains: Vec::new(),
+            conntrack_table,
         })
     }
 
@@ -272,6 +288,18 @@ impl Agent {
         let mut hup = signal(SignalKind::hangup())?;
         let mut mode_check = tokio::time::interval(MODE_CHECK);
         let mut session_cleanup = tokio::time::interval(SESSION_CLEANUP);
+        // Readiness of the conntrack event listener (a duplicate of its descriptor: the
+        // table itself stays in `self`).
+        let conntrack_events = match &self.conntrack_table {
+            Some(table) => table.event_fd()?,
+            None => None,
+        }
+        // SAFETY: the AsyncFd owns the duplicate, which stays open (the same descriptor) until
+        // the AsyncFd is dropped, deregistering it.
+        .map(|fd| unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        })
+        .transpose()?;
         self.serve_endpoints().await?;
         self.write_status();
 
@@ -282,6 +310,12 @@ impl Agent {
                 _ = int.recv() => break,
                 _ = hup.recv() => self.check_mode(),
                 _ = mode_check.tick() => self.check_mode(),
+                ready = readable(conntrack_events.as_ref()) => {
+                    let mut guard = ready?;
+                    self.read_conntrack_events();
+                    // Read until the socket said EAGAIN: wait for the next edge.
+                    guard.clear_ready();
+                }
                 _ = session_cleanup.tick() => {
                     if let Some(f) = &self.forwarder {
                         f.cleanup_stale_sessions();
@@ -516,6 +550,15 @@ impl Agent {
         shared.nfacct = (self.node.nfacct_invalid_drop, self.node.nfacct_localhost);
     }
 
+    /// Apply the queued conntrack events to the index.
+    fn read_conntrack_events(&mut self) {
+        if let Some(table) = &mut self.conntrack_table
+            && let Err(e) = table.read_events()
+        {
+            tracing::warn!("conntrack events: {e}");
+        }
+    }
+
     /// Delete the UDP conntrack entries the profile's release deletes after this sync.
     fn cleanup_conntrack(&mut self, input: &ProxyInput) {
         let mode = match self.mode {
@@ -526,11 +569,21 @@ impl Agent {
         if !conntrack::cleanup_needed(mode, &self.applied_input, input) {
             return;
         }
+        let Some(table) = &mut self.conntrack_table else {
+            return;
+        };
         let started = Instant::now();
+        let ipv6 = self.node.family() == super::model::IpFamily::V6;
         let result = Nfnl::open().and_then(|mut nfnl| {
-            let flows = nfnl.list_flows(self.node.family() == super::model::IpFamily::V6)?;
+            let (flows, source) = table.flows(&mut nfnl, ipv6)?;
             let stale = conntrack::stale_flows(mode, &flows, &self.applied_input, input);
-            nfnl.delete_flows(&stale)
+            tracing::debug!(
+                ?source,
+                flows = flows.len(),
+                stale = stale.len(),
+                "conntrack"
+            );
+            table.delete(&mut nfnl, &stale)
         });
         let seconds = started.elapsed().as_secs_f64();
         self.phases.conntrack_ms = seconds * 1e3;
@@ -778,6 +831,16 @@ fn ms_since(start: Instant) -> f64 {
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Readiness of `fd`, or never without one.
+async fn readable(
+    fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::OwnedFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
         None => std::future::pending().await,
     }
 }

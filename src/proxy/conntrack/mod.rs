@@ -11,8 +11,12 @@
 //! - **reconciler** (≥ 1.32, `CleanStaleEntries`): [`reconcile`] compares every UDP flow of
 //!   the table with the serving endpoints of the service it was sent to.
 //!
-//! Both are pure; [`crate::proxy::nfnetlink`] lists and deletes entries in the agent's
-//! namespace.
+//! Both are pure. The agent lists the namespace's UDP entries from an [`index`] it keeps from
+//! the kernel's conntrack events, dumping the table only when that index cannot be trusted
+//! ([`table`]), and deletes through [`crate::proxy::nfnetlink`].
+
+pub mod index;
+pub mod table;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;

@@ -10,6 +10,7 @@ use clap::Args;
 use ipnet::Ipv4Net;
 
 use crate::kubelet::{Config, run};
+use crate::runtime::RuntimeKind;
 use crate::runtime::process::userns::IdRange;
 
 /// Registers the Node, heartbeats, runs the pods bound to it.
@@ -59,6 +60,12 @@ pub struct KubeletArgs {
     /// (`kemu up` allocates one range per lab). Root in a pod is host uid START.
     #[arg(long)]
     pub pod_id_range: IdRange,
+    /// The container runtime: `process` (kemu's own) or `docker` (the local Docker engine).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// The Docker engine's unix socket (the docker runtime).
+    #[arg(long, default_value = crate::runtime::docker::DEFAULT_SOCKET)]
+    pub docker_socket: PathBuf,
 }
 
 pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +93,8 @@ pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
         max_pods: args.max_pods,
         kemu_binary,
         pod_ids: args.pod_id_range,
+        runtime: args.runtime,
+        docker_socket: args.docker_socket,
     };
     crate::client::agent_runtime()?.block_on(run(cfg))?;
     Ok(ExitCode::SUCCESS)

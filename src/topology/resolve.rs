@@ -393,6 +393,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         .and_then(|p| p.mode.as_ref())
         .map(|m| m.value)
         .unwrap_or(profile.default_mode);
+    let lab_runtime = raw.runtime.as_ref().map(|r| r.value).unwrap_or_default();
     let mode_spans = raw
         .proxy
         .iter()
@@ -563,6 +564,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             .as_ref()
             .map(|m| m.value)
             .unwrap_or(lab_proxy_mode);
+        let runtime = h.runtime.as_ref().map(|r| r.value).unwrap_or(lab_runtime);
         let mut daemons: Vec<Daemon> = Vec::new();
         for (j, d) in h.daemons.iter().enumerate() {
             let dfield = format!("{field}.daemons[{j}]");
@@ -601,6 +603,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             roles,
             subnet: None,
             proxy_mode,
+            runtime,
             daemons,
         });
     }
@@ -704,6 +707,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
             restart_back_off,
             max_pods,
         },
+        runtime: lab_runtime,
     })
 }
 

@@ -161,21 +161,28 @@ fn seed_walkthrough_on_the_docker_engine() {
     let failed = lab.kubectl(&["exec", pod, "--", "sh", "-c", "exit 7"]);
     assert_eq!(failed.status.code(), Some(7), "exec's exit code");
 
-    // logs: httpd -v logs each request.
+    // logs: httpd -v logs each request (the curls above).
     let logs = lab.kubectl_ok(&["logs", "-l", "name=nginx", "--prefix"]);
-    assert!(logs.contains("url:/"), "{logs}");
+    assert!(logs.contains("response:200"), "{logs}");
 
-    // Restarts: a container that exits 3 is started again; --previous reads the last one.
+    // Restarts: a container that exits 3 is started again; each instance counts itself in an
+    // emptyDir (which outlives the containers), so --previous must show the one before.
     lab.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
   name: crasher
 spec:
+  volumes:
+    - name: data
+      emptyDir: {{}}
   containers:
     - name: c
       image: {IMAGE}
-      command: ["sh", "-c", "echo attempt; exit 3"]
+      command: ["sh", "-c", "echo x >> /data/runs; echo attempt $(wc -l < /data/runs); exit 3"]
+      volumeMounts:
+        - name: data
+          mountPath: /data
 "#
     ));
     wait_for("crasher restarted", Duration::from_secs(90), || {
@@ -187,8 +194,21 @@ spec:
         "{.status.containerStatuses[0].lastState.terminated.exitCode}",
     );
     assert_eq!(last, "3");
-    let previous = lab.kubectl_ok(&["logs", "crasher", "--previous"]);
-    assert_eq!(previous, "attempt\n");
+    let attempt = |log: &str| {
+        log.trim()
+            .strip_prefix("attempt ")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    };
+    // A restart may come between the two reads: read them again until they agree.
+    wait_for(
+        "logs --previous shows the instance before",
+        Duration::from_secs(30),
+        || {
+            let current = attempt(&lab.kubectl_ok(&["logs", "crasher"]))?;
+            let previous = attempt(&lab.kubectl_ok(&["logs", "crasher", "--previous"]))?;
+            (previous + 1 == current).then_some(())
+        },
+    );
 
     // Adoption: a restarted kubelet keeps the containers it started.
     let node = lab.jsonpath(&format!("pod/{pod}"), "{.spec.nodeName}");

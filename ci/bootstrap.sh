@@ -40,7 +40,10 @@ deps() {
 
 # The Docker engine for the Docker runtime, unless one answers already. Without its bridge
 # and iptables rules: kemu wires the pods' network itself, and nothing may change the root
-# namespace's addresses, routes or rules. Its log: target/dockerd.log.
+# namespace's addresses, routes or rules. In a mount namespace of its own (a slave of the
+# root's, so it sees what is mounted later): its containers' root filesystems and network
+# namespace pins stay out of the root namespace's mount table, which tests compare before and
+# after their labs. Its log: target/dockerd.log.
 start_dockerd() {
   local sock=/var/run/docker.sock
   if curl -sf --unix-socket "$sock" http://docker/_ping >/dev/null 2>&1; then
@@ -48,7 +51,8 @@ start_dockerd() {
   fi
   mkdir -p target
   echo "starting dockerd (log: target/dockerd.log)"
-  nohup dockerd --iptables=false --ip6tables=false --bridge=none >target/dockerd.log 2>&1 </dev/null &
+  nohup unshare --mount --propagation slave dockerd --iptables=false --ip6tables=false --bridge=none \
+    >target/dockerd.log 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     curl -sf --unix-socket "$sock" http://docker/_ping >/dev/null 2>&1 && return 0
     sleep 0.5

@@ -10,8 +10,16 @@ use std::process::{Command, Stdio};
 
 pub const WELCOME: &str = "Welcome to nginx!";
 
-/// The test image: busybox (httpd, sh, ip, cat) and the welcome page, imported from a tar.
+/// The test image: busybox (httpd, sh, ip, cat) and the welcome page, imported from a tar
+/// unless the engine has it already (each import would leave the last one untagged).
 pub fn import_image(image: &str) {
+    let present = Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if present {
+        return;
+    }
     let busybox =
         std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
     let page = format!(

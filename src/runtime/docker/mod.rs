@@ -607,22 +607,24 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
-/// At most `limit` bytes of a stream of chunks.
+/// At most `limit` bytes of a stream of chunks; it ends once they are out.
 fn limit(
     stream: impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     limit: Option<u64>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let mut left = limit.unwrap_or(u64::MAX);
-    stream
-        .take_while(move |_| futures::future::ready(left > 0))
-        .map(move |chunk| {
-            let mut chunk = chunk?;
-            if (chunk.len() as u64) > left {
-                chunk.truncate(left as usize);
+    stream.scan(limit.unwrap_or(u64::MAX), |left, chunk| {
+        if *left == 0 {
+            return futures::future::ready(None);
+        }
+        let chunk = chunk.map(|mut chunk| {
+            if chunk.len() as u64 > *left {
+                chunk.truncate(*left as usize);
             }
-            left -= chunk.len() as u64;
-            Ok(chunk)
-        })
+            *left -= chunk.len() as u64;
+            chunk
+        });
+        futures::future::ready(Some(chunk))
+    })
 }
 
 /// Start `request` in a running container and hand its streams over as the kubelet's exec
@@ -836,4 +838,41 @@ pub fn clean_up_lab(socket: &Path, lab: &str) -> Result<usize, String> {
             remove_lab_containers(&docker, &lab).await
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limit_bytes_cuts_the_last_chunk_and_ends() {
+        let chunks = ["abc", "defg", "hij"].map(|c| Ok(Bytes::from(c)));
+        let out: Vec<Bytes> = limit(futures::stream::iter(chunks), Some(5))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(out, [Bytes::from("abc"), Bytes::from("de")]);
+        // A stream that never ends is left once the limit is reached.
+        let endless = futures::stream::repeat_with(|| Ok(Bytes::from("xy")));
+        let out: Vec<Bytes> = limit(endless, Some(3)).try_collect().await.unwrap();
+        assert_eq!(out.concat(), b"xyx");
+        let all: Vec<Bytes> = limit(futures::stream::iter([Ok(Bytes::from("a"))]), None)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(all.concat(), b"a");
+    }
+
+    #[test]
+    fn engine_times_and_the_zero_time() {
+        assert_eq!(
+            timestamp(Some("0001-01-01T00:00:00Z")),
+            Timestamp::UNIX_EPOCH
+        );
+        assert_eq!(timestamp(None), Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            timestamp(Some("2026-12-05T03:14:36.123456789Z")).as_second(),
+            1796440476
+        );
+    }
 }

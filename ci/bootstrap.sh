@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(iproute2 iptables nftables ethtool conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates
-          docker-registry apache2-utils  # tests/images_registry.rs
-          bind9-dnsutils)                # dig and nslookup: tests/dns.rs
+          docker-registry apache2-utils  # these two: tests/images_registry.rs
+          bind9-dnsutils                 # dig and nslookup: tests/dns.rs
+          docker.io busybox-static)      # the Docker runtime and its test image (tests/runtime_docker.rs)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -35,6 +36,31 @@ deps() {
     echo "cargo is missing: install Rust (https://rustup.rs) and run this again" >&2
     exit 1
   fi
+  start_dockerd
+}
+
+# The Docker engine for the Docker runtime, unless one answers already. Without its bridge
+# and iptables rules: kemu wires the pods' network itself, and nothing may change the root
+# namespace's addresses, routes or rules. In a mount namespace of its own (a slave of the
+# root's, so it sees what is mounted later): its containers' root filesystems and network
+# namespace pins stay out of the root namespace's mount table, which tests compare before and
+# after their labs. Its log: target/dockerd.log.
+start_dockerd() {
+  local sock=/var/run/docker.sock
+  if curl -sf --unix-socket "$sock" http://docker/_ping >/dev/null 2>&1; then
+    return 0
+  fi
+  mkdir -p target
+  echo "starting dockerd (log: target/dockerd.log)"
+  nohup unshare --mount --propagation slave dockerd --iptables=false --ip6tables=false --bridge=none \
+    >target/dockerd.log 2>&1 </dev/null &
+  for _ in $(seq 1 60); do
+    curl -sf --unix-socket "$sock" http://docker/_ping >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "dockerd did not answer on $sock within 30 s; its log:" >&2
+  tail -n 30 target/dockerd.log >&2
+  exit 1
 }
 
 # Build kemu and the proxy agent (release profile) and the kubelet and flanneld (node-agents

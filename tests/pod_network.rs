@@ -31,7 +31,7 @@ fn a_pod_sandbox_is_reachable_across_hosts_and_cleaned_up() {
     let host_ns = NetNs::open(&lab.ns("192.168.0.201")).unwrap();
     let net = rt.block_on(async {
         let host = kemu::netlink::Netlink::open(&host_ns).unwrap();
-        sandbox::create(&host, &dir, &cfg, &ipam, uid, "default/test")
+        sandbox::create(&host, &dir, &cfg, &ipam, uid, "default/test", None)
             .await
             .unwrap()
     });

@@ -95,3 +95,21 @@ fn generated_topologies_resolve_and_match_the_shipped_files() {
         );
     }
 }
+
+#[test]
+fn runtime_is_chosen_per_lab_and_per_host() {
+    let text = "name: rt\nsegments:\n  - name: lan\n    cidr: 192.168.0.0/24\nhosts:\n  - name: m\n    ip: 192.168.0.10\n    roles: [master, minion]\n  - name: a\n    ip: 192.168.0.11\n    roles: [minion]\n    runtime: process\nservices:\n  clusterIPRange: 10.96.0.0/24\nclusterNetwork:\n  network: 172.16.0.0/16\nruntime: docker\n";
+    let topo = kemu::topology::parse("rt.yaml", text).unwrap();
+    use kemu::topology::RuntimeKind;
+    assert_eq!(topo.runtime, RuntimeKind::Docker);
+    let runtime = |name: &str| topo.hosts.iter().find(|h| h.name == name).unwrap().runtime;
+    assert_eq!(runtime("m"), RuntimeKind::Docker, "the lab's runtime");
+    assert_eq!(runtime("a"), RuntimeKind::Process, "the host's override");
+    let plain = kemu::topology::parse("p.yaml", &text.replace("runtime: docker\n", "")).unwrap();
+    assert!(
+        plain
+            .hosts
+            .iter()
+            .all(|h| h.runtime == RuntimeKind::Process)
+    );
+}

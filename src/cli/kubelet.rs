@@ -10,6 +10,7 @@ use clap::Args;
 use ipnet::Ipv4Net;
 
 use crate::kubelet::{Config, run};
+use crate::runtime::RuntimeKind;
 use crate::runtime::process::userns::IdRange;
 
 /// Registers the Node, heartbeats, runs the pods bound to it.
@@ -68,6 +69,12 @@ pub struct KubeletArgs {
     /// The node's resolv.conf, for `dnsPolicy: Default` ("": `nameserver 127.0.0.1`, search `.`).
     #[arg(long, default_value = "")]
     pub resolv_conf: String,
+    /// The container runtime: `process` (kemu's own) or `docker` (the local Docker engine).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// The Docker engine's unix socket (the docker runtime).
+    #[arg(long, default_value = crate::runtime::docker::DEFAULT_SOCKET)]
+    pub docker_socket: PathBuf,
 }
 
 pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
@@ -106,6 +113,8 @@ pub fn run_cli(args: KubeletArgs) -> anyhow::Result<ExitCode> {
                 Some(crate::kubelet::dns::ResolvConf::parse(&text))
             },
         },
+        runtime: args.runtime,
+        docker_socket: args.docker_socket,
     };
     crate::client::agent_runtime()?.block_on(run(cfg))?;
     Ok(ExitCode::SUCCESS)

@@ -37,9 +37,9 @@ use crate::images::manager::ImageManager;
 use crate::images::oci::registry::RegistryOptions;
 use crate::images::store::Store;
 use crate::lab::state::LabDir;
-use crate::runtime::ContainerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::process::userns::IdRange;
+use crate::runtime::{ContainerRuntime, RuntimeKind};
 use worker::{Ctx, Worker};
 
 /// Everything the kubelet is told on its command line.
@@ -64,21 +64,41 @@ pub struct Config {
     pub pod_ids: IdRange,
     /// Cluster DNS and the node's resolv.conf, for pods' resolv.conf.
     pub dns: dns::DnsSettings,
+    pub runtime: crate::runtime::RuntimeKind,
+    /// The Docker engine's unix socket (the docker runtime).
+    pub docker_socket: PathBuf,
 }
 
 /// Run until SIGTERM (pods keep running).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client = crate::client::connect(&cfg.api_server)?;
-    let images = image_manager();
-    let mut process = ProcessRuntime::new(
-        cfg.root_dir.join("runtime"),
-        cfg.kemu_binary.clone(),
-        cfg.pod_ids,
-    )?;
-    if let Some(manager) = &images {
-        process = process.with_image_store(manager.store().clone());
-    }
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(process);
+    let (runtime, images): (Arc<dyn ContainerRuntime>, _) = match cfg.runtime {
+        RuntimeKind::Process => {
+            let images = image_manager();
+            let mut process = ProcessRuntime::new(
+                cfg.root_dir.join("runtime"),
+                cfg.kemu_binary.clone(),
+                cfg.pod_ids,
+            )?;
+            if let Some(manager) = &images {
+                process = process.with_image_store(manager.store().clone());
+            }
+            (Arc::new(process), images)
+        }
+        // The engine's images, not kemu's store: no image manager.
+        RuntimeKind::Docker => {
+            let docker = crate::runtime::docker::connect(&cfg.docker_socket)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let runtime = crate::runtime::docker::DockerRuntime::new(
+                docker,
+                cfg.lab.as_ref(),
+                &cfg.node_name,
+                cfg.kemu_binary.clone(),
+            );
+            (Arc::new(runtime), None)
+        }
+    };
     let ipam = ipam::Ipam::new(cfg.pod_cidr, &cfg.root_dir.join("ipam"))
         .context("open the IP allocations")?;
     let host =

@@ -100,7 +100,8 @@ pub fn wiring(
 }
 
 /// Create a pod's sandbox. `host` is a netlink handle on the host's namespace; `label` is
-/// `<namespace>/<name>`, for the veth's alias.
+/// `<namespace>/<name>`, for the veth's alias. `adopt`: the network namespace of the
+/// runtime's sandbox container (Docker), pinned and wired instead of a new one.
 pub async fn create(
     host: &Netlink,
     dir: &LabDir,
@@ -108,6 +109,7 @@ pub async fn create(
     ipam: &Ipam,
     uid: &str,
     label: &str,
+    adopt: Option<&std::path::Path>,
 ) -> anyhow::Result<PodNetwork> {
     let namespace = pod_namespace(&cfg.lab, uid);
     Journal::open(dir)?.append(&[JournalEntry::Namespace(namespace.clone())])?;
@@ -115,10 +117,14 @@ pub async fn create(
         let ip = ipam
             .allocate(uid)
             .with_context(|| format!("allocate an IP for pod {label}"))?;
-        let (ns, socket) = NetNs::create(&namespace, || {
+        let setup = || {
             netns::write_sysctls(POD_SYSCTLS)?;
             crate::netlink::open_socket()
-        })?;
+        };
+        let (ns, socket) = match adopt {
+            None => NetNs::create(&namespace, setup)?,
+            Some(source) => NetNs::adopt(&namespace, source, setup)?,
+        };
         let pod = Netlink::from_socket(&namespace, socket)?;
         let (host_ops, pod_ops) = wiring(cfg, uid, label, ip);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);

@@ -32,7 +32,7 @@ use crate::lab::state::LabDir;
 use crate::netlink::Netlink;
 use crate::runtime::{
     ContainerConfig, ContainerId, ContainerPort, ContainerRuntime, ContainerState, ContainerStatus,
-    ImageRootfs, RuntimeError, SandboxInfo, SecurityContext, VolumeMount,
+    ImageRootfs, PodIdentity, RuntimeError, SandboxInfo, SecurityContext, VolumeMount,
 };
 
 /// The longest back-off between restarts, as the kubelet's.
@@ -401,15 +401,41 @@ impl Worker {
         if let Some(existing) = sandbox::existing(&self.ctx.net, &self.ctx.ipam, &self.uid) {
             return Ok(existing);
         }
-        sandbox::create(
+        let identity = self.identity(pod);
+        let adopt = self.ctx.runtime.create_sandbox(&identity).await?;
+        let created = sandbox::create(
             &self.ctx.host,
             &self.ctx.lab_dir,
             &self.ctx.net,
             &self.ctx.ipam,
             &self.uid,
             &label(pod),
+            adopt.as_deref(),
         )
-        .await
+        .await;
+        if created.is_err() {
+            let _ = self.ctx.runtime.remove_sandbox(&self.uid).await;
+        }
+        created
+    }
+
+    /// The pod as a runtime's sandbox knows it.
+    fn identity(&self, pod: &Pod) -> PodIdentity {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        PodIdentity {
+            pod_uid: self.uid.clone(),
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            hostname: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .unwrap_or_else(|| name.clone()),
+            pod_name: name,
+        }
     }
 
     /// Learn what a started container is doing; handle its exit.
@@ -646,7 +672,9 @@ impl Worker {
                     .await;
                 None
             }
-            Err(err @ RuntimeError::ImageNotAvailable { .. }) => {
+            Err(
+                err @ (RuntimeError::ImageNotAvailable { .. } | RuntimeError::NotInEngine { .. }),
+            ) => {
                 let first = slot.step_backoff(self.ctx.restart_backoff).is_zero();
                 slot.not_before = Some(Instant::now() + slot.backoff);
                 let (reason, message) = if first {
@@ -1216,6 +1244,9 @@ async fn remove_pod(ctx: &Ctx, uid: &str) {
     }
     if let Err(e) = sandbox::destroy(&ctx.host, &ctx.net, &ctx.ipam, uid).await {
         tracing::warn!(%uid, "remove the pod sandbox: {e:#}");
+    }
+    if let Err(e) = ctx.runtime.remove_sandbox(uid).await {
+        tracing::warn!(%uid, "remove the pod's sandbox container: {e:#}");
     }
     let _ = ctx.pods_dir.remove_dir_all(&ctx.pods_dir.root().join(uid));
 }

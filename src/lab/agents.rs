@@ -165,6 +165,12 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
         if let Some(ids) = pod_ids {
             kubelet.push(format!("--pod-id-range={ids}"));
         }
+        if host.runtime == crate::runtime::RuntimeKind::Docker {
+            kubelet.push("--runtime=docker".to_string());
+            if let Ok(socket) = crate::runtime::docker::socket_from_env() {
+                kubelet.push(format!("--docker-socket={}", socket.display()));
+            }
+        }
         specs.push(kemu(host, "kubelet", kubelet));
         specs.push(kemu(
             host,

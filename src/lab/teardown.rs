@@ -115,6 +115,26 @@ pub fn teardown(dir: &LabDir) -> TeardownReport {
         }
     }
 
+    // The Docker runtime's containers live in the engine, not in the lab's cgroup: with the
+    // kubelets gone, every container labelled with the lab's name goes.
+    if let Ok(record) = super::state::LabRecord::load(dir)
+        && record
+            .topology
+            .hosts
+            .iter()
+            .any(|h| h.runtime == crate::runtime::RuntimeKind::Docker)
+    {
+        super::progress::phase("removing the lab's Docker containers");
+        let removed = crate::runtime::docker::socket_from_env().and_then(|socket| {
+            crate::runtime::docker::clean_up_lab(&socket, &record.topology.name)
+        });
+        if let Err(e) = removed {
+            report
+                .errors
+                .push(format!("remove the lab's Docker containers: {e}"));
+        }
+    }
+
     // 2. Namespaces, newest first. Deleting a namespace deletes every link inside it, and
     //    deleting one end of a veth deletes its peer.
     match Journal::read(dir) {

@@ -65,6 +65,18 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         Err(e) => return Err(e).with_context(|| format!("create {}", dir.root.display())),
     }
     let with_agents = !opts.network_only && !agent_specs(topo, &dir, None).is_empty();
+    if with_agents
+        && topo
+            .minions()
+            .any(|h| h.runtime == crate::runtime::RuntimeKind::Docker)
+    {
+        let checked = crate::runtime::docker::socket_from_env()
+            .and_then(|socket| crate::runtime::docker::prepare_engine(&socket));
+        if let Err(e) = checked {
+            let _ = dir.owner.remove_dir_all(&dir.root);
+            anyhow::bail!("{e}");
+        }
+    }
     let overlay_by = if with_agents {
         OverlayBy::Agents
     } else {

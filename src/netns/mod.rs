@@ -131,6 +131,25 @@ impl NetNs {
         F: FnOnce() -> io::Result<T> + Send,
         T: Send,
     {
+        Self::pin(name, None, setup)
+    }
+
+    /// Pin an existing namespace under `name` (e.g. a Docker sandbox container's
+    /// `/proc/<pid>/ns/net`), so that it outlives that process's handle and is found by name
+    /// like the ones kemu creates. `setup` runs inside it, as with `create`.
+    pub fn adopt<T, F>(name: &str, source: &Path, setup: F) -> Result<(NetNs, T), NetNsError>
+    where
+        F: FnOnce() -> io::Result<T> + Send,
+        T: Send,
+    {
+        Self::pin(name, Some(source), setup)
+    }
+
+    fn pin<T, F>(name: &str, source: Option<&Path>, setup: F) -> Result<(NetNs, T), NetNsError>
+    where
+        F: FnOnce() -> io::Result<T> + Send,
+        T: Send,
+    {
         check_name(name)?;
         prepare_netns_dir()?;
         let path = path_of(name);
@@ -148,7 +167,16 @@ impl NetNs {
         }
         let result = std::thread::scope(|s| {
             s.spawn(|| -> Result<T, NetNsError> {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| io_err("create", name, e))?;
+                match source {
+                    None => {
+                        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| io_err("create", name, e))?
+                    }
+                    Some(source) => {
+                        let ns = File::open(source).map_err(|e| io_err("adopt", name, e))?;
+                        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                            .map_err(|e| io_err("adopt", name, e))?;
+                    }
+                }
                 mount(
                     Some("/proc/thread-self/ns/net"),
                     &path,

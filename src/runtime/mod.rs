@@ -9,6 +9,7 @@
 //!
 //! The trait is object-safe (`Arc<dyn ContainerRuntime>`): methods return boxed futures.
 
+pub mod docker;
 pub mod logs;
 pub mod process;
 
@@ -23,6 +24,40 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Which runtime a node's kubelet runs pods with (`runtime:` in the topology).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Containers are processes in the pod's namespaces (kemu's own runtime).
+    #[default]
+    Process,
+    /// Containers run in the local Docker engine, from its images.
+    Docker,
+}
+
+impl RuntimeKind {
+    pub fn is_process(&self) -> bool {
+        *self == RuntimeKind::Process
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+        }
+    }
+}
 
 /// A container's id, unique on the node and stable across kubelet restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -50,6 +85,27 @@ pub struct SandboxInfo {
     pub etc_hosts: String,
     /// The contents of the containers' `/etc/resolv.conf`.
     pub resolv_conf: String,
+}
+
+/// Which pod a sandbox is for (what a runtime with sandbox containers needs before the
+/// pod's network exists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIdentity {
+    pub pod_name: String,
+    pub namespace: String,
+    pub pod_uid: String,
+    pub hostname: String,
+}
+
+impl SandboxInfo {
+    pub fn identity(&self) -> PodIdentity {
+        PodIdentity {
+            pod_name: self.pod_name.clone(),
+            namespace: self.namespace.clone(),
+            pod_uid: self.pod_uid.clone(),
+            hostname: self.hostname.clone(),
+        }
+    }
 }
 
 /// One container of a pod, as the kubelet resolved it.
@@ -218,6 +274,16 @@ pub enum RuntimeError {
         container: String,
         builtin: String,
     },
+    /// The Docker runtime's engine lacks the image and kemu has not built it in; the kubelet
+    /// reports `ErrImagePull` / `ImagePullBackOff` with this message.
+    #[error(
+        "image {image:?} of container {container:?} is not in the Docker engine and is not built into kemu: kemu pulls nothing into the engine, so build or load it there first (`docker build -t {image} ...`, `docker load -i image.tar`), or use one of the built-in images ({builtin})"
+    )]
+    NotInEngine {
+        image: String,
+        container: String,
+        builtin: String,
+    },
     /// The container could not be started (bad command, namespace gone, ...); the kubelet
     /// reports `RunContainerError` / `CrashLoopBackOff`.
     #[error("start container {container:?} of pod {pod:?}: {message}")]
@@ -272,6 +338,24 @@ pub trait ContainerRuntime: Send + Sync {
         id: &'a ContainerId,
         grace: Duration,
     ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Make the pod's sandbox container, for a runtime that has one (Docker: a container
+    /// without networking of its own, whose namespaces the pod's containers join), and return
+    /// its network namespace (`/proc/<pid>/ns/net`) for the kubelet to pin and wire. `None`
+    /// (the default): the kubelet makes a network namespace of its own.
+    fn create_sandbox<'a>(
+        &'a self,
+        sandbox: &'a PodIdentity,
+    ) -> BoxFuture<'a, Result<Option<PathBuf>, RuntimeError>> {
+        let _ = sandbox;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Remove the pod's sandbox container, if any. Removing a removed sandbox does nothing.
+    fn remove_sandbox<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let _ = pod_uid;
+        Box::pin(async { Ok(()) })
+    }
 
     /// The container's current state.
     fn status<'a>(

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Problem, TopologyError};
 pub use name::{LabName, LabNameError, MAX_LAB_NAME};
-pub use raw::{Backend, ProxyMode, Role};
+pub use raw::{Backend, ProxyMode, Role, RuntimeKind};
 pub use resolve::{parse, parse_duration};
 
 /// `parse_duration` for clap: `8s`, `500ms`, `2m`.
@@ -48,6 +48,9 @@ pub struct Topology {
     pub control_plane: ControlPlane,
     #[serde(default)]
     pub kubelet: KubeletSettings,
+    /// Lab-wide container runtime; each host carries its effective one.
+    #[serde(default, skip_serializing_if = "RuntimeKind::is_process")]
+    pub runtime: RuntimeKind,
     #[serde(default)]
     pub dns: DnsSettings,
 }
@@ -120,6 +123,9 @@ pub struct Host {
     pub subnet: Option<Ipv4Net>,
     /// Effective proxy mode (the lab's unless overridden).
     pub proxy_mode: ProxyMode,
+    /// Effective container runtime (the lab's unless overridden).
+    #[serde(default, skip_serializing_if = "RuntimeKind::is_process")]
+    pub runtime: RuntimeKind,
     /// User processes the supervisor runs on this host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub daemons: Vec<Daemon>,

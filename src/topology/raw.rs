@@ -31,6 +31,10 @@ pub struct RawTopology {
     pub control_plane: Option<RawControlPlane>,
     /// Settings of every minion's kubelet.
     pub kubelet: Option<RawKubelet>,
+    /// Container runtime of every minion without a `runtime` of its own: `process` (default)
+    /// or `docker` (the local Docker engine's images; see the README's "Docker runtime").
+    #[schemars(with = "Option<RuntimeKind>")]
+    pub runtime: Option<Spanned<RuntimeKind>>,
     /// Cluster DNS (on by default).
     pub dns: Option<RawDns>,
 }
@@ -100,6 +104,9 @@ pub struct RawHost {
     /// Per-host override of the lab's proxy mode.
     #[schemars(with = "Option<ProxyMode>")]
     pub proxy_mode: Option<Spanned<ProxyMode>>,
+    /// Per-host override of the lab's container runtime.
+    #[schemars(with = "Option<RuntimeKind>")]
+    pub runtime: Option<Spanned<RuntimeKind>>,
     /// Your own long-running processes on this host, supervised like kemu's agents.
     #[serde(default)]
     pub daemons: Vec<RawDaemon>,
@@ -132,6 +139,7 @@ pub enum Role {
 }
 
 pub use crate::proxy::ProxyMode;
+pub use crate::runtime::RuntimeKind;
 
 /// `services:` block.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

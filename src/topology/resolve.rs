@@ -11,7 +11,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::{Problem, TopologyError};
 use super::name::LabName;
-use super::raw::{Backend, ProxyMode, RawHost, RawTopology, Role};
+use super::raw::{Backend, ProxyMode, RawHost, RawTopology, Role, RuntimeKind};
 use super::{
     ClusterNetwork, ControlPlane, Daemon, DnsSettings, Host, KubeletSettings, PortRange, Segment,
     Topology,
@@ -187,7 +187,8 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
     check_range_overlaps(&mut c, &raw, &ranges, &segments);
     let mtu = resolve_mtu(&mut c, &raw);
     let (proxy_version, proxy_mode) = resolve_proxy(&mut c, &raw);
-    let mut hosts = resolve_hosts(&mut c, &raw, &segments, proxy_mode);
+    let runtime = raw.runtime.as_ref().map(|r| r.value).unwrap_or_default();
+    let mut hosts = resolve_hosts(&mut c, &raw, &segments, proxy_mode, runtime);
     lease_pod_subnets(&mut c, &raw, &ranges, &mut hosts);
     let control_plane = resolve_control_plane(&mut c, &raw);
     let kubelet = resolve_kubelet(&mut c, &raw);
@@ -213,6 +214,7 @@ pub fn resolve(raw: RawTopology) -> Result<Topology, Vec<Problem>> {
         mtu,
         control_plane,
         kubelet,
+        runtime,
         dns,
     })
 }
@@ -490,6 +492,7 @@ fn resolve_hosts(
     raw: &RawTopology,
     segments: &[Segment],
     lab_proxy_mode: ProxyMode,
+    lab_runtime: RuntimeKind,
 ) -> Vec<Host> {
     if raw.hosts.is_empty() {
         c.report(
@@ -546,6 +549,7 @@ fn resolve_hosts(
                 .as_ref()
                 .map(|m| m.value)
                 .unwrap_or(lab_proxy_mode),
+            runtime: h.runtime.as_ref().map(|r| r.value).unwrap_or(lab_runtime),
             daemons: resolve_daemons(c, &field, h),
         });
     }

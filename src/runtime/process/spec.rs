@@ -373,6 +373,36 @@ pub fn build_spec(
     })
 }
 
+/// The argv of a built-in image's program, `kemu builtin-image <name> ...` (the Docker
+/// runtime runs the same program from the kemu binary mounted into the container).
+pub fn builtin_argv(
+    image: BuiltinImage,
+    sandbox: &SandboxInfo,
+    container: &ContainerConfig,
+) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["kemu".into(), "builtin-image".into(), image.name().into()];
+    match image {
+        BuiltinImage::Nginx => {
+            // nginx serves every declared TCP port (80 when none is declared).
+            for port in container
+                .ports
+                .iter()
+                .filter(|p| p.protocol.eq_ignore_ascii_case("TCP"))
+            {
+                argv.extend(["--port".into(), port.container_port.to_string()]);
+            }
+            argv.extend(["--pod-name".into(), sandbox.pod_name.clone()]);
+            // The tag picks the release (the seed's 1.9.1 page for `nginx`).
+            argv.extend(["--image".into(), container.image.clone()]);
+        }
+        BuiltinImage::Agnhost | BuiltinImage::Pause | BuiltinImage::Coredns => {
+            argv.extend(container.command.iter().skip(1).cloned());
+            argv.extend(container.args.iter().cloned());
+        }
+    }
+    argv
+}
+
 /// What runs: a built-in image's program, or the container's command on the host.
 fn program_and_argv(
     sandbox: &SandboxInfo,
@@ -386,27 +416,7 @@ fn program_and_argv(
         _ => None,
     };
     if let Some(image) = runs_builtin {
-        let mut argv: Vec<String> =
-            vec!["kemu".into(), "builtin-image".into(), image.name().into()];
-        match image {
-            BuiltinImage::Nginx => {
-                // nginx serves every declared TCP port (80 when none is declared).
-                for port in container
-                    .ports
-                    .iter()
-                    .filter(|p| p.protocol.eq_ignore_ascii_case("TCP"))
-                {
-                    argv.extend(["--port".into(), port.container_port.to_string()]);
-                }
-                argv.extend(["--pod-name".into(), sandbox.pod_name.clone()]);
-                // The tag picks the release (the seed's 1.9.1 page for `nginx`).
-                argv.extend(["--image".into(), container.image.clone()]);
-            }
-            BuiltinImage::Agnhost | BuiltinImage::Pause | BuiltinImage::Coredns => {
-                argv.extend(container.command.iter().skip(1).cloned());
-                argv.extend(container.args.iter().cloned());
-            }
-        }
+        let argv = builtin_argv(image, sandbox, container);
         let exe = kemu_exe.to_path_buf();
         return Ok((Program::Kemu { exe }, argv));
     }

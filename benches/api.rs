@@ -303,6 +303,7 @@ fn main() {
             "127.0.0.1:0",
             "--service-cluster-ip-range",
             "10.96.0.0/16",
+            "--disable-admission-plugins=ServiceAccount",
             "--data-dir",
         ])
         .arg(dir.path())

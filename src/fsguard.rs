@@ -207,6 +207,19 @@ impl OwnedDir {
         std::fs::rename(from, to)
     }
 
+    /// Point the symlink `link` at `target` (a relative name, never followed here), replacing
+    /// what `link` was atomically: a new link beside it, renamed over it.
+    pub fn replace_symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        self.prove(link)?;
+        let mut tmp = link.as_os_str().to_owned();
+        tmp.push("_tmp");
+        let tmp = PathBuf::from(tmp);
+        self.prove_target(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp)?;
+        std::fs::rename(&tmp, link)
+    }
+
     /// `std::fs::create_dir_all`, inside the root only (the root itself is created too).
     pub fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         if path != self.root {

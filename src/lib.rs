@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod reach;
 pub mod runtime;
 pub mod scheduler;
+pub mod tls;
 pub mod topology;
 
 /// Helpers shared by the unit tests of every module.

@@ -93,7 +93,8 @@ fn only_the_lab_certificate_opens_the_api_and_the_kubeconfig_belongs_to_the_sudo
         "{body}"
     );
     // A client certificate of another CA: refused during the handshake.
-    let stranger = kemu::lab::pki::generate(&"other".parse().unwrap()).unwrap();
+    let stranger =
+        kemu::lab::pki::generate(&"other".parse().unwrap(), &Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.crt"), &stranger.admin_cert).unwrap();
     std::fs::write(dir.path().join("c.key"), &stranger.admin_key).unwrap();

@@ -40,6 +40,7 @@
 //! schema's list-map keys, e.g. `containerPort` and `protocol`); the garbage collector (dependents, `orphan`/`foregroundDeletion`
 //! finalizers) is a separate controller.
 
+pub mod admission;
 pub mod alloc;
 pub mod auth;
 pub mod body;
@@ -61,6 +62,7 @@ pub mod resources;
 pub mod response;
 pub mod rest;
 pub mod routes;
+pub mod secure;
 pub mod selectors;
 pub mod server;
 pub mod service;

@@ -69,7 +69,12 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         Parsed::Target(t) => t,
     };
     let method = req.method().clone();
-    let user = super::auth::identify(&api.registry, &api.tokens, req.headers())?;
+    let user = super::auth::identify(
+        &api.registry,
+        &api.tokens,
+        req.headers(),
+        req.extensions().get::<super::secure::Peer>(),
+    )?;
     super::auth::check(&api.registry, &user, &attributes(&t, &method, &q))?;
     if !t.rt.stored {
         return match (&method, &t.name) {
@@ -526,7 +531,7 @@ fn create(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> Api
     let manager = updater(t, q);
     let (code, obj) = api
         .registry
-        .txn(|txn| create_in(txn, t, body, q, manager.as_ref()))?;
+        .txn(|txn| create_in(txn, t, body, q, manager.as_ref(), &api.config))?;
     Ok(value_response(code, t, &obj, fmt, warnings))
 }
 
@@ -562,6 +567,7 @@ fn create_in(
     mut obj: Value,
     q: &Query,
     manager: Option<&managed::Manager>,
+    config: &super::server::Config,
 ) -> ApiResult<(StatusCode, Value)> {
     let ns = t.ns().to_string();
     {
@@ -622,11 +628,23 @@ fn create_in(
     }
     defaults::apply(t.id, &mut obj);
     defaults::initial_status(t.id, &mut obj);
+    check_namespace(txn, t, &name)?;
+    if t.id == id::PODS && config.service_account_admission {
+        let account = txn
+            .get(
+                id::SERVICE_ACCOUNTS,
+                &ns,
+                &super::admission::account_name(&obj),
+            )
+            .map(|s| s.value());
+        let suffix = name_suffix(txn.rng());
+        super::admission::service_account(&mut obj, account.as_ref(), &suffix)
+            .map_err(|why| ApiError::forbidden(&t.rt.qualified(), &name, &why))?;
+    }
     let errs = validation::validate(t.id, &obj, None);
     if !errs.is_empty() {
         return Err(invalid(t, &obj, &errs));
     }
-    check_namespace(txn, t, &name)?;
     if txn.get(t.id, &ns, &name).is_some() {
         return Err(ApiError::already_exists(&t.rt.qualified(), &name));
     }
@@ -838,7 +856,9 @@ fn update(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> Api
     let manager = manager.as_ref();
     let (code, obj) = api.registry.txn(|txn| match txn.get(t.id, t.ns(), &name) {
         Some(current) => update_in(txn, t, &current, body, q, manager),
-        None if create_on_update(t.id) && t.sub.is_none() => create_in(txn, t, body, q, manager),
+        None if create_on_update(t.id) && t.sub.is_none() => {
+            create_in(txn, t, body, q, manager, &api.config)
+        }
         None => Err(t.not_found()),
     })?;
     Ok(value_response(code, t, &obj, fmt, warnings))
@@ -894,7 +914,7 @@ fn patch_object(
                     meta_mut(&mut decoded).insert("managedFields".into(), fields);
                     decoded
                 })?;
-                return create_in(txn, t, obj, q, None);
+                return create_in(txn, t, obj, q, None, &api.config);
             }
             return Err(t.not_found());
         };

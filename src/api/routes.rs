@@ -122,7 +122,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let bound = listener.local_addr()?;
-    let api = Arc::new(Api::open(config, bound)?);
+    let secure = match &config.secure {
+        Some(secure) => Some(super::secure::bind(secure).await?),
+        None => None,
+    };
+    let secure_bound = match &secure {
+        Some((listener, _)) => Some(listener.local_addr()?),
+        None => None,
+    };
+    let api = Arc::new(Api::open(config, bound, secure_bound)?);
     tracing::info!(
         "kemu apiserver listening on http://{bound} ({} objects, resourceVersion {})",
         RESOURCES
@@ -134,6 +142,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // Tests and `kemu up` wait for this line to know the port.
     println!("listening on http://{bound}");
+    if let Some((listener, acceptor)) = secure {
+        tracing::info!(
+            "secure port listening on https://{}",
+            listener.local_addr()?
+        );
+        tokio::spawn(super::secure::serve(
+            listener,
+            acceptor,
+            router(api.clone()),
+        ));
+    }
     axum::serve(listener, router(api))
         .await
         .context("serving the API")?;

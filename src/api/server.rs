@@ -44,6 +44,10 @@ pub struct Config {
     /// More PEM private keys whose tokens are accepted (kube's `--service-account-key-file`;
     /// the signing key's own tokens always are).
     pub service_account_key_files: Vec<PathBuf>,
+    /// The `ServiceAccount` admission plugin (on unless `--disable-admission-plugins` names it).
+    pub service_account_admission: bool,
+    /// The secure port, when the server has one (the `kubernetes` Service then points at it).
+    pub secure: Option<super::secure::SecureConfig>,
 }
 
 /// Shared state of all handlers.
@@ -52,13 +56,19 @@ pub struct Api {
     pub config: Config,
     /// The address and port actually bound (the port may have been 0).
     pub bound: SocketAddr,
+    /// The secure port actually bound, if there is one.
+    pub secure_bound: Option<SocketAddr>,
     /// Service-account token keys and audiences.
     pub tokens: auth::Tokens,
 }
 
 impl Api {
     /// Open the store, rebuild allocations and reconcile the built-in objects.
-    pub fn open(config: Config, bound: SocketAddr) -> anyhow::Result<Api> {
+    pub fn open(
+        config: Config,
+        bound: SocketAddr,
+        secure_bound: Option<SocketAddr>,
+    ) -> anyhow::Result<Api> {
         let store: Box<dyn Store> = match &config.data_dir {
             Some(dir) => Box::new(
                 LogStore::open(dir, config.fsync)
@@ -88,6 +98,7 @@ impl Api {
             registry,
             config,
             bound,
+            secure_bound,
             tokens: auth::Tokens {
                 signer,
                 verification_keys,
@@ -114,7 +125,9 @@ impl Api {
     /// Service with its Endpoints and EndpointSlice (updated when the address or port changed).
     fn bootstrap(&self) -> Result<(), ApiError> {
         let advertise = self.advertise_address().to_string();
-        let port = self.bound.port();
+        // Pods reach the API through the `kubernetes` Service over HTTPS, as in any cluster;
+        // a server without a secure port (tests, the 2015 setup) offers its plain one.
+        let port = self.secure_bound.unwrap_or(self.bound).port();
         self.registry.txn(|txn| {
             for svc in txn.list(id::SERVICES, None) {
                 let value = svc.value();

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 
 use crate::api::alloc::parse_port_range;
 use crate::api::routes::serve;
+use crate::api::secure::SecureConfig;
 use crate::api::server::Config;
 
 /// Run the Kubernetes API server of a lab's master host.
@@ -48,6 +49,24 @@ pub struct Args {
     /// always are.
     #[arg(long)]
     pub service_account_key_file: Vec<PathBuf>,
+    /// Admission plugins to turn off (comma-separated), as kube-apiserver's flag; kemu's only
+    /// optional one is `ServiceAccount` (an API server without a controller manager, as in
+    /// envtest, has no `default` service accounts for pods to run as).
+    #[arg(long, value_delimiter = ',', value_parser = ["ServiceAccount"])]
+    pub disable_admission_plugins: Vec<String>,
+    /// Serve HTTPS on this address too (what the `kubernetes` Service then points at), e.g.
+    /// `192.168.0.201:6443`; needs the three files below.
+    #[arg(long, requires_all = ["tls_cert_file", "tls_private_key_file", "client_ca_file"])]
+    pub secure_listen: Option<SocketAddr>,
+    /// PEM serving certificate of the secure port.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM key of the serving certificate.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// PEM CA whose client certificates authenticate on the secure port (CN user, O groups).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn port_range(s: &str) -> Result<(u16, u16), String> {
@@ -67,6 +86,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         watch_history: args.watch_history,
         service_account_signing_key_file: args.service_account_signing_key_file,
         service_account_key_files: args.service_account_key_file,
+        service_account_admission: !args
+            .disable_admission_plugins
+            .iter()
+            .any(|p| p == "ServiceAccount"),
+        secure: match (
+            args.secure_listen,
+            args.tls_cert_file,
+            args.tls_private_key_file,
+            args.client_ca_file,
+        ) {
+            (Some(listen), Some(cert_file), Some(key_file), Some(client_ca_file)) => {
+                Some(SecureConfig {
+                    listen,
+                    cert_file,
+                    key_file,
+                    client_ca_file,
+                })
+            }
+            _ => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -35,6 +35,9 @@ pub struct ControllerManagerArgs {
     /// Seed for generated names (pod and EndpointSlice suffixes).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// PEM CA bundle published to every namespace as the ConfigMap `kube-root-ca.crt`.
+    #[arg(long)]
+    pub root_ca_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
@@ -49,6 +52,13 @@ pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
             unhealthy_zone_threshold: args.unhealthy_zone_threshold,
         },
         seed: args.seed,
+        root_ca: match &args.root_ca_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("read --root-ca-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        },
     };
     crate::client::agent_runtime()?.block_on(crate::controllers::run(cfg))?;
     Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@
 //! - [`nodelifecycle`]: heartbeats, NotReady/Unknown conditions, taints, rate-limited and
 //!   zone-aware pod eviction.
 //! - [`gc`]: the garbage collector (dangling owners, `orphan` and `foregroundDeletion`).
+//! - [`serviceaccounts`]: every namespace's `default` ServiceAccount and `kube-root-ca.crt`.
 //!
 //! Every controller is driven by watch events: a change queues the keys it affects and a sync
 //! works from the caches, so an idle cluster costs nothing. The caches hold typed objects of the
@@ -24,6 +25,7 @@ pub mod informer;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replication;
+pub mod serviceaccounts;
 pub mod util;
 
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,8 @@ pub struct Config {
     pub eviction_rates: nodelifecycle::zones::Rates,
     /// Seed for generated names (pod and EndpointSlice suffixes).
     pub seed: Option<u64>,
+    /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt`.
+    pub root_ca: Option<String>,
 }
 
 /// What every controller shares: the client, the informers and the name generator.
@@ -168,6 +172,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
         )),
         tokio::spawn(gc::run(shared.clone())),
+        tokio::spawn(serviceaccounts::run(
+            shared.client.clone(),
+            cfg.root_ca.clone(),
+        )),
     ];
     shared.start();
     shared.wait_ready().await;

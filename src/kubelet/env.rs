@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 
+use super::volumes::content::Objects;
+
 /// Why an environment could not be built (the kubelet reports `CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -79,14 +81,47 @@ pub fn expand(text: &str, vars: &[(String, String)]) -> String {
     out
 }
 
-/// The environment of `container`: `base` (service links) first, then the container's `env`.
+/// The environment of `container` as the kubelet makes it: `base` (service links), then
+/// `envFrom` (ConfigMaps and Secrets, with their prefix), then `env` in order, later values
+/// replacing earlier ones. `objects` holds the ConfigMaps and Secrets the pod names.
 pub fn environment(
     pod: &Pod,
     container: &Container,
     base: &[(String, String)],
-    downward: &Downward,
+    objects: &Objects,
 ) -> Result<Vec<(String, String)>, EnvError> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let mut vars: Vec<(String, String)> = base.to_vec();
+    let set = |vars: &mut Vec<(String, String)>, name: String, value: String| {
+        vars.retain(|(k, _)| *k != name);
+        vars.push((name, value));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let data: BTreeMap<String, String> = if let Some(r) = &from.config_map_ref {
+            match objects.config_maps.get(&r.name) {
+                Some(cm) => cm.data.clone().unwrap_or_default(),
+                None if r.optional == Some(true) => continue,
+                None => return Err(EnvError(format!("configmap \"{}\" not found", r.name))),
+            }
+        } else if let Some(r) = &from.secret_ref {
+            match objects.secrets.get(&r.name) {
+                Some(s) => s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect(),
+                None if r.optional == Some(true) => continue,
+                None => return Err(EnvError(format!("secret \"{}\" not found", r.name))),
+            }
+        } else {
+            continue;
+        };
+        for (key, value) in data {
+            set(&mut vars, format!("{prefix}{key}"), value);
+        }
+    }
     for EnvVar {
         name,
         value,
@@ -97,11 +132,43 @@ pub fn environment(
             (Some(v), _) => expand(v, &vars),
             (None, Some(from)) => {
                 if let Some(f) = &from.field_ref {
-                    field_ref(pod, &f.field_path, downward)?
+                    field_ref(pod, &f.field_path, &objects.downward)?
                 } else if let Some(r) = &from.config_map_key_ref {
-                    return Err(EnvError(format!("configmap {:?} not found", r.name)));
+                    let optional = r.optional == Some(true);
+                    match objects.config_maps.get(&r.name) {
+                        Some(cm) => match cm.data.as_ref().and_then(|d| d.get(&r.key)) {
+                            Some(v) => v.clone(),
+                            None if optional => continue,
+                            None => {
+                                return Err(EnvError(format!(
+                                    "couldn't find key {} in ConfigMap {ns}/{}",
+                                    r.key, r.name
+                                )));
+                            }
+                        },
+                        None if optional => continue,
+                        None => {
+                            return Err(EnvError(format!("configmap \"{}\" not found", r.name)));
+                        }
+                    }
                 } else if let Some(r) = &from.secret_key_ref {
-                    return Err(EnvError(format!("secret {:?} not found", r.name)));
+                    let optional = r.optional == Some(true);
+                    match objects.secrets.get(&r.name) {
+                        Some(s) => match s.data.as_ref().and_then(|d| d.get(&r.key)) {
+                            Some(v) => String::from_utf8_lossy(&v.0).into_owned(),
+                            None if optional => continue,
+                            None => {
+                                return Err(EnvError(format!(
+                                    "couldn't find key {} in Secret {ns}/{}",
+                                    r.key, r.name
+                                )));
+                            }
+                        },
+                        None if optional => continue,
+                        None => {
+                            return Err(EnvError(format!("secret \"{}\" not found", r.name)));
+                        }
+                    }
                 } else {
                     // resourceFieldRef: kemu sets no resource limits, so there is nothing to read.
                     String::new()
@@ -109,8 +176,7 @@ pub fn environment(
             }
             (None, None) => String::new(),
         };
-        vars.retain(|(k, _)| k != name);
-        vars.push((name.clone(), resolved));
+        set(&mut vars, name.clone(), resolved);
     }
     Ok(vars)
 }
@@ -184,7 +250,11 @@ mod tests {
             pod_ip: Some("172.16.2.5".into()),
             host_ip: Some("192.168.0.202".into()),
         };
-        let env = environment(&pod, container, &[], &downward).unwrap();
+        let objects = Objects {
+            downward,
+            ..Default::default()
+        };
+        let env = environment(&pod, container, &[], &objects).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("POD"), Some("web-1"));
         assert_eq!(get("IP"), Some("172.16.2.5"));

@@ -17,6 +17,7 @@ pub mod probes;
 pub mod sandbox;
 pub mod server;
 pub mod status;
+pub mod volumes;
 pub mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -151,6 +152,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         base_env: Mutex::new(Vec::new()),
         images,
         dns: cfg.dns.clone(),
+        volume_sources: volumes::Sources::start(client.clone()),
+        pod_ids: (cfg.runtime == RuntimeKind::Process).then_some(cfg.pod_ids),
     });
     tokio::spawn(service_links(client.clone(), ctx.clone()));
 

@@ -19,6 +19,8 @@ use super::ipam::Ipam;
 use super::probes::{self, Outcome, ProbeState};
 use super::sandbox::{self, PodNetConfig, PodNetwork};
 use super::status::{ContainerView, PodView, RunState, pod_status};
+use super::volumes::PodVolumes;
+use super::volumes::content::Objects;
 use crate::events::Recorder;
 use crate::images::BuiltinImage;
 use crate::images::manager::{
@@ -78,7 +80,17 @@ pub struct Ctx {
     pub images: Option<Arc<ImageManager>>,
     /// Cluster DNS and the node's resolv.conf.
     pub dns: super::dns::DnsSettings,
+    /// ConfigMaps, Secrets and tokens for pods' volumes and environments.
+    pub volume_sources: Arc<super::volumes::Sources>,
+    /// The user namespace pods' containers run in (the process runtime's): volume files
+    /// belong to its root. `None`: containers share the host's ids (Docker).
+    pub pod_ids: Option<crate::runtime::process::userns::IdRange>,
 }
+
+/// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+/// brought up to date (the kubelet's sync period is a minute; its watch-based managers see
+/// changes at once).
+const VOLUME_REFRESH: Duration = Duration::from_secs(1);
 
 /// How soon a container whose image is not there yet is looked at again (the image manager's
 /// back-off decides when a pull is tried again).
@@ -183,6 +195,12 @@ pub struct Worker {
     reported: Option<PodStatus>,
     /// Refused by admission, and reported so.
     rejected: bool,
+    /// The pod's volumes once set up, and when they were last refreshed.
+    volumes: Option<(PodVolumes, Instant)>,
+    /// What the volumes and environment read.
+    objects: Objects,
+    /// The last `FailedMount` message reported (each is reported once).
+    mount_failure: Option<String>,
 }
 
 fn restart_policy(pod: &Pod) -> String {
@@ -238,6 +256,9 @@ impl Worker {
             start_time,
             reported,
             rejected: false,
+            volumes: None,
+            objects: Objects::default(),
+            mount_failure: None,
         }
     }
 
@@ -307,6 +328,10 @@ impl Worker {
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
         }
+        if !self.sync_volumes(pod).await {
+            self.report(pod).await;
+            return now + Duration::from_secs(1);
+        }
         if self.net.is_none() {
             match self.ensure_sandbox(pod).await {
                 Ok(net) => {
@@ -360,6 +385,62 @@ impl Worker {
         }
         self.report(pod).await;
         wake.max(Instant::now() + Duration::from_millis(20))
+    }
+
+    /// Set up the pod's volumes (before its sandbox, as the kubelet's volume manager does) and
+    /// keep them current. False while they cannot be set up: the pod waits, and each new
+    /// reason is reported as a `FailedMount` event.
+    async fn sync_volumes(&mut self, pod: &Pod) -> bool {
+        if let Some((_, at)) = &self.volumes
+            && at.elapsed() < VOLUME_REFRESH
+        {
+            return true;
+        }
+        let downward = super::env::Downward {
+            pod_ip: self.net.as_ref().map(|n| n.ip.to_string()),
+            host_ip: Some(self.ctx.node_ip.clone()),
+        };
+        let result = match self.ctx.volume_sources.gather(pod, downward).await {
+            Ok(objects) => {
+                let pod_dir = self.ctx.pods_dir.root().join(&self.uid);
+                let set_up = super::volumes::set_up(
+                    &self.ctx.client,
+                    &self.ctx.pods_dir,
+                    &pod_dir,
+                    pod,
+                    &objects,
+                    self.ctx.pod_ids.as_ref(),
+                )
+                .await;
+                self.objects = objects;
+                set_up
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(volumes) => {
+                self.volumes = Some((volumes, Instant::now()));
+                self.mount_failure = None;
+                true
+            }
+            Err(message) => {
+                if self.mount_failure.as_deref() != Some(message.as_str()) {
+                    self.ctx
+                        .events
+                        .pod(pod, None, "Warning", "FailedMount", message.clone())
+                        .await;
+                    self.mount_failure = Some(message);
+                }
+                // Running containers keep the volumes as they were.
+                match &mut self.volumes {
+                    Some((_, at)) => {
+                        *at = Instant::now();
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
     }
 
     /// Report a refused pod as the kubelet's `rejectPod` does: a Warning event and the phase
@@ -886,55 +967,15 @@ impl Worker {
         found
     }
 
-    /// The pod's `emptyDir` volumes a container mounts, made on first use under the pod's
-    /// directory (writable by every user of the pod, as the kubelet's). Other kinds of
-    /// volumes are not mounted.
+    /// The pod's volumes a container mounts.
     fn volume_mounts(&self, pod: &Pod, c: &Container) -> Result<Vec<VolumeMount>, String> {
-        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
-        let mut mounts = Vec::new();
-        for mount in c.volume_mounts.iter().flatten() {
-            let Some(volume) = volumes.into_iter().flatten().find(|v| v.name == mount.name) else {
-                return Err(format!(
-                    "cannot find volume {:?} to mount into container {:?}",
-                    mount.name, c.name
-                ));
-            };
-            if volume.empty_dir.is_none() {
-                continue;
-            }
-            let plain = !volume.name.is_empty()
-                && volume
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                && !volume.name.starts_with('.');
-            if !plain {
-                return Err(format!("invalid volume name {:?}", volume.name));
-            }
-            let source = self
-                .ctx
-                .pods_dir
-                .root()
-                .join(&self.uid)
-                .join("volumes/kubernetes.io~empty-dir")
-                .join(&volume.name);
-            if !source.is_dir() {
-                self.ctx
-                    .pods_dir
-                    .create_dir_all(&source)
-                    .and_then(|()| {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o777))
-                    })
-                    .map_err(|e| format!("create emptyDir volume {:?}: {e}", volume.name))?;
-            }
-            mounts.push(VolumeMount {
-                source,
-                target: mount.mount_path.clone(),
-                read_only: mount.read_only.unwrap_or(false),
-            });
-        }
-        Ok(mounts)
+        let volumes = self
+            .volumes
+            .as_ref()
+            .map(|(v, _)| v)
+            .cloned()
+            .unwrap_or_default();
+        super::volumes::container_mounts(&volumes, pod, c)
     }
 
     fn sandbox_info(&self, pod: &Pod) -> SandboxInfo {
@@ -973,12 +1014,13 @@ impl Worker {
         pod: &Pod,
         c: &Container,
     ) -> Result<ContainerConfig, super::env::EnvError> {
-        let downward = super::env::Downward {
+        let mut objects = self.objects.clone();
+        objects.downward = super::env::Downward {
             pod_ip: self.net.as_ref().map(|n| n.ip.to_string()),
             host_ip: Some(self.ctx.node_ip.clone()),
         };
         let base = self.ctx.base_env.lock().expect("env").clone();
-        let env = super::env::environment(pod, c, &base, &downward)?;
+        let env = super::env::environment(pod, c, &base, &objects)?;
         let expand = |list: &Option<Vec<String>>| -> Vec<String> {
             list.iter()
                 .flatten()
@@ -1248,6 +1290,7 @@ async fn remove_pod(ctx: &Ctx, uid: &str) {
     if let Err(e) = ctx.runtime.remove_sandbox(uid).await {
         tracing::warn!(%uid, "remove the pod's sandbox container: {e:#}");
     }
+    ctx.volume_sources.forget(uid);
     let _ = ctx.pods_dir.remove_dir_all(&ctx.pods_dir.root().join(uid));
 }
 

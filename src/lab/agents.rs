@@ -24,6 +24,10 @@ pub const NODE_AGENT_BINARIES: [(&str, &str); 3] = [
 /// binary is (the kubelet starts container shims and built-in images from it).
 pub const KEMU_BINARY: &str = "KEMU_BINARY";
 
+/// The API server's secure port on the master (kube-apiserver's default), where the
+/// `kubernetes` Service's endpoints point.
+pub const SECURE_PORT: u16 = 6443;
+
 /// One supervised process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -107,6 +111,17 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
             "--service-account-signing-key-file={}",
             dir.pki().join("ca.key").display()
         ),
+        // HTTPS for pods, through the `kubernetes` Service (kube-apiserver's secure port).
+        format!("--secure-listen={}:{}", master.ip, SECURE_PORT),
+        format!(
+            "--tls-cert-file={}",
+            dir.pki().join(super::pki::LAB_SERVER_CERT).display()
+        ),
+        format!(
+            "--tls-private-key-file={}",
+            dir.pki().join(super::pki::LAB_SERVER_KEY).display()
+        ),
+        format!("--client-ca-file={}", dir.pki().join("ca.crt").display()),
     ];
     apiserver.extend(seed.iter().cloned());
     specs.push(kemu(master, "apiserver", apiserver));
@@ -124,6 +139,7 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
             "--pod-eviction-timeout={}ms",
             cp.pod_eviction_timeout.as_millis()
         ),
+        format!("--root-ca-file={}", dir.pki().join("ca.crt").display()),
     ];
     controllers.extend(seed.iter().cloned());
     specs.push(kemu(master, "controller-manager", controllers));

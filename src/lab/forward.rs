@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,43 +25,14 @@ pub const API_PORT: u16 = 8080;
 /// How long a client may take to finish the TLS handshake or send its first request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// rustls's ring provider. ring has no post-quantum key exchange (rustls deprecates its
-/// default for that reason); aws-lc-rs has, but needs cmake and a C toolchain to build, and the
-/// endpoint only ever talks to kubectl on the same machine over loopback.
-#[allow(deprecated)]
-pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
-
-/// The first certificate of a PEM text.
-pub fn first_cert(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).context("read a PEM certificate")
-}
+pub use crate::tls::{crypto_provider, first_cert};
 
 /// The TLS settings of the endpoint: the lab's server certificate, client certificates
 /// verified against the lab's CA but not required (so that a request without one can be
 /// answered with a Kubernetes 401 instead of a failed handshake), HTTP/1.1 only (the API
 /// server behind it speaks HTTP/1.1).
 pub fn server_config(pki: &LabPki) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(crypto_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(first_cert(&pki.ca_cert)?)?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .context("client certificate verifier")?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes())
-        .context("read the endpoint's key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![first_cert(&pki.server_cert)?], key)
-        .context("the endpoint's certificate")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::tls::server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key)
 }
 
 /// Accept on `listener` forever, relaying each authenticated connection to `target` inside `ns`.

@@ -227,6 +227,8 @@ mod tests {
             ca_key: "CA KEY".into(),
             server_cert: "SERVER CERT".into(),
             server_key: "SERVER KEY".into(),
+            lab_server_cert: "LAB SERVER CERT".into(),
+            lab_server_key: "LAB SERVER KEY".into(),
             admin_cert: "ADMIN CERT".into(),
             admin_key: "ADMIN KEY".into(),
         }

@@ -2,6 +2,9 @@
 //! - `ca.crt`/`ca.key`: the lab's own certificate authority;
 //! - `apiserver.crt`/`.key`: the supervisor's HTTPS endpoint on 127.0.0.1 (the only way into
 //!   the lab's API from the machine), valid for `127.0.0.1` and `localhost`;
+//! - `apiserver-lab.crt`/`.key`: the API server's secure port inside the lab, valid for the
+//!   names and addresses pods use (`kubernetes.default.svc`, the `kubernetes` Service's
+//!   ClusterIP, the master's address);
 //! - `admin.crt`/`.key`: the client certificate in the lab's kubeconfig (`kubernetes-admin`
 //!   in `system:masters`, as kubeadm and kind name it). The endpoint serves only clients
 //!   whose certificate this CA signed.
@@ -27,6 +30,8 @@ pub struct LabPki {
     pub ca_key: String,
     pub server_cert: String,
     pub server_key: String,
+    pub lab_server_cert: String,
+    pub lab_server_key: String,
     pub admin_cert: String,
     pub admin_key: String,
 }
@@ -58,8 +63,36 @@ fn name(common: &str, organization: Option<&str>) -> DistinguishedName {
     dn
 }
 
-/// Make a fresh CA and the two certificates it signs.
-pub fn generate(lab: &LabName) -> anyhow::Result<LabPki> {
+/// What the in-lab serving certificate is valid for.
+#[derive(Debug, Clone, Default)]
+pub struct InLabNames {
+    pub ips: Vec<std::net::IpAddr>,
+    pub dns_names: Vec<String>,
+}
+
+impl InLabNames {
+    /// The names kubeadm puts in the API server's certificate: `kubernetes`,
+    /// `kubernetes.default`, `kubernetes.default.svc`, `kubernetes.default.svc.<domain>`, with the
+    /// Service's ClusterIP and the master's address.
+    pub fn of_cluster(
+        service_ip: std::net::Ipv4Addr,
+        master_ip: std::net::Ipv4Addr,
+        cluster_domain: &str,
+    ) -> InLabNames {
+        InLabNames {
+            ips: vec![service_ip.into(), master_ip.into()],
+            dns_names: vec![
+                "kubernetes".into(),
+                "kubernetes.default".into(),
+                "kubernetes.default.svc".into(),
+                format!("kubernetes.default.svc.{cluster_domain}"),
+            ],
+        }
+    }
+}
+
+/// Make a fresh CA and the three certificates it signs.
+pub fn generate(lab: &LabName, in_lab: &InLabNames) -> anyhow::Result<LabPki> {
     let mut ca = CertificateParams::default();
     ca.distinguished_name = name(&format!("kemu-{lab}-ca"), None);
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -90,6 +123,20 @@ pub fn generate(lab: &LabName) -> anyhow::Result<LabPki> {
         .signed_by(&server_key, &issuer)
         .context("sign the API endpoint's certificate")?;
 
+    let mut lab_server = CertificateParams::new(in_lab.dns_names.clone())?;
+    for ip in &in_lab.ips {
+        lab_server.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    lab_server.distinguished_name = name("kube-apiserver", None);
+    lab_server.key_usages = server.key_usages.clone();
+    lab_server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    lab_server.use_authority_key_identifier_extension = true;
+    validity(&mut lab_server);
+    let lab_server_key = KeyPair::generate()?;
+    let lab_server_cert = lab_server
+        .signed_by(&lab_server_key, &issuer)
+        .context("sign the API server's in-lab certificate")?;
+
     let mut admin = CertificateParams::default();
     admin.distinguished_name = name(ADMIN_USER, Some(ADMIN_GROUP));
     admin.key_usages = vec![
@@ -109,31 +156,41 @@ pub fn generate(lab: &LabName) -> anyhow::Result<LabPki> {
         ca_key: ca_key_pem,
         server_cert: server_cert.pem(),
         server_key: server_key.serialize_pem(),
+        lab_server_cert: lab_server_cert.pem(),
+        lab_server_key: lab_server_key.serialize_pem(),
         admin_cert: admin_cert.pem(),
         admin_key: admin_key.serialize_pem(),
     })
 }
 
+/// The in-lab serving certificate's files under `<lab>/pki/`.
+pub const LAB_SERVER_CERT: &str = "apiserver-lab.crt";
+pub const LAB_SERVER_KEY: &str = "apiserver-lab.key";
+
 /// The files, with the mode each is written with.
-fn files(dir: &LabDir) -> [(PathBuf, u32); 6] {
+fn files(dir: &LabDir) -> [(PathBuf, u32); 8] {
     let pki = dir.pki();
     [
         (pki.join("ca.crt"), 0o644),
         (pki.join("ca.key"), 0o600),
         (pki.join("apiserver.crt"), 0o644),
         (pki.join("apiserver.key"), 0o600),
+        (pki.join(LAB_SERVER_CERT), 0o644),
+        (pki.join(LAB_SERVER_KEY), 0o600),
         (pki.join("admin.crt"), 0o644),
         (pki.join("admin.key"), 0o600),
     ]
 }
 
 impl LabPki {
-    fn texts(&self) -> [&str; 6] {
+    fn texts(&self) -> [&str; 8] {
         [
             &self.ca_cert,
             &self.ca_key,
             &self.server_cert,
             &self.server_key,
+            &self.lab_server_cert,
+            &self.lab_server_key,
             &self.admin_cert,
             &self.admin_key,
         ]
@@ -161,8 +218,10 @@ impl LabPki {
             ca_key: read(1)?,
             server_cert: read(2)?,
             server_key: read(3)?,
-            admin_cert: read(4)?,
-            admin_key: read(5)?,
+            lab_server_cert: read(4)?,
+            lab_server_key: read(5)?,
+            admin_cert: read(6)?,
+            admin_key: read(7)?,
         })
     }
 }
@@ -173,7 +232,7 @@ mod tests {
 
     #[test]
     fn the_lab_ca_signs_a_server_and_a_client_certificate() {
-        let pki = generate(&LabName::parse("seed").unwrap()).unwrap();
+        let pki = generate(&LabName::parse("seed").unwrap(), &InLabNames::default()).unwrap();
         for pem in [&pki.ca_cert, &pki.server_cert, &pki.admin_cert] {
             assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
         }
@@ -201,7 +260,7 @@ mod tests {
             .verify_client_cert(&admin, &[], rustls::pki_types::UnixTime::now())
             .unwrap();
         // A certificate of another lab's CA is refused.
-        let other = generate(&LabName::parse("other").unwrap()).unwrap();
+        let other = generate(&LabName::parse("other").unwrap(), &InLabNames::default()).unwrap();
         let stranger = super::super::forward::first_cert(&other.admin_cert).unwrap();
         assert!(
             verifier

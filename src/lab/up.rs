@@ -120,7 +120,12 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
         record.save(&dir).context("write lab.json")?;
         drop(lock);
         let pki = if with_agents {
-            let pki = super::pki::generate(&topo.name)?;
+            let in_lab = super::pki::InLabNames::of_cluster(
+                topo.kubernetes_service_ip(),
+                topo.master().ip,
+                &topo.dns.cluster_domain,
+            );
+            let pki = super::pki::generate(&topo.name, &in_lab)?;
             pki.save(&dir)?;
             Some(pki)
         } else {

@@ -36,6 +36,8 @@ impl Server {
                 listen,
                 "--service-cluster-ip-range",
                 "192.168.3.0/24",
+                // No controller manager makes `default` service accounts here (as in envtest).
+                "--disable-admission-plugins=ServiceAccount",
             ])
             .args([
                 "--seed",

@@ -64,6 +64,16 @@ impl User {
         }
     }
 
+    /// A request without credentials on the secure port.
+    pub fn anonymous() -> User {
+        User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+            extra: BTreeMap::new(),
+        }
+    }
+
     pub fn service_account(namespace: &str, name: &str, uid: &str) -> User {
         User {
             name: format!("system:serviceaccount:{namespace}:{name}"),
@@ -112,17 +122,31 @@ fn unauthorized() -> ApiError {
     ApiError::unauthorized()
 }
 
-/// The user a request comes from.
-pub fn identify(registry: &Registry, tokens: &Tokens, headers: &HeaderMap) -> ApiResult<User> {
+/// The user a request comes from. `peer` is what the secure port's TLS layer knows (`None`: the
+/// plain port, where a request without credentials is the admin's, as behind the lab's front).
+/// As kube-apiserver's union of authenticators: a client certificate first, then a bearer
+/// token (a bad one is 401), else anonymous.
+pub fn identify(
+    registry: &Registry,
+    tokens: &Tokens,
+    headers: &HeaderMap,
+    peer: Option<&super::secure::Peer>,
+) -> ApiResult<User> {
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let user = match auth.strip_prefix("Bearer ").map(str::trim) {
-        None | Some("") => User::admin(),
-        Some(token) => registry
+    let token = auth
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let user = match (peer.and_then(|p| p.certificate_user.clone()), token) {
+        (Some(user), _) => user,
+        (None, Some(token)) => registry
             .txn(|txn| Ok(authenticate_token(tokens, txn, token, &tokens.audiences)))?
             .map_err(|_| unauthorized())?,
+        (None, None) if peer.is_some() => User::anonymous(),
+        (None, None) => User::admin(),
     };
     impersonate(user, headers)
 }

@@ -177,12 +177,34 @@ fn apply_mount(step: &MountStep, sources: &mut Vec<(PathBuf, OwnedFd)>) -> Resul
             read_only,
         } => {
             let tree = taken(sources, source)?;
-            if !Path::new(target).is_dir() {
+            // A volume's `subPath` may name a file: its mount point is a file too.
+            let is_dir = nix::sys::stat::fstat(&tree)
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(true);
+            if is_dir && !Path::new(target).is_dir() {
                 ctx(
                     std::fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o755)
                         .create(target),
+                    || format!("create the mount point {target}"),
+                )?;
+            } else if !is_dir && !Path::new(target).exists() {
+                if let Some(parent) = Path::new(target).parent() {
+                    ctx(
+                        std::fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o755)
+                            .create(parent),
+                        || format!("create the mount point's directory for {target}"),
+                    )?;
+                }
+                ctx(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(target),
                     || format!("create the mount point {target}"),
                 )?;
             }

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(iproute2 iptables nftables ethtool conntrack curl iputils-ping netcat-openbsd iperf3 tcpdump procps util-linux ca-certificates
           docker-registry apache2-utils  # these two: tests/images_registry.rs
           bind9-dnsutils                 # dig and nslookup: tests/dns.rs
-          docker.io busybox-static)      # the Docker runtime and its test image (tests/runtime_docker.rs)
+          docker.io busybox-static       # the Docker runtime and its test image (tests/runtime_docker.rs)
+          python3 python3-venv)          # the Python client in a pod (tests/incluster.rs)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -36,7 +37,22 @@ deps() {
     echo "cargo is missing: install Rust (https://rustup.rs) and run this again" >&2
     exit 1
   fi
+  python_client
   start_dockerd
+}
+
+# The official Python client (`kubernetes` on PyPI) in a virtual environment of the system
+# Python, where pods (which see the host's files) can run it: tests/incluster.rs uses its
+# in-cluster configuration from inside a pod.
+PYTHON_CLIENT=/var/lib/kemu-ci/python
+python_client() {
+  if [ -x "$PYTHON_CLIENT/bin/python" ] && "$PYTHON_CLIENT/bin/python" -c "import kubernetes" 2>/dev/null; then
+    return 0
+  fi
+  echo "installing the Python client into $PYTHON_CLIENT"
+  mkdir -p "$(dirname "$PYTHON_CLIENT")"
+  /usr/bin/python3 -m venv "$PYTHON_CLIENT"
+  "$PYTHON_CLIENT/bin/pip" install -q "kubernetes>=30"
 }
 
 # The Docker engine for the Docker runtime, unless one answers already. Without its bridge

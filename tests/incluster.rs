@@ -15,6 +15,8 @@ const SEED: &str = "topologies/seed.yaml";
 const LONG: Duration = Duration::from_secs(60);
 const TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const KUBECTL_133: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+/// The Python client's virtual environment, made by `ci/bootstrap.sh`.
+const PYTHON: &str = "/var/lib/kemu-ci/python/bin/python";
 
 const APP: &str = r#"apiVersion: v1
 kind: ConfigMap
@@ -216,4 +218,21 @@ fn pods_see_their_config_secrets_and_a_token_that_works_over_https() {
     );
     assert!(ok, "{whoami}");
     assert_eq!(whoami, "system:serviceaccount:default:default");
+
+    // The Python client's in-cluster configuration.
+    assert!(
+        std::path::Path::new(PYTHON).exists(),
+        "{PYTHON} is missing: run ci/bootstrap.sh deps (it installs the Python client)"
+    );
+    let (ok, names) = exec(
+        &lab,
+        "cfg",
+        &format!(
+            "{PYTHON} -c 'from kubernetes import client, config; \
+             config.load_incluster_config(); \
+             print(sorted(p.metadata.name for p in client.CoreV1Api().list_namespaced_pod(\"default\").items))'"
+        ),
+    );
+    assert!(ok, "{names}");
+    assert_eq!(names.trim(), "['cfg', 'lacking']");
 }

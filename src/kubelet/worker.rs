@@ -410,6 +410,7 @@ impl Worker {
                     pod,
                     &objects,
                     self.ctx.pod_ids.as_ref(),
+                    &self.ctx.lab_dir.root,
                 )
                 .await;
                 self.objects = objects;

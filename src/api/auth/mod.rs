@@ -136,9 +136,12 @@ pub fn identify(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    // The scheme is case-insensitive, as kube-apiserver reads it: the Python client sends
+    // `bearer <token>`.
     let token = auth
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty());
     let user = match (peer.and_then(|p| p.certificate_user.clone()), token) {
         (Some(user), _) => user,

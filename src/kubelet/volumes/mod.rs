@@ -5,8 +5,9 @@
 //!   cluster CA and the namespace: every pod's `kube-api-access-*`): files computed by
 //!   [`content`] and written by [`writer`] the way the kubelet's AtomicWriter does, rewritten
 //!   when the objects change and tokens renewed at 80% of their lifetime;
-//! - `hostPath` (with its `type` checks) and `persistentVolumeClaim` of a bound PV whose
-//!   `hostPath` or `local` path is a directory of this machine.
+//! - `persistentVolumeClaim` of a bound PV whose `hostPath` or `local` path is a directory of
+//!   the lab (what the local-path provisioner makes). A pod's own `hostPath` volumes are
+//!   refused before this (see `admission`), and a PV cannot smuggle one in.
 //!
 //! ConfigMaps and Secrets are read from watch caches ([`Sources`]), falling back to a GET for
 //! an object the cache has not seen yet.
@@ -253,6 +254,7 @@ pub async fn set_up(
     pod: &Pod,
     objects: &Objects,
     pod_ids: Option<&IdRange>,
+    lab_root: &Path,
 ) -> Result<PodVolumes, String> {
     // Files belong to the container's root, and to the pod's fsGroup when it has one.
     let file_owner = pod_ids.and_then(|ids| {
@@ -297,14 +299,9 @@ pub async fn set_up(
                     .map_err(|e| failed(e.to_string()))?;
             }
             (dir, false)
-        } else if let Some(host) = &volume.host_path {
-            (
-                host_path(&host.path, host.type_.as_deref()).map_err(failed)?,
-                false,
-            )
         } else if let Some(claim) = &volume.persistent_volume_claim {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let dir = claimed_dir(client, &ns, &claim.claim_name)
+            let dir = claimed_dir(client, &ns, &claim.claim_name, lab_root)
                 .await
                 .map_err(failed)?;
             (dir, claim.read_only.unwrap_or(false))
@@ -317,50 +314,14 @@ pub async fn set_up(
     Ok(out)
 }
 
-/// A `hostPath` volume's directory or file, checked against its `type` as the kubelet does.
-fn host_path(path: &str, kind: Option<&str>) -> Result<PathBuf, String> {
-    let p = PathBuf::from(path);
-    let meta = std::fs::metadata(&p);
-    let is = |check: fn(&std::fs::Metadata) -> bool| meta.as_ref().is_ok_and(check);
-    use std::os::unix::fs::FileTypeExt;
-    match kind.unwrap_or("") {
-        "" => {}
-        "DirectoryOrCreate" if meta.is_err() => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .create(&p)
-                .map_err(|e| format!("mkdir {path}: {e}"))?;
-        }
-        "DirectoryOrCreate" | "Directory" if is(|m| m.is_dir()) => {}
-        "Directory" => {
-            return Err(format!(
-                "hostPath type check failed: {path} is not a directory"
-            ));
-        }
-        "FileOrCreate" if meta.is_err() => {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&p)
-                .map_err(|e| format!("create {path}: {e}"))?;
-        }
-        "FileOrCreate" | "File" if is(|m| m.is_file()) => {}
-        "File" => return Err(format!("hostPath type check failed: {path} is not a file")),
-        "Socket" if is(|m| m.file_type().is_socket()) => {}
-        "CharDevice" if is(|m| m.file_type().is_char_device()) => {}
-        "BlockDevice" if is(|m| m.file_type().is_block_device()) => {}
-        other => {
-            return Err(format!(
-                "hostPath type check failed: {path} is not a {}",
-                other.to_lowercase()
-            ));
-        }
-    }
-    Ok(p)
-}
-
-/// The directory of the PV bound to a claim.
-async fn claimed_dir(client: &kube::Client, ns: &str, claim: &str) -> Result<PathBuf, String> {
+/// The directory of the PV bound to a claim, which must lie inside `allowed` (the lab's
+/// directory).
+async fn claimed_dir(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+    allowed: &Path,
+) -> Result<PathBuf, String> {
     let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .get_opt(claim)
         .await
@@ -385,10 +346,14 @@ async fn claimed_dir(client: &kube::Client, ns: &str, claim: &str) -> Result<Pat
         .map(|h| h.path)
         .or(spec.local.map(|l| l.path))
         .ok_or_else(|| format!("persistentvolume \"{pv_name}\" has no hostPath or local path"))?;
-    let dir = PathBuf::from(&path);
-    if !dir.exists() {
+    let dir = std::fs::canonicalize(&path)
+        .map_err(|e| format!("persistentvolume \"{pv_name}\": {path}: {e}"))?;
+    let allowed = std::fs::canonicalize(allowed).map_err(|e| e.to_string())?;
+    if !dir.starts_with(&allowed) || dir == allowed {
         return Err(format!(
-            "persistentvolume \"{pv_name}\": {path} does not exist"
+            "persistentvolume \"{pv_name}\": {path} is outside the lab's directory {}; \
+             pods mount only volumes the lab provisioned",
+            allowed.display()
         ));
     }
     Ok(dir)

@@ -26,6 +26,7 @@ pub mod plan;
 pub mod proxy;
 pub mod reach;
 pub mod runtime;
+pub mod scenario;
 pub mod scheduler;
 pub mod tls;
 pub mod topology;

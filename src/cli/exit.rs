@@ -15,7 +15,7 @@ pub const CONVENTION: &[(u8, &str)] = &[
     (OK, "done"),
     (
         FAILED,
-        "failed, or an expectation not met (`reach --expect`: the matrix differs)",
+        "failed, or an expectation not met (`reach --expect`: the matrix differs; `run`: a step of the scenario)",
     ),
     (
         USAGE,

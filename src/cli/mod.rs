@@ -30,6 +30,7 @@ mod progress;
 pub mod proxy;
 mod reach;
 mod repair;
+mod run;
 mod scheduler;
 mod schema;
 mod snapshot;
@@ -77,6 +78,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Crash or restart one agent of a host.
     Agent(agent::AgentArgs),
+    /// Run a scenario file: a lab, manifests and steps with expectations.
+    Run(run::RunArgs),
     /// Print an N-host topology file.
     Generate(generate::GenerateArgs),
     /// Draw a lab (a file or a running lab): segments, router, hosts, overlay, pods.
@@ -164,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::FaultEngine(args) => link::run_engine(args),
         Command::Generate(args) => generate::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::Run(args) => run::run(args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::Schema(args) => schema::run(args),

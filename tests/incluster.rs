@@ -99,6 +99,24 @@ fn pods_see_their_config_secrets_and_a_token_that_works_over_https() {
             .then_some(())
     });
 
+    // A namespace and a pod in it, in one apply: the pod waits for the namespace's account as
+    // kube-apiserver's admission waits for it.
+    lab.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: fresh}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: fresh}\nspec:\n  containers: [{name: c, image: kemu/pause, command: [sleep, infinity]}]\n",
+    );
+    assert_eq!(
+        lab.kubectl_ok(&[
+            "get",
+            "pod",
+            "p",
+            "-n",
+            "fresh",
+            "-o",
+            "jsonpath={.spec.serviceAccountName}"
+        ]),
+        "default"
+    );
+
     // A missing account forbids the pod, with kube-apiserver's words.
     let out = lab.kubectl(&[
         "run",

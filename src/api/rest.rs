@@ -119,6 +119,9 @@ async fn route(api: Arc<Api>, req: Request) -> ApiResult<Response> {
         }
         (&Method::POST, None, None) => {
             let obj = body::object(req).await?;
+            if t.id == id::PODS && api.config.service_account_admission {
+                wait_for_default_account(&api, &t, &obj).await;
+            }
             create(&api, &t, obj, &q, fmt)
         }
         (&Method::POST, Some(_), Some(Subresource::Binding)) => {
@@ -524,6 +527,26 @@ fn check_namespace(txn: &Txn<'_>, t: &Target, name: &str) -> ApiResult<()> {
 /// status, and a new object starts with an empty (or initial) status.
 fn resets_status(rt: usize) -> bool {
     rt != id::NODES && RESOURCES[rt].has(Subresource::Status)
+}
+
+/// A pod of a namespace made a moment ago may come before the controller made its `default`
+/// account: as kube-apiserver's ServiceAccount plugin, look again for up to ten times 100-200 ms
+/// before the admission refuses the pod. Other accounts are looked up once.
+async fn wait_for_default_account(api: &Api, t: &Target, pod: &Value) {
+    if super::admission::account_name(pod) != "default" {
+        return;
+    }
+    for _ in 0..10 {
+        if api
+            .registry
+            .get(id::SERVICE_ACCOUNTS, t.ns(), "default")
+            .is_some()
+        {
+            return;
+        }
+        let pause = 100 + rand::random::<u64>() % 100;
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
 }
 
 fn create(api: &Api, t: &Target, mut body: Value, q: &Query, fmt: Format) -> ApiResult<Response> {

@@ -1,5 +1,6 @@
-//! `kemu controller-manager`: replication, deployments, endpoints, node lifecycle and garbage
-//! collection (started on the master by the supervisor).
+//! `kemu controller-manager`: replication, deployments, endpoints, node lifecycle, garbage
+//! collection, jobs, cron jobs, daemon sets, stateful sets, volumes and namespaces (started on
+//! the master by the supervisor).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct ControllerManagerArgs {
     /// Seed for generated names (pod and EndpointSlice suffixes).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Directory under which the local-path provisioner (`kemu.io/local-path`) makes the
+    /// directories of the volumes it provisions; without it nothing is provisioned.
+    #[arg(long)]
+    pub local_path_root: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
@@ -49,6 +54,7 @@ pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
             unhealthy_zone_threshold: args.unhealthy_zone_threshold,
         },
         seed: args.seed,
+        local_path_root: args.local_path_root,
     };
     crate::client::agent_runtime()?.block_on(crate::controllers::run(cfg))?;
     Ok(ExitCode::SUCCESS)

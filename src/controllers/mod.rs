@@ -10,30 +10,48 @@
 //! - [`nodelifecycle`]: heartbeats, NotReady/Unknown conditions, taints, rate-limited and
 //!   zone-aware pod eviction.
 //! - [`gc`]: the garbage collector (dangling owners, `orphan` and `foregroundDeletion`).
+//! - [`job`]: Jobs run pods to completion (parallelism, back-off, deadlines, TTL, indexes).
+//! - [`cronjob`]: CronJobs create Jobs on their schedule.
+//! - [`daemon`]: DaemonSets keep one pod on every eligible node.
+//! - [`statefulset`]: StatefulSets keep ordinal pods and their claims.
+//! - [`volume`]: binds PersistentVolumeClaims and provisions local-path volumes.
+//! - [`namespace`]: a namespace being deleted is emptied, then finalized.
 //!
 //! Every controller is driven by watch events: a change queues the keys it affects and a sync
 //! works from the caches, so an idle cluster costs nothing. The caches hold typed objects of the
 //! kinds the controllers read (pods, nodes, leases, services, endpoints, endpoint slices,
-//! replication controllers, replica sets, deployments).
+//! replication controllers, replica sets, deployments, jobs, cron jobs, daemon sets, stateful
+//! sets, claims, volumes, storage classes, namespaces).
 
+pub mod cronjob;
+pub mod daemon;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
 pub mod informer;
+pub mod job;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replication;
+pub mod statefulset;
 pub mod util;
+pub mod volume;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use either::Either;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::Api;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -54,6 +72,9 @@ pub struct Config {
     pub eviction_rates: nodelifecycle::zones::Rates,
     /// Seed for generated names (pod and EndpointSlice suffixes).
     pub seed: Option<u64>,
+    /// Where the local-path provisioner makes the directories of the volumes it provisions
+    /// (under the lab's state directory); `None` provisions nothing.
+    pub local_path_root: Option<std::path::PathBuf>,
 }
 
 /// What every controller shares: the client, the informers and the name generator.
@@ -68,6 +89,14 @@ pub struct Shared {
     pub rcs: Informer<ReplicationController>,
     pub rss: Informer<ReplicaSet>,
     pub deployments: Informer<Deployment>,
+    pub jobs: Informer<Job>,
+    pub cronjobs: Informer<CronJob>,
+    pub daemonsets: Informer<DaemonSet>,
+    pub statefulsets: Informer<StatefulSet>,
+    pub pvcs: Informer<PersistentVolumeClaim>,
+    pub pvs: Informer<PersistentVolume>,
+    pub storageclasses: Informer<StorageClass>,
+    pub namespaces: Informer<Namespace>,
     rng: Mutex<ChaCha8Rng>,
     synced: tokio::sync::watch::Sender<bool>,
 }
@@ -86,6 +115,14 @@ impl Shared {
             rcs: Informer::new(),
             rss: Informer::new(),
             deployments: Informer::new(),
+            jobs: Informer::new(),
+            cronjobs: Informer::new(),
+            daemonsets: Informer::new(),
+            statefulsets: Informer::new(),
+            pvcs: Informer::new(),
+            pvs: Informer::new(),
+            storageclasses: Informer::new(),
+            namespaces: Informer::new(),
             rng: Mutex::new(match seed {
                 Some(seed) => ChaCha8Rng::seed_from_u64(seed),
                 None => ChaCha8Rng::from_os_rng(),
@@ -128,6 +165,14 @@ impl Shared {
         self.rcs.start(Api::all(c.clone()));
         self.rss.start(Api::all(c.clone()));
         self.deployments.start(Api::all(c.clone()));
+        self.jobs.start(Api::all(c.clone()));
+        self.cronjobs.start(Api::all(c.clone()));
+        self.daemonsets.start(Api::all(c.clone()));
+        self.statefulsets.start(Api::all(c.clone()));
+        self.pvcs.start(Api::all(c.clone()));
+        self.pvs.start(Api::all(c.clone()));
+        self.storageclasses.start(Api::all(c.clone()));
+        self.namespaces.start(Api::all(c.clone()));
     }
 
     async fn wait_ready(&self) {
@@ -145,6 +190,14 @@ impl Shared {
         self.rcs.wait_ready().await;
         self.rss.wait_ready().await;
         self.deployments.wait_ready().await;
+        self.jobs.wait_ready().await;
+        self.cronjobs.wait_ready().await;
+        self.daemonsets.wait_ready().await;
+        self.statefulsets.wait_ready().await;
+        self.pvcs.wait_ready().await;
+        self.pvs.wait_ready().await;
+        self.storageclasses.wait_ready().await;
+        self.namespaces.wait_ready().await;
     }
 }
 
@@ -168,6 +221,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
         )),
         tokio::spawn(gc::run(shared.clone())),
+        tokio::spawn(job::run(shared.clone())),
+        tokio::spawn(cronjob::run(shared.clone())),
+        tokio::spawn(daemon::run(shared.clone())),
+        tokio::spawn(statefulset::run(shared.clone())),
+        tokio::spawn(volume::run(shared.clone(), cfg.local_path_root.clone())),
+        tokio::spawn(namespace::run(shared.clone())),
     ];
     shared.start();
     shared.wait_ready().await;

@@ -3,7 +3,8 @@
 //! once, then checked in turn — Jobs (completions and parallelism, an Indexed Job, a failing
 //! Job that backs off and hits its backoffLimit, `kubectl wait --for=condition=complete`), a
 //! StatefulSet scaling up in order with its claims bound to provisioned local-path volumes and
-//! down from the top, a DaemonSet with one pod per node that follows a NoExecute taint, a
+//! down from the top, a DaemonSet with one pod per node, rolled out, undone (its
+//! ControllerRevisions) and following a NoExecute taint, a
 //! namespace whose deletion empties and removes it, and last a CronJob `* * * * *` (the one
 //! wait of up to a minute, overlapped with all of the above) and `kubectl create job --from`.
 
@@ -401,6 +402,47 @@ fn daemon_set(lab: &Lab) {
                 .then_some(())
         })
     };
+    status(3);
+    // A rolling update, its history, and the undo that brings the first template back.
+    let hashes = || -> BTreeSet<String> {
+        items(lab, &["pods", "-l", "app=agent"])
+            .iter()
+            .map(|p| s(&p["metadata"]["labels"]["controller-revision-hash"]))
+            .collect()
+    };
+    let first = hashes();
+    assert_eq!(first.len(), 1, "{first:?}");
+    lab.kubectl_ok(&["set", "env", "ds/agent", "ROUND=2"]);
+    lab.kubectl_ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    wait_for("every daemon pod updated", LONG, || {
+        let h = hashes();
+        (h.len() == 1 && h != first && on_nodes() == all).then_some(())
+    });
+    let history = lab.kubectl_ok(&["rollout", "history", "ds/agent"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    lab.kubectl_ok(&["rollout", "undo", "ds/agent"]);
+    wait_for("the first template back on every node", LONG, || {
+        (hashes() == first && on_nodes() == all).then_some(())
+    });
+    assert_eq!(
+        lab.jsonpath("ds/agent", "{.spec.template.spec.containers[0].env}"),
+        ""
+    );
+    let owned = items(lab, &["controllerrevisions", "-l", "app=agent"]);
+    let numbers: BTreeSet<i64> = owned
+        .iter()
+        .filter_map(|r| r["revision"].as_i64())
+        .collect();
+    assert_eq!(
+        numbers,
+        BTreeSet::from([2, 3]),
+        "the first template is revision 3 now"
+    );
     status(3);
     let pod = items(lab, &["pods", "-l", "app=agent"]).remove(0);
     let tolerations = pod["spec"]["tolerations"].to_string();

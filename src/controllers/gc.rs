@@ -11,8 +11,8 @@
 //!   until no dependent with `blockOwnerDeletion` remains.
 //!
 //! Covered kinds, as owners and dependents: Pods, ReplicationControllers, ReplicaSets,
-//! Deployments, Services, EndpointSlices, Jobs, CronJobs, DaemonSets, StatefulSets and
-//! PersistentVolumeClaims (in one namespace, as owner references require).
+//! Deployments, Services, EndpointSlices, Jobs, CronJobs, DaemonSets, StatefulSets,
+//! PersistentVolumeClaims and ControllerRevisions (in one namespace, as owner references require).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -46,10 +46,11 @@ pub enum Kind {
     DaemonSet,
     StatefulSet,
     PersistentVolumeClaim,
+    ControllerRevision,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Pod,
         Kind::ReplicationController,
         Kind::ReplicaSet,
@@ -61,6 +62,7 @@ impl Kind {
         Kind::DaemonSet,
         Kind::StatefulSet,
         Kind::PersistentVolumeClaim,
+        Kind::ControllerRevision,
     ];
 
     /// (group, version, kind, plural)
@@ -81,6 +83,7 @@ impl Kind {
             Kind::PersistentVolumeClaim => {
                 ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims")
             }
+            Kind::ControllerRevision => ("apps", "v1", "ControllerRevision", "controllerrevisions"),
         }
     }
 
@@ -104,7 +107,10 @@ impl Kind {
     fn owns_things(self) -> bool {
         !matches!(
             self,
-            Kind::Pod | Kind::EndpointSlice | Kind::PersistentVolumeClaim
+            Kind::Pod
+                | Kind::EndpointSlice
+                | Kind::PersistentVolumeClaim
+                | Kind::ControllerRevision
         )
     }
 
@@ -232,6 +238,10 @@ macro_rules! with_informer {
             }
             Kind::PersistentVolumeClaim => {
                 let $inf = &$shared.pvcs;
+                $body
+            }
+            Kind::ControllerRevision => {
+                let $inf = &$shared.revisions;
                 $body
             }
         }

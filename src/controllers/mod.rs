@@ -13,6 +13,7 @@
 //! - [`job`]: Jobs run pods to completion (parallelism, back-off, deadlines, TTL, indexes).
 //! - [`cronjob`]: CronJobs create Jobs on their schedule.
 //! - [`daemon`]: DaemonSets keep one pod on every eligible node.
+//! - [`history`]: the ControllerRevisions of DaemonSets and StatefulSets.
 //! - [`statefulset`]: StatefulSets keep ordinal pods and their claims.
 //! - [`volume`]: binds PersistentVolumeClaims and provisions local-path volumes.
 //! - [`namespace`]: a namespace being deleted is emptied, then finalized.
@@ -21,7 +22,7 @@
 //! works from the caches, so an idle cluster costs nothing. The caches hold typed objects of the
 //! kinds the controllers read (pods, nodes, leases, services, endpoints, endpoint slices,
 //! replication controllers, replica sets, deployments, jobs, cron jobs, daemon sets, stateful
-//! sets, claims, volumes, storage classes, namespaces).
+//! sets, controller revisions, claims, volumes, storage classes, namespaces).
 
 pub mod cronjob;
 pub mod daemon;
@@ -29,6 +30,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod informer;
 pub mod job;
 pub mod namespace;
@@ -43,7 +45,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use either::Either;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -93,6 +97,7 @@ pub struct Shared {
     pub cronjobs: Informer<CronJob>,
     pub daemonsets: Informer<DaemonSet>,
     pub statefulsets: Informer<StatefulSet>,
+    pub revisions: Informer<ControllerRevision>,
     pub pvcs: Informer<PersistentVolumeClaim>,
     pub pvs: Informer<PersistentVolume>,
     pub storageclasses: Informer<StorageClass>,
@@ -119,6 +124,7 @@ impl Shared {
             cronjobs: Informer::new(),
             daemonsets: Informer::new(),
             statefulsets: Informer::new(),
+            revisions: Informer::new(),
             pvcs: Informer::new(),
             pvs: Informer::new(),
             storageclasses: Informer::new(),
@@ -169,6 +175,7 @@ impl Shared {
         self.cronjobs.start(Api::all(c.clone()));
         self.daemonsets.start(Api::all(c.clone()));
         self.statefulsets.start(Api::all(c.clone()));
+        self.revisions.start(Api::all(c.clone()));
         self.pvcs.start(Api::all(c.clone()));
         self.pvs.start(Api::all(c.clone()));
         self.storageclasses.start(Api::all(c.clone()));
@@ -194,6 +201,7 @@ impl Shared {
         self.cronjobs.wait_ready().await;
         self.daemonsets.wait_ready().await;
         self.statefulsets.wait_ready().await;
+        self.revisions.wait_ready().await;
         self.pvcs.wait_ready().await;
         self.pvs.wait_ready().await;
         self.storageclasses.wait_ready().await;

@@ -6,8 +6,8 @@
 //! (`controller-revision-hash`, kube's `ComputeHash` of the template) and `pod-template-generation`.
 //! The pure decisions are in [`plan`].
 //!
-//! Revisions are the hash label only: kemu serves no ControllerRevision objects, so
-//! `kubectl rollout history/undo daemonset` have nothing to show.
+//! Each template is also kept as a ControllerRevision `<ds>-<hash>` ([`super::history`]), so
+//! `kubectl rollout history/undo daemonset` work.
 
 pub mod plan;
 
@@ -155,6 +155,31 @@ impl Controller {
             .filter(|p| util::controller_uid(&p.metadata).as_deref() == Some(uid.as_str()))
             .collect();
         let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+        let mut labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        labels.insert(plan::REVISION_HASH.into(), hash.clone());
+        let in_use: Vec<String> = refs
+            .iter()
+            .filter_map(|p| p.metadata.labels.as_ref()?.get(plan::REVISION_HASH))
+            .map(|h| format!("{}-{h}", key.name))
+            .collect();
+        super::history::sync(
+            &self.shared,
+            &controller_reference("apps/v1", "DaemonSet", ds.meta()),
+            &key.namespace,
+            &format!("{}-{hash}", key.name),
+            &template,
+            labels,
+            ds.spec
+                .as_ref()
+                .and_then(|s| s.revision_history_limit)
+                .unwrap_or(10),
+            &in_use,
+        )
+        .await?;
         let now = jiff::Timestamp::now();
         let plan = plan::plan(&ds, &node_refs, &refs, &hash, now);
 

@@ -6,9 +6,10 @@
 //! gives a condemned pod's claims to the pod, so the garbage collector removes them after it).
 //! The pure decisions are in [`plan`].
 //!
-//! Revisions are `<set>-<hash of the template>` (kube's `ComputeHash`), as pod label and in
-//! the status; kemu serves no ControllerRevision objects, so a pod below the partition that is
-//! deleted comes back with the current template, not the previous one.
+//! Revisions are ControllerRevisions `<set>-<hash of the template>` ([`super::history`]; the
+//! hash is kube's `ComputeHash` of the template, where kube hashes the revision's data), named
+//! by the pods' `controller-revision-hash` label and the status; a pod below the partition that
+//! is made again gets the current revision's template.
 
 pub mod plan;
 
@@ -117,10 +118,69 @@ async fn sync(shared: &Shared, recorder: &Recorder, key: &Key) -> anyhow::Result
         .iter()
         .map(|c| c.name_any())
         .collect();
+    let owner = controller_reference("apps/v1", "StatefulSet", set.meta());
+    let spec = set.spec.clone().unwrap_or_default();
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(
+        plan::REVISION_HASH.into(),
+        revision
+            .trim_start_matches(&format!("{}-", key.name))
+            .to_string(),
+    );
+    let in_use: Vec<String> = refs
+        .iter()
+        .filter_map(|p| {
+            p.metadata
+                .labels
+                .as_ref()?
+                .get(plan::REVISION_HASH)
+                .cloned()
+        })
+        .chain(set.status.as_ref().and_then(|s| s.current_revision.clone()))
+        .collect();
+    super::history::sync(
+        shared,
+        &owner,
+        &key.namespace,
+        &revision,
+        &template,
+        labels,
+        spec.revision_history_limit.unwrap_or(10),
+        &in_use,
+    )
+    .await?;
+    // Pods below the partition are made from the current revision while an update waits.
+    let current = set
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.clone())
+        .filter(|c| *c != revision)
+        .and_then(|c| {
+            let rev = shared
+                .revisions
+                .get(&Key::new(key.namespace.clone(), c.clone()))?;
+            let mut old = (*set).clone();
+            old.spec.as_mut()?.template = super::history::template_of(&rev)?;
+            Some((c, old))
+        });
+    let partition = spec
+        .update_strategy
+        .as_ref()
+        .filter(|u| u.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate")
+        .map(|u| {
+            u.rolling_update
+                .as_ref()
+                .and_then(|r| r.partition)
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
     let now = jiff::Timestamp::now();
     let plan = plan::plan(&set, &refs, &claims, &revision, now);
 
-    let owner = controller_reference("apps/v1", "StatefulSet", set.meta());
     let set_ref = reference(set.as_ref());
     let pods_api: Api<Pod> = Api::namespaced(shared.client.clone(), &key.namespace);
     let claims_api: Api<PersistentVolumeClaim> =
@@ -133,7 +193,12 @@ async fn sync(shared: &Shared, recorder: &Recorder, key: &Key) -> anyhow::Result
                 match create_claims(&claims_api, &set, *ord, &owner, &claims).await {
                     Err(e) => Err(e),
                     Ok(()) => {
-                        let pod = plan::pod_for(&set, *ord, &revision, owner.clone());
+                        let pod = match &current {
+                            Some((name, old)) if *ord < partition => {
+                                plan::pod_for(old, *ord, name, owner.clone())
+                            }
+                            _ => plan::pod_for(&set, *ord, &revision, owner.clone()),
+                        };
                         let name = pod.name_any();
                         match pods_api.create(&PostParams::default(), &pod).await {
                             Ok(created) => {

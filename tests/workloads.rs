@@ -376,6 +376,29 @@ fn stateful_set(lab: &Lab) {
     });
     let claims = items(lab, &["pvc", "-l", "app=web"]);
     assert_eq!(claims.len(), 3, "claims are retained when scaled down");
+
+    // web-0 made again goes where its volume is (the scheduler reads the volume's affinity).
+    let before = get_json(lab, &["pod", "web-0"]);
+    lab.kubectl_ok(&["delete", "pod", "web-0"]);
+    let again = wait_for("web-0 made again", LONG, || {
+        let p = get_json(lab, &["pods", "-l", "app=web"])["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["metadata"]["name"] == "web-0")?
+            .clone();
+        (p["metadata"]["uid"] != before["metadata"]["uid"] && ready(&p)).then_some(p)
+    });
+    assert_eq!(again["spec"]["nodeName"], before["spec"]["nodeName"]);
+
+    // A deleted claim releases its volume, which (reclaim policy Delete) goes with its
+    // directory.
+    let pv = lab.jsonpath("pvc/data-web-2", "{.spec.volumeName}");
+    let dir = lab.jsonpath(&format!("pv/{pv}"), "{.spec.hostPath.path}");
+    lab.kubectl_ok(&["delete", "pvc", "data-web-2"]);
+    wait_for("the released volume reclaimed", LONG, || {
+        let out = lab.kubectl(&["get", "pv", &pv]);
+        (!out.status.success() && !std::path::Path::new(&dir).exists()).then_some(())
+    });
 }
 
 fn daemon_set(lab: &Lab) {

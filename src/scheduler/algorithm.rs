@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelector, NodeSelectorRequirement, Pod, PodSpec, Taint, Toleration,
+};
 
 /// Why a node cannot take a pod, as kube-scheduler words it (after "N node(s) ...").
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -14,6 +16,7 @@ pub enum Unfit {
     Selector,
     Taint(String, String),
     TooManyPods,
+    VolumeNodeAffinity,
 }
 
 impl std::fmt::Display for Unfit {
@@ -25,6 +28,7 @@ impl std::fmt::Display for Unfit {
                 write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
             }
             Unfit::TooManyPods => f.write_str("Too many pods"),
+            Unfit::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
         }
     }
 }
@@ -157,17 +161,33 @@ pub fn matches_node_selector_and_affinity(spec: &PodSpec, node: &Node) -> bool {
     {
         return false;
     }
-    let Some(required) = spec
+    match spec
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
-        })
-    else {
-        return true;
-    };
+        }) {
+        Some(required) => node_selector_matches(required, node),
+        None => true,
+    }
+}
+
+/// Whether the pod's bound volumes may be used on `node` (`VolumeBinding`'s check of each
+/// PersistentVolume's `nodeAffinity`); `volumes` are the required node selectors of the
+/// volumes bound to the pod's claims.
+pub fn fits_volumes(volumes: &[&NodeSelector], node: &Node) -> Result<(), Unfit> {
+    if volumes.iter().all(|sel| node_selector_matches(sel, node)) {
+        Ok(())
+    } else {
+        Err(Unfit::VolumeNodeAffinity)
+    }
+}
+
+/// A node selector (its terms ORed, each term's requirements ANDed) on a node.
+fn node_selector_matches(required: &NodeSelector, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
     let name = node.metadata.name.as_deref();
     required.node_selector_terms.iter().any(|term| {
         let exprs = term.match_expressions.as_deref().unwrap_or_default();
@@ -299,6 +319,13 @@ mod tests {
             fits(&with(serde_json::json!([{}])), &a, 0),
             Err(Unfit::Selector)
         );
+        // A local volume pinned to a's hostname.
+        let pinned: NodeSelector = serde_json::from_value(serde_json::json!({"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}]}))
+        .unwrap();
+        assert_eq!(fits_volumes(&[&pinned], &a), Ok(()));
+        assert_eq!(fits_volumes(&[&pinned], &b), Err(Unfit::VolumeNodeAffinity));
+        assert_eq!(fits_volumes(&[], &b), Ok(()));
     }
 
     #[test]

@@ -241,6 +241,13 @@ fn jobs(lab: &Lab) {
         ev.contains("SuccessfulCreate") && ev.contains("Completed"),
         "{ev}"
     );
+    // Deleting the Job (background cascade) takes its pods.
+    lab.kubectl_ok(&["delete", "job", "ok"]);
+    wait_for("the pods of job ok gone", LONG, || {
+        items(lab, &["pods", "-l", "batch.kubernetes.io/job-name=ok"])
+            .is_empty()
+            .then_some(())
+    });
 
     // Indexed: every index once, with its env variable and hostname.
     lab.kubectl_ok(&[
@@ -390,6 +397,19 @@ fn stateful_set(lab: &Lab) {
     });
     assert_eq!(again["spec"]["nodeName"], before["spec"]["nodeName"]);
 
+    // With `whenDeleted: Delete` the set owns its claims, and they go with it.
+    lab.kubectl_ok(&[
+        "patch",
+        "sts",
+        "web",
+        "-p",
+        r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Delete"}}}"#,
+    ]);
+    wait_for("data-web-0 owned by the set", LONG, || {
+        (lab.jsonpath("pvc/data-web-0", "{.metadata.ownerReferences[0].kind}") == "StatefulSet")
+            .then_some(())
+    });
+
     // A deleted claim releases its volume, which (reclaim policy Delete) goes with its
     // directory.
     let pv = lab.jsonpath("pvc/data-web-2", "{.spec.volumeName}");
@@ -399,6 +419,18 @@ fn stateful_set(lab: &Lab) {
         let out = lab.kubectl(&["get", "pv", &pv]);
         (!out.status.success() && !std::path::Path::new(&dir).exists()).then_some(())
     });
+    lab.kubectl_ok(&["delete", "sts", "web"]);
+    wait_for(
+        "the set's own claim gone with it, the other kept",
+        LONG,
+        || {
+            let left: BTreeSet<String> = items(lab, &["pvc", "-l", "app=web"])
+                .iter()
+                .map(|c| s(&c["metadata"]["name"]))
+                .collect();
+            (left == BTreeSet::from(["data-web-1".to_string()])).then_some(())
+        },
+    );
 }
 
 fn daemon_set(lab: &Lab) {

@@ -267,6 +267,12 @@ async fn sync(shared: &Shared, recorder: &Recorder, key: &Key) -> anyhow::Result
         }
     }
 
+    if failure.is_none()
+        && let Err(e) = reconcile_claim_owners(shared, &claims_api, &set, &owner).await
+    {
+        failure = Some(e);
+    }
+
     if set.status.as_ref() != Some(&plan.status) {
         let api: Api<StatefulSet> = Api::namespaced(shared.client.clone(), &key.namespace);
         let patch = serde_json::json!({ "status": plan.status });
@@ -290,6 +296,52 @@ async fn sync(shared: &Shared, recorder: &Recorder, key: &Key) -> anyhow::Result
     let waiting =
         plan.status.ready_replicas.unwrap_or(0) > plan.status.available_replicas.unwrap_or(0);
     Ok((min_ready > 0 && waiting).then(|| Duration::from_secs(min_ready as u64)))
+}
+
+/// Keep the claims of the set's replicas owned by the set exactly when `whenDeleted: Delete`
+/// (the policy may change after they were made), as kube's `updateClaimOwnerRefForSetAndPod`.
+async fn reconcile_claim_owners(
+    shared: &Shared,
+    api: &Api<PersistentVolumeClaim>,
+    set: &StatefulSet,
+    owner: &OwnerReference,
+) -> anyhow::Result<()> {
+    let want = plan::claims_go_with_set(set);
+    let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ns = set.namespace().unwrap_or_default();
+    for ord in 0..replicas {
+        for claim in plan::claims_for(set, ord, owner) {
+            let name = claim.name_any();
+            let Some(current) = shared.pvcs.get(&Key::new(ns.clone(), name.clone())) else {
+                continue;
+            };
+            let refs = current
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default();
+            let has = refs.iter().any(|r| r.uid == owner.uid);
+            if has == want {
+                continue;
+            }
+            let mut next: Vec<OwnerReference> =
+                refs.into_iter().filter(|r| r.uid != owner.uid).collect();
+            if want {
+                next.push(owner.clone());
+            }
+            let patch = serde_json::json!({"metadata": {"ownerReferences": next,
+                "resourceVersion": current.metadata.resource_version}});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => shared.pvcs.observe(updated),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => anyhow::bail!("owner of claim {name}: {e}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Create the claims of `ordinal` that do not exist yet.

@@ -492,6 +492,19 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> Plan {
         None => parallelism,
         Some(c) => parallelism.min((c - succeeded).max(0)),
     } as usize;
+    // `podReplacementPolicy: Failed`: a pod still terminating holds its place until it has
+    // failed (the default, TerminatingOrFailed, replaces it at once).
+    let replace_when_failed = spec.pod_replacement_policy.as_deref() == Some("Failed");
+    let occupying: Vec<&Pod> = pods
+        .iter()
+        .copied()
+        .filter(|p| {
+            util::is_active(p)
+                || (replace_when_failed
+                    && !util::is_terminated(p)
+                    && p.metadata.deletion_timestamp.is_some())
+        })
+        .collect();
     let mut create = Vec::new();
     let mut delete = Vec::new();
     if active.len() > wanted {
@@ -507,10 +520,10 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp) -> Plan {
             .iter()
             .map(|p| p.metadata.name.clone().unwrap_or_default())
             .collect();
-    } else if active.len() < wanted {
-        let n = wanted - active.len();
+    } else if occupying.len() < wanted {
+        let n = wanted - occupying.len();
         if indexed {
-            let running: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
+            let running: BTreeSet<i32> = occupying.iter().filter_map(|p| index_of(p)).collect();
             create = (0..completions.unwrap_or(0))
                 .filter(|i| !completed.contains(i) && !running.contains(i))
                 .take(n)
@@ -584,6 +597,11 @@ mod tests {
             v["metadata"]["annotations"] = json!({COMPLETION_INDEX: i.to_string()});
         }
         serde_json::from_value(v).unwrap()
+    }
+
+    fn terminating(mut p: Pod) -> Pod {
+        p.metadata.deletion_timestamp = Some(Time(now()));
+        p
     }
 
     /// A plan in a few words: conditions, counts, creations, deletions, requeue.
@@ -732,6 +750,25 @@ mod tests {
                 vec![
                     pod("a", "Running", 50, None, None),
                     pod("b", "Running", 5, None, None),
+                ],
+            ),
+            (
+                "a terminating pod is replaced at once",
+                job(json!({"parallelism": 2, "completions": 4}), started.clone()),
+                vec![
+                    pod("a", "Running", 5, None, None),
+                    terminating(pod("b", "Running", 5, None, None)),
+                ],
+            ),
+            (
+                "podReplacementPolicy Failed waits for it",
+                job(
+                    json!({"parallelism": 2, "completions": 4, "podReplacementPolicy": "Failed"}),
+                    started.clone(),
+                ),
+                vec![
+                    pod("a", "Running", 5, None, None),
+                    terminating(pod("b", "Running", 5, None, None)),
                 ],
             ),
             (

@@ -231,7 +231,8 @@ pub fn plan(
                 actions.push(Action::Delete(p.metadata.name.clone().unwrap_or_default()));
                 break;
             }
-            if !running_and_ready(p) {
+            // An unhealthy or terminating pod holds the update (`isHealthy`).
+            if !running_and_ready(p) || terminating(p) {
                 break;
             }
         }
@@ -457,6 +458,16 @@ mod tests {
                     pod("web-0", 'R', "web-1"),
                     pod("web-1", 'R', "web-1"),
                     pod("web-2", 'R', "web-2"),
+                ],
+                3,
+            ),
+            (
+                "parallel: the rolling update waits for the terminating pod",
+                set(parallel.clone()),
+                vec![
+                    pod("web-0", 'R', "web-1"),
+                    pod("web-1", 'R', "web-1"),
+                    pod("web-2", 'T', "web-1"),
                 ],
                 3,
             ),

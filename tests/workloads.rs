@@ -358,6 +358,12 @@ fn stateful_set(lab: &Lab) {
             &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
         assert_eq!(pinned["values"][0], node.as_str(), "{pv}");
     }
+    let ev = events_of(lab, "StatefulSet", "web");
+    assert!(
+        ev.contains("create Claim data-web-0 Pod web-0 in StatefulSet web success")
+            && ev.contains("create Pod web-2 in StatefulSet web successful"),
+        "{ev}"
+    );
     let st = get_json(lab, &["sts", "web"])["status"].clone();
     assert_eq!(
         (st["replicas"].as_i64(), st["readyReplicas"].as_i64()),

@@ -188,9 +188,11 @@ async fn sync(shared: &Shared, recorder: &Recorder, key: &Key) -> anyhow::Result
     let mut failure: Option<anyhow::Error> = None;
     for action in &plan.actions {
         let result = match action {
-            Action::Claims(ord) => create_claims(&claims_api, &set, *ord, &owner, &claims).await,
+            Action::Claims(ord) => {
+                create_claims(&claims_api, &set, *ord, &owner, &claims, recorder).await
+            }
             Action::Create(ord) => {
-                match create_claims(&claims_api, &set, *ord, &owner, &claims).await {
+                match create_claims(&claims_api, &set, *ord, &owner, &claims, recorder).await {
                     Err(e) => Err(e),
                     Ok(()) => {
                         let pod = match &current {
@@ -351,16 +353,32 @@ async fn create_claims(
     ordinal: i32,
     owner: &OwnerReference,
     existing: &[String],
+    recorder: &Recorder,
 ) -> anyhow::Result<()> {
+    let set_name = set.name_any();
+    let pod = format!("{set_name}-{ordinal}");
     for claim in plan::claims_for(set, ordinal, owner) {
         let name = claim.name_any();
         if existing.contains(&name) {
             continue;
         }
         match api.create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
+            Ok(_) => recorder.normal(
+                &reference(set),
+                "SuccessfulCreate",
+                format!("create Claim {name} Pod {pod} in StatefulSet {set_name} success"),
+            ),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => anyhow::bail!("create claim {name}: {e}"),
+            Err(e) => {
+                recorder.warning(
+                    &reference(set),
+                    "FailedCreate",
+                    format!(
+                        "create Claim {name} for Pod {pod} in StatefulSet {set_name} failed error: {e}"
+                    ),
+                );
+                anyhow::bail!("create claim {name}: {e}");
+            }
         }
     }
     Ok(())

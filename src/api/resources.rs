@@ -603,6 +603,22 @@ pub static RESOURCES: &[ResourceType] = &[
         stored: true,
     },
     ResourceType {
+        group: "apps",
+        version: "v1",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        kind: "ControllerRevision",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        fields: &[],
+        generation: false,
+        typed: round_trip::<apps::v1::ControllerRevision>,
+        hooks: Some(&kinds::apps::CONTROLLER_REVISION),
+        stored: true,
+    },
+    ResourceType {
         group: "authentication.k8s.io",
         version: "v1",
         plural: "tokenreviews",
@@ -731,12 +747,13 @@ pub mod id {
     pub const ROLE_BINDINGS: usize = 26;
     pub const CLUSTER_ROLES: usize = 27;
     pub const CLUSTER_ROLE_BINDINGS: usize = 28;
-    pub const TOKEN_REVIEWS: usize = 29;
-    pub const SELF_SUBJECT_REVIEWS: usize = 30;
-    pub const SELF_SUBJECT_ACCESS_REVIEWS: usize = 31;
-    pub const SELF_SUBJECT_RULES_REVIEWS: usize = 32;
-    pub const SUBJECT_ACCESS_REVIEWS: usize = 33;
-    pub const LOCAL_SUBJECT_ACCESS_REVIEWS: usize = 34;
+    pub const CONTROLLER_REVISIONS: usize = 29;
+    pub const TOKEN_REVIEWS: usize = 30;
+    pub const SELF_SUBJECT_REVIEWS: usize = 31;
+    pub const SELF_SUBJECT_ACCESS_REVIEWS: usize = 32;
+    pub const SELF_SUBJECT_RULES_REVIEWS: usize = 33;
+    pub const SUBJECT_ACCESS_REVIEWS: usize = 34;
+    pub const LOCAL_SUBJECT_ACCESS_REVIEWS: usize = 35;
 }
 
 impl ResourceType {
@@ -843,14 +860,9 @@ mod tests {
         );
         // Every kind declared in `kinds` has its hooks, and only those.
         for r in RESOURCES {
-            let declared = r.id() > id::LEASES && r.id() <= id::CLUSTER_ROLE_BINDINGS;
+            let declared = r.id() > id::LEASES && r.id() <= id::CONTROLLER_REVISIONS;
             assert_eq!(r.hooks.is_some(), declared, "{}", r.plural);
-            assert_eq!(
-                r.stored,
-                r.id() <= id::CLUSTER_ROLE_BINDINGS,
-                "{}",
-                r.plural
-            );
+            assert_eq!(r.stored, r.id() <= id::CONTROLLER_REVISIONS, "{}", r.plural);
         }
         assert_eq!(
             find("apps", "v1", "replicasets").unwrap().kind,

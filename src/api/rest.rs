@@ -649,6 +649,9 @@ fn create_in(
     {
         m.remove("status");
     }
+    if t.id == id::PERSISTENT_VOLUME_CLAIMS {
+        default_storage_class(txn, &mut obj);
+    }
     defaults::apply(t.id, &mut obj);
     defaults::initial_status(t.id, &mut obj);
     check_namespace(txn, t, &name)?;
@@ -692,6 +695,42 @@ fn create_in(
         a.commit(txn.alloc());
     }
     Ok((StatusCode::CREATED, stored.value()))
+}
+
+/// The DefaultStorageClass admission plugin: a claim that names no class gets the default
+/// one (the newest class annotated `storageclass.kubernetes.io/is-default-class: "true"`), if
+/// there is one. A claim with `storageClassName: ""` asks for no class and keeps it.
+fn default_storage_class(txn: &Txn<'_>, claim: &mut Value) {
+    if claim
+        .pointer("/spec/storageClassName")
+        .is_some_and(|v| !v.is_null())
+        || !str_at(
+            claim,
+            "/metadata/annotations/volume.beta.kubernetes.io~1storage-class",
+        )
+        .is_empty()
+    {
+        return;
+    }
+    let default = txn
+        .list(id::STORAGE_CLASSES, None)
+        .into_iter()
+        .map(|c| c.value())
+        .filter(|c| {
+            str_at(
+                c,
+                "/metadata/annotations/storageclass.kubernetes.io~1is-default-class",
+            ) == "true"
+        })
+        .max_by(|a, b| {
+            str_at(a, "/metadata/creationTimestamp")
+                .cmp(str_at(b, "/metadata/creationTimestamp"))
+                .then_with(|| str_at(b, "/metadata/name").cmp(str_at(a, "/metadata/name")))
+        });
+    if let Some(class) = default {
+        let name = str_at(&class, "/metadata/name").to_string();
+        ensure_map(claim, "spec").insert("storageClassName".into(), json!(name));
+    }
 }
 
 /// Turn a proposed full object into the next version of `current` and store it.

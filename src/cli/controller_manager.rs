@@ -1,5 +1,6 @@
-//! `kemu controller-manager`: replication, deployments, endpoints, node lifecycle and garbage
-//! collection (started on the master by the supervisor).
+//! `kemu controller-manager`: replication, deployments, endpoints, node lifecycle, garbage
+//! collection, jobs, cron jobs, daemon sets, stateful sets, volumes and namespaces (started on
+//! the master by the supervisor).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +39,10 @@ pub struct ControllerManagerArgs {
     /// PEM CA bundle published to every namespace as the ConfigMap `kube-root-ca.crt`.
     #[arg(long)]
     pub root_ca_file: Option<std::path::PathBuf>,
+    /// Directory under which the local-path provisioner (`kemu.io/local-path`) makes the
+    /// directories of the volumes it provisions; without it nothing is provisioned.
+    #[arg(long)]
+    pub local_path_root: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
@@ -59,6 +64,7 @@ pub fn run(args: ControllerManagerArgs) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         },
+        local_path_root: args.local_path_root,
     };
     crate::client::agent_runtime()?.block_on(crate::controllers::run(cfg))?;
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,8 @@
 //!   until no dependent with `blockOwnerDeletion` remains.
 //!
 //! Covered kinds, as owners and dependents: Pods, ReplicationControllers, ReplicaSets,
-//! Deployments, Services and EndpointSlices (in one namespace, as owner references require).
+//! Deployments, Services, EndpointSlices, Jobs, CronJobs, DaemonSets, StatefulSets,
+//! PersistentVolumeClaims and ControllerRevisions (in one namespace, as owner references require).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -40,16 +41,28 @@ pub enum Kind {
     Deployment,
     Service,
     EndpointSlice,
+    Job,
+    CronJob,
+    DaemonSet,
+    StatefulSet,
+    PersistentVolumeClaim,
+    ControllerRevision,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Pod,
         Kind::ReplicationController,
         Kind::ReplicaSet,
         Kind::Deployment,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Job,
+        Kind::CronJob,
+        Kind::DaemonSet,
+        Kind::StatefulSet,
+        Kind::PersistentVolumeClaim,
+        Kind::ControllerRevision,
     ];
 
     /// (group, version, kind, plural)
@@ -63,6 +76,14 @@ impl Kind {
             Kind::Deployment => ("apps", "v1", "Deployment", "deployments"),
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+            Kind::Job => ("batch", "v1", "Job", "jobs"),
+            Kind::CronJob => ("batch", "v1", "CronJob", "cronjobs"),
+            Kind::DaemonSet => ("apps", "v1", "DaemonSet", "daemonsets"),
+            Kind::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
+            Kind::PersistentVolumeClaim => {
+                ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+            }
+            Kind::ControllerRevision => ("apps", "v1", "ControllerRevision", "controllerrevisions"),
         }
     }
 
@@ -84,7 +105,13 @@ impl Kind {
 
     /// Whether objects of this kind own others (and so are deleted in foreground in turn).
     fn owns_things(self) -> bool {
-        !matches!(self, Kind::Pod | Kind::EndpointSlice)
+        !matches!(
+            self,
+            Kind::Pod
+                | Kind::EndpointSlice
+                | Kind::PersistentVolumeClaim
+                | Kind::ControllerRevision
+        )
     }
 
     fn resource(self) -> ApiResource {
@@ -191,6 +218,30 @@ macro_rules! with_informer {
             }
             Kind::EndpointSlice => {
                 let $inf = &$shared.slices;
+                $body
+            }
+            Kind::Job => {
+                let $inf = &$shared.jobs;
+                $body
+            }
+            Kind::CronJob => {
+                let $inf = &$shared.cronjobs;
+                $body
+            }
+            Kind::DaemonSet => {
+                let $inf = &$shared.daemonsets;
+                $body
+            }
+            Kind::StatefulSet => {
+                let $inf = &$shared.statefulsets;
+                $body
+            }
+            Kind::PersistentVolumeClaim => {
+                let $inf = &$shared.pvcs;
+                $body
+            }
+            Kind::ControllerRevision => {
+                let $inf = &$shared.revisions;
                 $body
             }
         }

@@ -11,31 +11,53 @@
 //!   zone-aware pod eviction.
 //! - [`gc`]: the garbage collector (dangling owners, `orphan` and `foregroundDeletion`).
 //! - [`serviceaccounts`]: every namespace's `default` ServiceAccount and `kube-root-ca.crt`.
+//! - [`job`]: Jobs run pods to completion (parallelism, back-off, deadlines, TTL, indexes).
+//! - [`cronjob`]: CronJobs create Jobs on their schedule.
+//! - [`daemon`]: DaemonSets keep one pod on every eligible node.
+//! - [`history`]: the ControllerRevisions of DaemonSets and StatefulSets.
+//! - [`statefulset`]: StatefulSets keep ordinal pods and their claims.
+//! - [`volume`]: binds PersistentVolumeClaims and provisions local-path volumes.
+//! - [`namespace`]: a namespace being deleted is emptied, then finalized.
 //!
 //! Every controller is driven by watch events: a change queues the keys it affects and a sync
 //! works from the caches, so an idle cluster costs nothing. The caches hold typed objects of the
 //! kinds the controllers read (pods, nodes, leases, services, endpoints, endpoint slices,
-//! replication controllers, replica sets, deployments).
+//! replication controllers, replica sets, deployments, jobs, cron jobs, daemon sets, stateful
+//! sets, controller revisions, claims, volumes, storage classes, namespaces).
 
+pub mod cronjob;
+pub mod daemon;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod informer;
+pub mod job;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replication;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod util;
+pub mod volume;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use either::Either;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::Api;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -58,6 +80,9 @@ pub struct Config {
     pub seed: Option<u64>,
     /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt`.
     pub root_ca: Option<String>,
+    /// Where the local-path provisioner makes the directories of the volumes it provisions
+    /// (under the lab's state directory); `None` provisions nothing.
+    pub local_path_root: Option<std::path::PathBuf>,
 }
 
 /// What every controller shares: the client, the informers and the name generator.
@@ -72,6 +97,15 @@ pub struct Shared {
     pub rcs: Informer<ReplicationController>,
     pub rss: Informer<ReplicaSet>,
     pub deployments: Informer<Deployment>,
+    pub jobs: Informer<Job>,
+    pub cronjobs: Informer<CronJob>,
+    pub daemonsets: Informer<DaemonSet>,
+    pub statefulsets: Informer<StatefulSet>,
+    pub revisions: Informer<ControllerRevision>,
+    pub pvcs: Informer<PersistentVolumeClaim>,
+    pub pvs: Informer<PersistentVolume>,
+    pub storageclasses: Informer<StorageClass>,
+    pub namespaces: Informer<Namespace>,
     rng: Mutex<ChaCha8Rng>,
     synced: tokio::sync::watch::Sender<bool>,
 }
@@ -90,6 +124,15 @@ impl Shared {
             rcs: Informer::new(),
             rss: Informer::new(),
             deployments: Informer::new(),
+            jobs: Informer::new(),
+            cronjobs: Informer::new(),
+            daemonsets: Informer::new(),
+            statefulsets: Informer::new(),
+            revisions: Informer::new(),
+            pvcs: Informer::new(),
+            pvs: Informer::new(),
+            storageclasses: Informer::new(),
+            namespaces: Informer::new(),
             rng: Mutex::new(match seed {
                 Some(seed) => ChaCha8Rng::seed_from_u64(seed),
                 None => ChaCha8Rng::from_os_rng(),
@@ -132,6 +175,15 @@ impl Shared {
         self.rcs.start(Api::all(c.clone()));
         self.rss.start(Api::all(c.clone()));
         self.deployments.start(Api::all(c.clone()));
+        self.jobs.start(Api::all(c.clone()));
+        self.cronjobs.start(Api::all(c.clone()));
+        self.daemonsets.start(Api::all(c.clone()));
+        self.statefulsets.start(Api::all(c.clone()));
+        self.revisions.start(Api::all(c.clone()));
+        self.pvcs.start(Api::all(c.clone()));
+        self.pvs.start(Api::all(c.clone()));
+        self.storageclasses.start(Api::all(c.clone()));
+        self.namespaces.start(Api::all(c.clone()));
     }
 
     async fn wait_ready(&self) {
@@ -149,6 +201,15 @@ impl Shared {
         self.rcs.wait_ready().await;
         self.rss.wait_ready().await;
         self.deployments.wait_ready().await;
+        self.jobs.wait_ready().await;
+        self.cronjobs.wait_ready().await;
+        self.daemonsets.wait_ready().await;
+        self.statefulsets.wait_ready().await;
+        self.revisions.wait_ready().await;
+        self.pvcs.wait_ready().await;
+        self.pvs.wait_ready().await;
+        self.storageclasses.wait_ready().await;
+        self.namespaces.wait_ready().await;
     }
 }
 
@@ -176,6 +237,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             shared.client.clone(),
             cfg.root_ca.clone(),
         )),
+        tokio::spawn(job::run(shared.clone())),
+        tokio::spawn(cronjob::run(shared.clone())),
+        tokio::spawn(daemon::run(shared.clone())),
+        tokio::spawn(statefulset::run(shared.clone())),
+        tokio::spawn(volume::run(shared.clone(), cfg.local_path_root.clone())),
+        tokio::spawn(namespace::run(shared.clone())),
     ];
     shared.start();
     shared.wait_ready().await;

@@ -1,7 +1,8 @@
 //! The cluster add-ons `kemu up` installs once the API server answers, as kubeadm's addon phase
-//! does: today the cluster DNS (the `kube-dns` Service at the tenth service address and the
-//! `coredns` Deployment in `kube-system`, with kubeadm's names, labels, ports and probes). They
-//! are created once; a user may change or delete them like any object.
+//! does: the cluster DNS (the `kube-dns` Service at the tenth service address and the
+//! `coredns` Deployment in `kube-system`, with kubeadm's names, labels, ports and probes), and
+//! the default StorageClass `standard` of kemu's local-path provisioner (as kind installs
+//! its own). They are created once; a user may change or delete them like any object.
 
 use std::time::Duration;
 
@@ -72,9 +73,34 @@ pub fn objects(topo: &Topology) -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// The default StorageClass: volumes of kemu's local-path provisioner, made when the first pod
+/// using a claim is on a node.
+pub fn storage_objects() -> Vec<(&'static str, Value)> {
+    vec![(
+        "/apis/storage.k8s.io/v1/storageclasses",
+        json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "standard",
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": crate::controllers::volume::plan::PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer"
+        }),
+    )]
+}
+
 /// Create the add-ons of `topo` (those that exist already are left as they are).
 pub fn install(api: &LabApi, topo: &Topology) -> anyhow::Result<()> {
-    for (path, object) in objects(topo) {
+    create(api, objects(topo))
+}
+
+/// Create the default StorageClass (left as it is if it exists).
+pub fn install_storage(api: &LabApi) -> anyhow::Result<()> {
+    create(api, storage_objects())
+}
+
+fn create(api: &LabApi, objects: Vec<(&'static str, Value)>) -> anyhow::Result<()> {
+    for (path, object) in objects {
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()

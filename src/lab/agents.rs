@@ -141,6 +141,11 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
         ),
         format!("--root-ca-file={}", dir.pki().join("ca.crt").display()),
     ];
+    // Provisioned volumes live in the lab's state directory and go with it.
+    controllers.push(format!(
+        "--local-path-root={}",
+        dir.root.join("volumes").display()
+    ));
     controllers.extend(seed.iter().cloned());
     specs.push(kemu(master, "controller-manager", controllers));
     for host in topo.minions() {

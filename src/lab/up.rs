@@ -186,6 +186,7 @@ pub fn up(topo: &Topology, opts: &UpOptions) -> anyhow::Result<UpReport> {
                         super::progress::phase("installing the cluster DNS");
                         super::addons::install(&api, topo)?;
                     }
+                    super::addons::install_storage(&api)?;
                 }
             }
             Some(pid)

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelector, NodeSelectorRequirement, Pod, PodSpec, Taint, Toleration,
+};
 
 /// Why a node cannot take a pod, as kube-scheduler words it (after "N node(s) ...").
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -14,6 +16,7 @@ pub enum Unfit {
     Selector,
     Taint(String, String),
     TooManyPods,
+    VolumeNodeAffinity,
 }
 
 impl std::fmt::Display for Unfit {
@@ -25,6 +28,7 @@ impl std::fmt::Display for Unfit {
                 write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
             }
             Unfit::TooManyPods => f.write_str("Too many pods"),
+            Unfit::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
         }
     }
 }
@@ -108,11 +112,10 @@ pub fn fits(pod: &Pod, node: &Node, pods_on_node: usize) -> Result<(), Unfit> {
             ));
         }
     }
-    if let Some(selector) = spec.and_then(|s| s.node_selector.as_ref()) {
-        let labels = node.metadata.labels.clone().unwrap_or_default();
-        if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return Err(Unfit::Selector);
-        }
+    if let Some(spec) = spec
+        && !matches_node_selector_and_affinity(spec, node)
+    {
+        return Err(Unfit::Selector);
     }
     let capacity = node
         .status
@@ -125,6 +128,79 @@ pub fn fits(pod: &Pod, node: &Node, pods_on_node: usize) -> Result<(), Unfit> {
         return Err(Unfit::TooManyPods);
     }
     Ok(())
+}
+
+/// Whether one node selector requirement holds for a value (`None`: the key is absent).
+fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let number = |s: &str| s.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => match (
+            value.and_then(number),
+            values.first().and_then(|x| number(x)),
+        ) {
+            (Some(v), Some(bound)) if r.operator == "Gt" => v > bound,
+            (Some(v), Some(bound)) => v < bound,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The pod's `nodeSelector` and required node affinity both hold on `node`
+/// (`NodeAffinity` filter: the terms are ORed, the requirements of a term ANDed; `matchFields`
+/// knows `metadata.name`).
+pub fn matches_node_selector_and_affinity(spec: &PodSpec, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    if let Some(selector) = &spec.node_selector
+        && selector.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
+    }
+    match spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }) {
+        Some(required) => node_selector_matches(required, node),
+        None => true,
+    }
+}
+
+/// Whether the pod's bound volumes may be used on `node` (`VolumeBinding`'s check of each
+/// PersistentVolume's `nodeAffinity`); `volumes` are the required node selectors of the
+/// volumes bound to the pod's claims.
+pub fn fits_volumes(volumes: &[&NodeSelector], node: &Node) -> Result<(), Unfit> {
+    if volumes.iter().all(|sel| node_selector_matches(sel, node)) {
+        Ok(())
+    } else {
+        Err(Unfit::VolumeNodeAffinity)
+    }
+}
+
+/// A node selector (its terms ORed, each term's requirements ANDed) on a node.
+fn node_selector_matches(required: &NodeSelector, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let name = node.metadata.name.as_deref();
+    required.node_selector_terms.iter().any(|term| {
+        let exprs = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        // A term without requirements matches nothing.
+        (!exprs.is_empty() || !fields.is_empty())
+            && exprs
+                .iter()
+                .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
+            && fields
+                .iter()
+                .all(|r| r.key == "metadata.name" && requirement_holds(r, name))
+    })
 }
 
 /// kube-scheduler's message when no node fits: the reasons counted and sorted.
@@ -214,6 +290,42 @@ mod tests {
             failed_message(3, &[Unfit::Selector, err, Unfit::Selector]),
             "0/3 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
         );
+    }
+
+    #[test]
+    fn required_node_affinity() {
+        let a = node(
+            "a",
+            serde_json::json!({"metadata": {"labels": {"zone": "z1", "cores": "8"}}}),
+        );
+        let b = node("b", serde_json::json!({}));
+        let with = |affinity: serde_json::Value| {
+            pod(serde_json::json!({"spec": {"affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": affinity}}}}}))
+        };
+        // A DaemonSet pod's term.
+        let daemon = with(serde_json::json!([{"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": ["b"]}]}]));
+        assert_eq!(fits(&daemon, &a, 0), Err(Unfit::Selector));
+        assert_eq!(fits(&daemon, &b, 0), Ok(()));
+        let zoned = with(serde_json::json!([
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["z1"]},
+                                  {"key": "cores", "operator": "Gt", "values": ["4"]}]},
+            {"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}],
+             "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["b"]}]}]));
+        assert_eq!(fits(&zoned, &a, 0), Ok(()));
+        assert_eq!(fits(&zoned, &b, 0), Err(Unfit::Selector));
+        assert_eq!(
+            fits(&with(serde_json::json!([{}])), &a, 0),
+            Err(Unfit::Selector)
+        );
+        // A local volume pinned to a's hostname.
+        let pinned: NodeSelector = serde_json::from_value(serde_json::json!({"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}]}))
+        .unwrap();
+        assert_eq!(fits_volumes(&[&pinned], &a), Ok(()));
+        assert_eq!(fits_volumes(&[&pinned], &b), Err(Unfit::VolumeNodeAffinity));
+        assert_eq!(fits_volumes(&[], &b), Ok(()));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! nodes, and for every pod without a node (and `schedulerName: default-scheduler`) picks a
 //! fitting node with `algorithm`, binds it (`POST pods/NAME/binding`) and records `Scheduled`;
 //! when nothing fits it sets `PodScheduled=False` (reason Unschedulable) and records
-//! `FailedScheduling`, then tries again when the nodes change.
+//! `FailedScheduling`, then tries again when the nodes change. A pod whose claims are bound to
+//! volumes with node affinity (local volumes) only goes where those volumes are.
 
 pub mod algorithm;
 
@@ -10,9 +11,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Node, NodeSelector, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use rand::{Rng, SeedableRng};
 
@@ -52,6 +56,27 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
     let mut node_events = reflector(node_writer, watcher(nodes, watcher::Config::default()))
         .default_backoff()
         .boxed();
+    // Claims and volumes, for the node affinity of the volumes a pod's claims are bound to.
+    let (claim_store, claim_writer) = reflector::store();
+    let (volume_store, volume_writer) = reflector::store();
+    let mut claim_events = reflector(
+        claim_writer,
+        watcher(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .boxed();
+    let mut volume_events = reflector(
+        volume_writer,
+        watcher(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .boxed();
     // The caches are usable once both watches have listed everything (awaiting the stores
     // here instead would stop the very streams that fill them).
     let (mut pods_listed, mut nodes_listed) = (false, false);
@@ -84,6 +109,12 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
+            e = claim_events.next() => if let Some(Err(e)) = e {
+                tracing::warn!("claim watch: {e}");
+            },
+            e = volume_events.next() => if let Some(Err(e)) = e {
+                tracing::warn!("volume watch: {e}");
+            },
             _ = tick.tick() => {}
         }
         if nodes_changed {
@@ -156,12 +187,16 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
                 continue;
             }
             let pod_owner = owner(pod);
+            let volumes = volume_affinities(pod, &claim_store, &volume_store);
+            let volume_refs: Vec<&NodeSelector> = volumes.iter().collect();
             let mut candidates = Vec::new();
             let mut unfit = Vec::new();
             for node in &node_list {
                 let name = node.metadata.name.clone().unwrap_or_default();
                 let count = on_node.get(&name).copied().unwrap_or(0);
-                match algorithm::fits(pod, node, count) {
+                let fit = algorithm::fits(pod, node, count)
+                    .and_then(|()| algorithm::fits_volumes(&volume_refs, node));
+                match fit {
                     Ok(()) => {
                         let own = pod_owner.as_ref().map_or(0, |o| {
                             owned.get(&(name.clone(), o.clone())).copied().unwrap_or(0)
@@ -214,6 +249,26 @@ pub async fn run(master: &str, seed: Option<u64>) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The required node affinity of every volume the pod's claims are bound to.
+fn volume_affinities(
+    pod: &Pod,
+    claims: &Store<PersistentVolumeClaim>,
+    volumes: &Store<PersistentVolume>,
+) -> Vec<NodeSelector> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .filter_map(|c| claims.get(&ObjectRef::new(&c.claim_name).within(&ns)))
+        .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
+        .filter_map(|v| volumes.get(&ObjectRef::new(&v)))
+        .filter_map(|v| v.spec.as_ref()?.node_affinity.as_ref()?.required.clone())
+        .collect()
 }
 
 async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! apps/v1 DaemonSet and StatefulSet.
+//! apps/v1 DaemonSet, StatefulSet and ControllerRevision.
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -332,9 +332,96 @@ pub static STATEFUL_SET: Hooks = Hooks {
     cells: stateful_set_cells,
 };
 
+// ----- ControllerRevision -----
+
+/// `ValidateControllerRevision` and its update rule: data is mandatory and immutable, the
+/// revision number is not negative.
+fn validate_controller_revision(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
+    if obj.get("data").is_none_or(Value::is_null) {
+        errs.push(FieldError::required("data", "data is mandatory"));
+    }
+    non_negative(obj, "/revision", "revision", errs);
+    if let Some(old) = old {
+        immutable("data", obj.get("data"), old.get("data"), errs);
+    }
+}
+
+/// `<kind>.<group>/<name>` of the controlling owner (`formatResourceName`), or `<none>`.
+fn controller_cell(obj: &Value) -> String {
+    arr(obj, "/metadata/ownerReferences")
+        .iter()
+        .find(|r| r.get("controller") == Some(&json!(true)))
+        .map(|r| {
+            let group = str_of(r, "apiVersion")
+                .unwrap_or_default()
+                .rsplit_once('/')
+                .map(|(g, _)| g.to_string())
+                .unwrap_or_default();
+            let kind = str_of(r, "kind").unwrap_or_default().to_lowercase();
+            let kind = if group.is_empty() {
+                kind
+            } else {
+                format!("{kind}.{group}")
+            };
+            format!("{kind}/{}", str_of(r, "name").unwrap_or_default())
+        })
+        .unwrap_or_else(|| "<none>".into())
+}
+
+fn controller_revision_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
+    vec![
+        name(obj),
+        json!(controller_cell(obj)),
+        json!(obj.get("revision").and_then(Value::as_i64).unwrap_or(0)),
+        age(obj, now),
+    ]
+}
+
+pub static CONTROLLER_REVISION: Hooks = Hooks {
+    defaults: super::nothing,
+    initial_status: super::nothing,
+    validate: validate_controller_revision,
+    columns: &[
+        NAME,
+        ("Controller", "string", "", 0, "Controller of the object"),
+        (
+            "Revision",
+            "number",
+            "",
+            0,
+            "Revision indicates the revision of the state represented by Data.",
+        ),
+        AGE,
+    ],
+    cells: controller_revision_cells,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controller_revisions_keep_their_data() {
+        let rev = json!({"metadata": {"name": "agent-5d8f", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u", "controller": true}]},
+            "data": {"spec": {"template": {"$patch": "replace"}}}, "revision": 2});
+        let mut errs = Vec::new();
+        validate_controller_revision(&rev, None, &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(controller_cell(&rev), "daemonset.apps/agent");
+        let mut changed = rev.clone();
+        changed["data"] = json!({});
+        changed["revision"] = json!(-1);
+        validate_controller_revision(&changed, Some(&rev), &mut errs);
+        let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errs,
+            [
+                "revision: Invalid value: -1: must be greater than or equal to 0",
+                "data: Invalid value: {}: field is immutable"
+            ]
+        );
+    }
 
     #[test]
     fn a_stateful_set_update_may_change_only_some_fields() {

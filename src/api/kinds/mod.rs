@@ -158,6 +158,13 @@ mod tests {
                 "selector": {"matchLabels": {"app": "other"}}, "template": pod_template}}),
             ),
             (
+                id::CONTROLLER_REVISIONS,
+                json!({"metadata": {"name": "agent-5d8f6c7b9", "creationTimestamp": created,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent",
+                        "uid": "00000000-0000-4000-8000-000000000002", "controller": true}]},
+                "data": {"spec": {"template": {"$patch": "replace", "spec": {"containers": []}}}}, "revision": 2}),
+            ),
+            (
                 id::STORAGE_CLASSES,
                 json!({"metadata": {"name": "local", "creationTimestamp": created,
                 "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "kemu.io/local"}),

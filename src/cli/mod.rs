@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 mod agent;
 pub mod apiserver;
 mod builtin_image;
+mod conntrack;
 mod container_exec;
 mod container_shim;
 mod controller_manager;
 mod docs;
 mod down;
+mod events;
 mod exec;
 pub mod exit;
 pub mod flanneld;
@@ -67,6 +69,10 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
     Exec(exec::ExecArgs),
+    /// A host's (or pod's) conntrack table, with the NAT of each entry (`--service`: one Service's).
+    Conntrack(conntrack::ConntrackArgs),
+    /// One time line of the lab: events, node conditions, endpoints, proxy syncs, faults.
+    Events(events::EventsArgs),
     /// Impair, cut or shrink a host's link (delay, loss, rate, MTU, ...); `--clear` undoes it.
     Link(link::LinkArgs),
     /// Cut hosts off from others, on the control plane, the data plane or both.
@@ -156,6 +162,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Conntrack(args) => conntrack::run(args),
+        Command::Events(args) => events::run(args),
         Command::Link(args) => link::run(args),
         Command::Partition(args) => partition::run(args),
         Command::Heal(args) => partition::heal(args),

@@ -575,3 +575,138 @@ fn reach_watch_shows_a_link_going_down() {
     let status = watch.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Start `kemu capture ARGS...` and wait until its sockets listen.
+fn start_capture(args: &[&str]) -> std::process::Child {
+    let mut child = kemu()
+        .arg("capture")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("capturing on"), "{line}");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
+/// The `if_name` of every Interface Description Block of a pcapng file.
+fn interface_names(file: &[u8]) -> Vec<String> {
+    kemu::observe::pcapng::blocks(file)
+        .expect("a well-formed pcapng file")
+        .iter()
+        .filter(|b| b.kind == 1)
+        .map(|b| {
+            // link type, reserved, snap length; then options: code, length, value.
+            let mut at = 8;
+            while at + 4 <= b.body.len() {
+                let code = u16::from_le_bytes([b.body[at], b.body[at + 1]]);
+                let len = u16::from_le_bytes([b.body[at + 2], b.body[at + 3]]) as usize;
+                if code == 2 {
+                    return String::from_utf8_lossy(&b.body[at + 4..at + 4 + len]).into_owned();
+                }
+                at += 4 + len.next_multiple_of(4);
+            }
+            panic!("an interface without a name")
+        })
+        .collect()
+}
+
+fn tcpdump(file: &str) -> String {
+    let out = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r", file])
+        .output()
+        .expect("tcpdump (Debian package tcpdump, in ci/bootstrap.sh)");
+    assert!(out.status.success(), "tcpdump -r {file}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn capture_holds_the_syn_to_the_service_and_the_dnated_one() {
+    let lab = lab_with_web("obp", &["--proxy-mode", "iptables"]);
+    let svc = lab.jsonpath("service/web", "{.spec.clusterIP}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.pcapng");
+    let file = file.to_str().unwrap();
+    let capture = start_capture(&[
+        &lab.name,
+        "pod/default/nginx",
+        A,
+        "-w",
+        file,
+        "--duration",
+        "3s",
+        "--port",
+        "80",
+        "--port",
+        "8080",
+        "--proto",
+        "tcp",
+    ]);
+    // nginx runs on node A: from it to the Service, DNATed by A to a web pod.
+    let out = kemu_out(&[
+        "exec",
+        &lab.name,
+        "pod/default/nginx",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        "--local-port",
+        "45123",
+        &format!("http://{svc}/hostname"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let served = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let backend = web_pods(&lab)
+        .into_iter()
+        .find(|(n, _, _)| *n == served)
+        .unwrap_or_else(|| panic!("{served} is not a web pod"));
+    let out = capture.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let names = interface_names(&std::fs::read(file).unwrap());
+    assert!(
+        names.contains(&"pod/default/nginx:eth0".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with(&format!("{A}:veth"))),
+        "{names:?}"
+    );
+    let dump = tcpdump(file);
+    let syn_to_service = format!("172.16.2.2.45123 > {svc}.80: Flags [S]");
+    let syn_to_pod = format!("172.16.2.2.45123 > {}.8080: Flags [S]", backend.1);
+    assert!(
+        dump.contains(&syn_to_service),
+        "no SYN to the Service:\n{dump}"
+    );
+    assert!(dump.contains(&syn_to_pod), "no DNATed SYN:\n{dump}");
+    // In time order: the SYN to the Service comes first.
+    let first = |needle: &str| dump.lines().position(|l| l.contains(needle)).unwrap();
+    assert!(first(&syn_to_service) < first(&syn_to_pod), "{dump}");
+
+    // To standard output, for `tcpdump -r -`, stopping after --count packets.
+    let capture = start_capture(&[&lab.name, A, "-w", "-", "--count", "5", "--proto", "icmp"]);
+    let ping = lab.exec("client", &["ping", "-c", "5", "-i", "0.2", A]);
+    assert!(ping.status.success(), "{}", text(&ping));
+    let out = capture.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let mut reader = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut reader.stdin.take().unwrap(), &out.stdout).unwrap();
+    let read = reader.wait_with_output().unwrap();
+    assert!(read.status.success(), "tcpdump -r -: {}", text(&read));
+    let dump = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert_eq!(dump.lines().count(), 5, "{dump}");
+    assert!(dump.lines().all(|l| l.contains("ICMP echo")), "{dump}");
+}

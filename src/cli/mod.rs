@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 pub mod apiserver;
 mod builtin_image;
+mod capture;
 mod conntrack;
 mod container_exec;
 mod container_shim;
@@ -69,6 +70,8 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
     Exec(exec::ExecArgs),
+    /// Capture packets at hosts, devices and pods into one pcapng file (`-w -`: stdout).
+    Capture(capture::CaptureArgs),
     /// A host's (or pod's) conntrack table, with the NAT of each entry (`--service`: one Service's).
     Conntrack(conntrack::ConntrackArgs),
     /// One time line of the lab: events, node conditions, endpoints, proxy syncs, faults.
@@ -162,6 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Capture(args) => capture::run(args),
         Command::Conntrack(args) => conntrack::run(args),
         Command::Events(args) => events::run(args),
         Command::Link(args) => link::run(args),

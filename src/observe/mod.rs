@@ -7,7 +7,9 @@
 //! - [`timeline`]: events of every source merged into one time line (pure);
 //! - [`pcapng`]: the capture file format (pure), and [`capture`] the AF_PACKET sockets.
 
+pub mod capture;
 pub mod conntrack;
+pub mod pcapng;
 pub mod pods;
 pub mod point;
 pub mod timeline;

@@ -119,7 +119,6 @@ impl Writer {
 }
 
 pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
-    let (_, record) = LabRecord::open(&args.lab)?;
     let protocol = match args.proto.as_deref() {
         None => None,
         Some("tcp") => Some(6),
@@ -136,10 +135,15 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         ports: args.ports.clone(),
         protocol,
     };
+    let parsed = args
+        .points
+        .iter()
+        .map(|p| Point::parse(p).map_err(super::exit::usage))
+        .collect::<anyhow::Result<Vec<Point>>>()?;
+    let (_, record) = LabRecord::open(&args.lab)?;
     let mut points = Vec::new();
     let mut api = None;
-    for text in &args.points {
-        let point = Point::parse(text).map_err(super::exit::usage)?;
+    for point in parsed {
         points.push(match point {
             Point::Host { host, dev } => {
                 let host = record.host(&host)?;

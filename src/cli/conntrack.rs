@@ -34,7 +34,6 @@ pub struct ConntrackArgs {
 }
 
 pub fn run(args: ConntrackArgs) -> anyhow::Result<ExitCode> {
-    let (_, record) = LabRecord::open(&args.lab)?;
     let point = Point::parse(&args.host).map_err(super::exit::usage)?;
     let service = args
         .service
@@ -49,6 +48,7 @@ pub fn run(args: ConntrackArgs) -> anyhow::Result<ExitCode> {
             ))),
         })
         .transpose()?;
+    let (_, record) = LabRecord::open(&args.lab)?;
     let needs_api = service.is_some() || matches!(point, Point::Pod { .. });
     let api = needs_api.then(|| LabApi::connect(&record)).transpose()?;
     let netns = match &point {

@@ -36,8 +36,8 @@ pub struct ExecArgs {
 }
 
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let (dir, record) = LabRecord::open(&args.lab)?;
     let point = Point::parse(&args.host).map_err(super::exit::usage)?;
+    let (dir, record) = LabRecord::open(&args.lab)?;
     let mut command = match point {
         Point::Pod { namespace, name } => pod_command(&dir, &record, &namespace, &name, &args)?,
         Point::Host { dev: Some(_), .. } => {

@@ -338,6 +338,9 @@ async fn delete_probes(client: kube::Client, names: &[String]) {
     }
 }
 
+/// The objects `reach` lists: nodes, services, pods.
+type Listed = (Vec<Node>, Vec<Service>, Vec<Pod>);
+
 /// The objects `reach` plans from: nodes, services, pods.
 type Objects<'a> = (&'a [Node], &'a [Service], &'a [Pod]);
 
@@ -427,7 +430,7 @@ fn watch(
     rt: &tokio::runtime::Runtime,
     client: &kube::Client,
     hosts: &[HostInfo],
-    list: &dyn Fn() -> anyhow::Result<(Vec<Node>, Vec<Service>, Vec<Pod>)>,
+    list: &dyn Fn() -> anyhow::Result<Listed>,
     pod_netns: &dyn Fn(&Pod) -> String,
     opts: &ProbeOptions,
     args: &ReachArgs,

@@ -62,6 +62,18 @@ fn every_command_follows_the_convention() {
         (&["conntrack", "nosuch", "h", "--service", "a/b/c"], 2),
         (&["capture", "nosuch", "h", "-w", "-", "--proto", "sctp"], 2),
         (&["capture", "nosuch", "h:", "-w", "-"], 2),
+        (&["trace", "nosuch", "--from", "h", "--to", "nowhere"], 2),
+        (
+            &[
+                "trace",
+                "nosuch",
+                "--from",
+                "h:eth0",
+                "--to",
+                "192.168.3.1:443",
+            ],
+            2,
+        ),
         (&["reach", "nosuch", "--watch", "--expect", missing], 2),
         (
             &["graph", "tests/fixtures/topologies/bad/03-bad-ip.yaml"],
@@ -81,6 +93,10 @@ fn every_command_follows_the_convention() {
         (&["reach", "nosuch"], 3),
         (&["conntrack", "nosuch", "h"], 3),
         (&["events", "nosuch"], 3),
+        (
+            &["trace", "nosuch", "--from", "h", "--to", "192.168.3.1:443"],
+            3,
+        ),
         (&["capture", "nosuch", "h", "-w", "-"], 3),
         (&["snapshot", "nosuch"], 3),
         (&["repair", "nosuch"], 3),

@@ -710,3 +710,83 @@ fn capture_holds_the_syn_to_the_service_and_the_dnated_one() {
     assert_eq!(dump.lines().count(), 5, "{dump}");
     assert!(dump.lines().all(|l| l.contains("ICMP echo")), "{dump}");
 }
+
+#[test]
+fn trace_follows_a_clusterip_probe_rule_by_rule_and_leaves_no_rules() {
+    let lab = lab_with_web("obt", &["--proxy-mode", "iptables"]);
+    lab.kubectl_ok(&["create", "service", "clusterip", "empty", "--tcp=80:80"]);
+    let svc = lab.jsonpath("service/web", "{.spec.clusterIP}");
+    let empty = lab.jsonpath("service/empty", "{.spec.clusterIP}");
+    let pod_ips: Vec<String> = web_pods(&lab).into_iter().map(|(_, ip, _)| ip).collect();
+    // Every proxy has the empty Service's REJECT rule before the trace starts.
+    for node in [MASTER, A, B] {
+        wait_for(
+            &format!("{node}'s rules for the empty Service"),
+            LONG,
+            || {
+                let rules =
+                    String::from_utf8(run_kemu(&["snapshot", &lab.name, node]).stdout).unwrap();
+                rules.contains(&empty).then_some(())
+            },
+        );
+    }
+    let before = String::from_utf8(run_kemu(&["snapshot", &lab.name]).stdout).unwrap();
+
+    let out = run_kemu(&[
+        "trace",
+        &lab.name,
+        "--from",
+        "pod/default/nginx",
+        "--to",
+        &format!("{svc}:80"),
+    ]);
+    let trace = String::from_utf8(out.stdout).unwrap();
+    // Node A (where nginx runs) DNATs through the Service's chains to one endpoint.
+    assert!(trace.contains(&format!("\nhost {A}\n")), "{trace}");
+    assert!(trace.contains("ip nat KUBE-SERVICES:"), "{trace}");
+    assert!(trace.contains("-> jump KUBE-SVC-"), "{trace}");
+    let sep = trace
+        .lines()
+        .find(|l| l.trim_start().starts_with("ip nat KUBE-SEP-") && l.contains("dnat to "))
+        .unwrap_or_else(|| panic!("no KUBE-SEP rule with a DNAT: {trace}"));
+    let endpoint = sep
+        .split("dnat to ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        pod_ips.iter().any(|ip| ip == endpoint),
+        "{endpoint} is not a web pod: {trace}"
+    );
+    assert!(
+        trace.contains(&format!("rewritten: dnat to {endpoint}:8080 on {A}")),
+        "{trace}"
+    );
+    assert!(
+        trace
+            .trim_end()
+            .ends_with("delivered: the probe was answered"),
+        "{trace}"
+    );
+
+    // A Service without endpoints: kube-proxy's REJECT drops the probe on the source host.
+    let out = run_kemu(&[
+        "trace",
+        &lab.name,
+        "--from",
+        B,
+        "--to",
+        &format!("{empty}:80"),
+    ]);
+    let trace = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        trace.contains(&format!("dropped on {B} in ip filter KUBE-SERVICES")),
+        "{trace}"
+    );
+
+    // The tracing tables are gone again: the rules are exactly as before.
+    let after = String::from_utf8(run_kemu(&["snapshot", &lab.name]).stdout).unwrap();
+    assert_eq!(before, after);
+}

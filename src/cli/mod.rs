@@ -37,6 +37,7 @@ mod scheduler;
 mod schema;
 mod snapshot;
 mod status;
+mod trace;
 mod up;
 
 /// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
@@ -72,6 +73,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Capture packets at hosts, devices and pods into one pcapng file (`-w -`: stdout).
     Capture(capture::CaptureArgs),
+    /// Follow one probe through every host's netfilter rules, chain by chain, rule by rule.
+    Trace(trace::TraceArgs),
     /// A host's (or pod's) conntrack table, with the NAT of each entry (`--service`: one Service's).
     Conntrack(conntrack::ConntrackArgs),
     /// One time line of the lab: events, node conditions, endpoints, proxy syncs, faults.
@@ -167,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(args),
         Command::Capture(args) => capture::run(args),
         Command::Conntrack(args) => conntrack::run(args),
+        Command::Trace(args) => trace::run(args),
         Command::Events(args) => events::run(args),
         Command::Link(args) => link::run(args),
         Command::Partition(args) => partition::run(args),

@@ -13,6 +13,7 @@ pub mod pcapng;
 pub mod pods;
 pub mod point;
 pub mod timeline;
+pub mod trace;
 
 use anyhow::Context;
 

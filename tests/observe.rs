@@ -47,15 +47,18 @@ fn kemu_out(args: &[&str]) -> std::process::Output {
     kemu().args(args).output().expect("run kemu")
 }
 
+/// (name, IP, node) of the web pods, in one read (pods come and go while scaling).
 fn web_pods(lab: &Lab) -> Vec<(String, String, String)> {
-    let names = lab.jsonpath("pods", "{.items[*].metadata.name}");
-    names
-        .split_whitespace()
-        .filter(|n| n.starts_with("web-"))
-        .map(|n| {
-            let ip = lab.jsonpath(&format!("pod/{n}"), "{.status.podIP}");
-            let node = lab.jsonpath(&format!("pod/{n}"), "{.spec.nodeName}");
-            (n.to_string(), ip, node)
+    let rows = lab.jsonpath(
+        "pods",
+        "{range .items[*]}{.metadata.name} {.status.podIP} {.spec.nodeName}{\"\\n\"}{end}",
+    );
+    rows.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, ip, node) = (w.next()?, w.next()?, w.next()?);
+            name.starts_with("web-")
+                .then(|| (name.to_string(), ip.to_string(), node.to_string()))
         })
         .collect()
 }
@@ -679,8 +682,9 @@ fn capture_holds_the_syn_to_the_service_and_the_dnated_one() {
         "{names:?}"
     );
     let dump = tcpdump(file);
-    let syn_to_service = format!("172.16.2.2.45123 > {svc}.80: Flags [S]");
-    let syn_to_pod = format!("172.16.2.2.45123 > {}.8080: Flags [S]", backend.1);
+    let nginx = lab.jsonpath("pod/nginx", "{.status.podIP}");
+    let syn_to_service = format!("{nginx}.45123 > {svc}.80: Flags [S]");
+    let syn_to_pod = format!("{nginx}.45123 > {}.8080: Flags [S]", backend.1);
     assert!(
         dump.contains(&syn_to_service),
         "no SYN to the Service:\n{dump}"

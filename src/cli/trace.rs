@@ -90,15 +90,19 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let (dir, record) = LabRecord::open(&args.lab)?;
-    let source_netns = match &from {
-        Point::Host { host, .. } => record.topology.host_namespace(record.host(host)?),
+    let (source_host, source_netns) = match &from {
+        Point::Host { host, .. } => {
+            let host = record.host(host)?;
+            (host.name.clone(), record.topology.host_namespace(host))
+        }
         Point::Pod { namespace, name } => {
             let api = LabApi::connect(&record)?;
             let pod = api
                 .rt
                 .block_on(Api::<Pod>::namespaced(api.client.clone(), namespace).get_opt(name))?
                 .ok_or_else(|| anyhow::anyhow!("pod {namespace}/{name} not found"))?;
-            pods::locate(&record, &pod)?.netns
+            let place = pods::locate(&record, &pod)?;
+            (place.host, place.netns)
         }
     };
     let hosts: Vec<(String, String)> = record
@@ -121,8 +125,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     for (i, (host, netns)) in hosts.iter().enumerate() {
         let ns = NetNs::open(netns)?;
         let mut child = ns.run(|| {
-            let mut cmd = Command::new("nft");
-            cmd.args(["monitor", "trace"])
+            // Line-buffered (nft's stdout to a pipe is block-buffered): each line arrives
+            // when the kernel reports it, which orders the hosts.
+            let mut cmd = Command::new("stdbuf");
+            cmd.args(["-oL", "nft", "monitor", "trace"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null());
             crate::lab::exec::in_host_cgroup(&dir, host, &mut cmd)
@@ -158,7 +164,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
     let mut lines: Vec<(usize, Instant, String)> = rx.into_iter().collect();
     lines.sort_by_key(|(_, at, _)| *at);
-    let mut order: Vec<usize> = Vec::new();
+    // The source's host first, then the others as their reports came.
+    let mut order: Vec<usize> = hosts
+        .iter()
+        .position(|(name, _)| *name == source_host)
+        .filter(|i| lines.iter().any(|(h, _, _)| h == i))
+        .into_iter()
+        .collect();
     for (i, _, _) in &lines {
         if !order.contains(i) {
             order.push(*i);
@@ -210,6 +222,7 @@ fn send_probe(
                 Proto::Tcp => {
                     let socket = tokio::net::TcpSocket::new_v4()?;
                     socket.set_reuseaddr(true)?;
+                    set_tos(std::os::fd::AsRawFd::as_raw_fd(&socket))?;
                     socket.bind(local)?;
                     match tokio::time::timeout(timeout, socket.connect(to)).await {
                         Ok(Ok(_stream)) => Ok(Ok(())),
@@ -219,6 +232,7 @@ fn send_probe(
                 }
                 Proto::Udp => {
                     let socket = tokio::net::UdpSocket::bind(local).await?;
+                    set_tos(std::os::fd::AsRawFd::as_raw_fd(&socket))?;
                     socket.send_to(b"hostname", to).await?;
                     let mut buf = [0u8; 2048];
                     match tokio::time::timeout(timeout, socket.recv_from(&mut buf)).await {
@@ -233,5 +247,25 @@ fn send_probe(
     match result {
         Ok(r) => r,
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Mark what the socket sends with the probe's DSCP (`IP_TOS`).
+fn set_tos(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    let tos: libc::c_int = (trace::PROBE_DSCP as libc::c_int) << 2;
+    // SAFETY: setsockopt with an int that lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_TOS,
+            (&tos as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

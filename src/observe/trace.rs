@@ -26,18 +26,33 @@ impl Proto {
     }
 }
 
-/// The `nft -f` script that traces the probe's first packet (a TCP SYN, or the datagram) from
-/// source port `sport`, before any other rule sees it.
+/// The DSCP the probe carries (an unassigned code point): it survives NAT, also a
+/// masquerade that picks a new source port, and stays on the inner packet of VXLAN.
+pub const PROBE_DSCP: u8 = 0x2d;
+
+/// The `nft -f` script that traces the probe's first packet (a TCP SYN, or the datagram),
+/// known by its source port `sport` or its DSCP, before any other rule sees it.
 pub fn trace_table(proto: Proto, sport: u16) -> String {
-    let matcher = match proto {
-        Proto::Tcp => format!("tcp sport {sport} tcp flags & (syn | ack) == syn"),
-        Proto::Udp => format!("udp sport {sport}"),
+    let (by_port, by_dscp) = match proto {
+        Proto::Tcp => (
+            format!("tcp sport {sport} tcp flags & (syn | ack) == syn"),
+            format!("ip dscp {PROBE_DSCP:#x} tcp flags & (syn | ack) == syn"),
+        ),
+        Proto::Udp => (
+            format!("udp sport {sport}"),
+            format!("ip dscp {PROBE_DSCP:#x} meta l4proto udp"),
+        ),
+    };
+    let chain = |name: &str, hook: &str| {
+        format!(
+            "\tchain {name} {{\n\t\ttype filter hook {hook} priority -350; policy accept;\n\
+             \t\t{by_port} meta nftrace set 1\n\t\t{by_dscp} meta nftrace set 1\n\t}}\n"
+        )
     };
     format!(
-        "table inet {TABLE} {{\n\
-         \tchain prerouting {{\n\t\ttype filter hook prerouting priority -350; policy accept;\n\t\t{matcher} meta nftrace set 1\n\t}}\n\
-         \tchain output {{\n\t\ttype filter hook output priority -350; policy accept;\n\t\t{matcher} meta nftrace set 1\n\t}}\n\
-         }}\n"
+        "table inet {TABLE} {{\n{}{}}}\n",
+        chain("prerouting", "prerouting"),
+        chain("output", "output")
     )
 }
 

@@ -1,7 +1,8 @@
 //! Seeing what happens in a live lab: `kemu exec` into pods by name, `kemu conntrack` after a
 //! real connection, `kemu events` with pod lifecycle, endpoints, proxy syncs and faults,
-//! `kemu reach` with counts, sizes, UDP and the client address, and `kemu capture`. Each
-//! command runs against real traffic; nothing is asserted on time. Needs root.
+//! `kemu reach` with counts, sizes, UDP and the client address, `kemu capture` read back by
+//! tcpdump, and `kemu trace` rule by rule (leaving the rules as they were). Each command runs
+//! against real traffic; nothing is asserted on time. Needs root.
 
 mod common;
 mod images_support;

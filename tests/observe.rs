@@ -330,6 +330,7 @@ fn events_show_one_time_line_of_lifecycle_endpoints_syncs_and_faults() {
 
     run_kemu(&["partition", &lab.name, B, "--plane", "data"]);
     run_kemu(&["heal", &lab.name]);
+    run_kemu(&["agent", "kill", &lab.name, A, "proxy"]);
     // An endpoint goes: the slice changes and every proxy syncs.
     lab.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
     wait_for("one web pod", LONG, || {
@@ -372,6 +373,13 @@ fn events_show_one_time_line_of_lifecycle_endpoints_syncs_and_faults() {
     .unwrap();
     let _ = follow.wait();
 
+    // The supervisor starts the killed proxy again after its back-off.
+    wait_for("the proxy's restart in the time line", LONG, || {
+        events(&lab)
+            .iter()
+            .any(|e| e["source"] == "agent" && e["object"] == format!("agent/{A}/proxy"))
+            .then_some(())
+    });
     let all = events(&lab);
     let times: Vec<&str> = all.iter().map(|e| e["time"].as_str().unwrap()).collect();
     let mut sorted = times.clone();
@@ -411,6 +419,18 @@ fn events_show_one_time_line_of_lifecycle_endpoints_syncs_and_faults() {
         );
     }
     assert!(has("event", "pod/default/nginx", "Started"), "{all:#?}");
+    assert!(
+        has("fault", "lab", &format!("agent {A}/proxy: killed")),
+        "{all:#?}"
+    );
+    assert!(
+        has(
+            "agent",
+            &format!("agent/{A}/proxy"),
+            "restarted (restart 1)"
+        ),
+        "{all:#?}"
+    );
     assert!(
         has("event", "replicaset/default/web-", "SuccessfulDelete"),
         "{all:#?}"

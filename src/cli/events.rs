@@ -49,9 +49,10 @@ impl Collector {
     /// Every event the sources hold now. A source that cannot be read (the API server of a
     /// partitioned or stopped master) is left out with a warning, the others still show.
     fn gather(&mut self, warn: &mut dyn FnMut(String)) -> Vec<Event> {
-        let mut parts = vec![timeline::from_faults(&crate::faults::history::read(
-            &self.dir,
-        ))];
+        let mut parts = vec![
+            timeline::from_faults(&crate::faults::history::read(&self.dir)),
+            timeline::from_agents(&crate::lab::supervisor::read_status(&self.dir)),
+        ];
         for host in self.record.topology.hosts.iter().filter(|h| h.is_minion()) {
             if let Some(status) = ProxyStatus::read(&self.dir.proxy_status_file(&host.name)) {
                 let syncs: Vec<_> = status.recent_syncs.into_iter().collect();

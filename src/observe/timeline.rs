@@ -6,7 +6,8 @@
 //!   change seen;
 //! - `proxy`: each node's rule syncs (from the proxy agent's status file);
 //! - `fault`: faults applied and removed, agents killed and restarted (the lab's fault
-//!   history, [`crate::faults::history`]).
+//!   history, [`crate::faults::history`]);
+//! - `agent`: the latest start of every agent the supervisor restarted (a crash, a kill).
 //!
 //! All pure: the command reads the objects and files and hands them here.
 
@@ -26,6 +27,7 @@ use crate::proxy::agent::control::SyncRecord;
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Fault,
+    Agent,
     Node,
     Event,
     Endpoints,
@@ -36,6 +38,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Fault => "fault",
+            Source::Agent => "agent",
             Source::Node => "node",
             Source::Event => "event",
             Source::Endpoints => "endpoints",
@@ -302,6 +305,28 @@ pub fn from_faults(history: &[FaultEvent]) -> Vec<Event> {
         .collect()
 }
 
+/// The current start of every agent that was restarted (by the supervisor, after a crash or
+/// a kill): when, how often, and how the previous run ended.
+pub fn from_agents(agents: &[crate::lab::supervisor::AgentStatus]) -> Vec<Event> {
+    agents
+        .iter()
+        .filter(|a| a.restarts > 0)
+        .filter_map(|a| {
+            let time = Timestamp::from_second(a.started? as i64).ok()?;
+            let mut message = format!("restarted (restart {})", a.restarts);
+            if let Some(exit) = &a.last_exit {
+                let _ = write!(message, ", previous run: {exit}");
+            }
+            Some(Event {
+                time,
+                source: Source::Agent,
+                object: format!("agent/{}/{}", a.host, a.name),
+                message,
+            })
+        })
+        .collect()
+}
+
 /// All events in time order (ties: by source, object, message), duplicates dropped.
 pub fn merge(parts: Vec<Vec<Event>>) -> Vec<Event> {
     let mut all: Vec<Event> = parts.into_iter().flatten().collect();
@@ -399,6 +424,14 @@ mod tests {
                 fault: "partition (control plane): 192.168.0.203 <-> 192.168.0.201".into(),
             },
         ];
+        let agents: Vec<crate::lab::supervisor::AgentStatus> = serde_json::from_value(json!([
+            {"host": "192.168.0.202", "name": "kubelet", "command": "kemu kubelet", "pid": 42,
+             "state": "running", "restarts": 1, "lastExit": "killed by signal 9",
+             "started": 1796464806},
+            {"host": "192.168.0.202", "name": "proxy", "command": "kemu proxy", "pid": 43,
+             "state": "running", "restarts": 0, "started": 1764928800}
+        ]))
+        .unwrap();
         let merged = merge(vec![
             from_kube_events(&events),
             from_nodes(&nodes),
@@ -406,6 +439,7 @@ mod tests {
             from_syncs("192.168.0.202", &syncs),
             from_faults(&faults),
             from_faults(&faults[..1]),
+            from_agents(&agents),
         ]);
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(render(&merged)));
     }

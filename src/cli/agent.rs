@@ -69,6 +69,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         AgentAction::Restart => Signal::SIGTERM,
     };
     kill(Pid::from_raw(process.pid), signal)?;
+    let verb = match args.action {
+        AgentAction::Kill => "killed",
+        AgentAction::Restart => "restarted",
+    };
+    crate::faults::history::append(
+        &dir,
+        &[(
+            crate::faults::history::Action::Done,
+            format!("agent {host}/{}: {verb}", agent.name),
+        )],
+    )?;
     match args.action {
         AgentAction::Kill => {
             println!(

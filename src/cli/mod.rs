@@ -7,11 +7,14 @@ use clap::{Parser, Subcommand};
 mod agent;
 pub mod apiserver;
 mod builtin_image;
+mod capture;
+mod conntrack;
 mod container_exec;
 mod container_shim;
 mod controller_manager;
 mod docs;
 mod down;
+mod events;
 mod exec;
 pub mod exit;
 pub mod flanneld;
@@ -35,6 +38,7 @@ mod scheduler;
 mod schema;
 mod snapshot;
 mod status;
+mod trace;
 mod up;
 
 /// kemu: a single-host, multi-node Kubernetes emulator on network namespaces.
@@ -68,6 +72,14 @@ pub enum Command {
     Repair(repair::RepairArgs),
     /// Run a command on an emulated host.
     Exec(exec::ExecArgs),
+    /// Capture packets at hosts, devices and pods into one pcapng file (`-w -`: stdout).
+    Capture(capture::CaptureArgs),
+    /// Follow one probe through every host's netfilter rules, chain by chain, rule by rule.
+    Trace(trace::TraceArgs),
+    /// A host's (or pod's) conntrack table, with the NAT of each entry (`--service`: one Service's).
+    Conntrack(conntrack::ConntrackArgs),
+    /// One time line of the lab: events, node conditions, endpoints, proxy syncs, faults.
+    Events(events::EventsArgs),
     /// Impair, cut or shrink a host's link (delay, loss, rate, MTU, ...); `--clear` undoes it.
     Link(link::LinkArgs),
     /// Cut hosts off from others, on the control plane, the data plane or both.
@@ -159,6 +171,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Repair(args) => repair::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Capture(args) => capture::run(args),
+        Command::Conntrack(args) => conntrack::run(args),
+        Command::Trace(args) => trace::run(args),
+        Command::Events(args) => events::run(args),
         Command::Link(args) => link::run(args),
         Command::Partition(args) => partition::run(args),
         Command::Heal(args) => partition::heal(args),

@@ -1,7 +1,8 @@
-//! `kemu reach LAB [--expect FILE]`: the reachability matrix of a running lab (see
-//! [`crate::reach`]). Which pod answered comes from the answer itself (a bare hostname, as
-//! agnhost's serve-hostname sends) or else from the pods' access logs, where the probe's
-//! unique `User-Agent` shows up (the nginx image logs every request, as the real one does).
+//! `kemu reach LAB [--expect FILE] [--count N] [--size BYTES] [--client-ip] [--watch]`: the
+//! reachability matrix of a running lab (see [`crate::reach`]). Which pod answered comes from
+//! the answer itself (a bare hostname, as agnhost's serve-hostname and UDP `hostname` send) or
+//! else from the pods' access logs, where the probe's unique `User-Agent` shows up (the nginx
+//! image logs every request, as the real one does, with the client address it saw).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -14,8 +15,8 @@ use kube::api::{Api, ListParams, LogParams};
 
 use super::output::Format;
 use crate::lab::state::LabRecord;
-use crate::reach::probe::{self, Answer};
-use crate::reach::{Cell, Expectations, HostInfo, Outcome, hosts_without_pod, plan, render};
+use crate::reach::probe::{self, Answer, ProbeOptions};
+use crate::reach::{Cell, Expectations, HostInfo, Try, hosts_without_pod, plan, render, summarise};
 
 /// Probe every target from every source of a running lab.
 #[derive(Debug, Args)]
@@ -36,7 +37,28 @@ pub struct ReachArgs {
     /// nodes then have no `pod-on/` source.
     #[arg(long)]
     pub no_probe_pods: bool,
+    /// Probe every cell N times (new connections); a cell is reached only if all N answered,
+    /// and shows which pods answered how often.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+    /// Make each request at least BYTES long, sent with DF set (MTU black holes): TCP gets a
+    /// padding header, UDP a datagram of that size.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65000))]
+    pub size: Option<u32>,
+    /// Ask for the client address the backend saw (`GET /clientip`, UDP `clientip`, as
+    /// agnhost netexec answers); nginx's access log shows it without asking.
+    #[arg(long)]
+    pub client_ip: bool,
+    /// Probe again and again (every --interval), printing what changed, until interrupted.
+    #[arg(long, conflicts_with = "expect")]
+    pub watch: bool,
+    /// Pause between rounds of --watch.
+    #[arg(long, default_value = "1s", value_parser = crate::topology::parse_duration_arg)]
+    pub interval: Duration,
 }
+
+/// How long the access log of one pod may take to read.
+const LOG_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Label of the probe pods `reach` starts (and deletes).
 const PROBE_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "kemu-reach");
@@ -105,9 +127,24 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
             (nodes, services, pods) = list()?;
         }
     }
-    let (sources, targets) = plan(&hosts, &nodes, &services, &pods, |p| {
-        crate::kubelet::sandbox::pod_namespace(&topo.name, p.metadata.uid.as_deref().unwrap_or(""))
-    });
+    let opts = ProbeOptions {
+        timeout: args.timeout,
+        count: args.count as usize,
+        size: args.size.map(|s| s as usize),
+        client_ip: args.client_ip,
+    };
+    let lab_name = topo.name.clone();
+    let pod_netns = |p: &Pod| {
+        crate::kubelet::sandbox::pod_namespace(&lab_name, p.metadata.uid.as_deref().unwrap_or(""))
+    };
+    if args.watch {
+        let result = watch(&rt, &client, &hosts, &list, &pod_netns, &opts, &args);
+        if !probes.is_empty() {
+            rt.block_on(delete_probes(client.clone(), &probes));
+        }
+        return result;
+    }
+    let (sources, _) = plan(&hosts, &nodes, &services, &pods, pod_netns);
     for host in hosts.iter().filter(|h| h.cluster) {
         if !sources
             .iter()
@@ -119,50 +156,18 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let run_id = format!(
-        "{:x}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
+    let cells = matrix(
+        &rt,
+        &client,
+        &hosts,
+        (&nodes, &services, &pods),
+        &pod_netns,
+        &opts,
     );
-    let answers = probe::probe_all(&sources, &targets, &run_id, args.timeout);
     if !probes.is_empty() {
         rt.block_on(delete_probes(client.clone(), &probes));
     }
-    let answers = answers?;
-
-    let mut cells = Vec::new();
-    let mut unknown = false;
-    for (s, source) in sources.iter().enumerate() {
-        for (t, target) in targets.iter().enumerate() {
-            let outcome = match &answers[s][t] {
-                Answer::Bytes(text) => {
-                    let by = probe::hostname_in(text).map(String::from);
-                    unknown |= by.is_none();
-                    Outcome::Reached { by }
-                }
-                Answer::Failed(why) => Outcome::Unreached { why: why.clone() },
-            };
-            cells.push(Cell {
-                source: source.name.clone(),
-                target: target.name.clone(),
-                addr: target.addr,
-                outcome,
-            });
-        }
-    }
-    if unknown {
-        let served = rt.block_on(served_by(client.clone(), &pods, &run_id));
-        for (s, _) in sources.iter().enumerate() {
-            for (t, _) in targets.iter().enumerate() {
-                let cell = &mut cells[s * targets.len() + t];
-                if let Outcome::Reached { by: by @ None } = &mut cell.outcome {
-                    *by = served.get(&probe::user_agent(&run_id, s, t)).cloned();
-                }
-            }
-        }
-    }
+    let cells = cells?;
 
     let differences = expectations.as_ref().map(|e| e.differences(&cells));
     match args.output {
@@ -213,8 +218,13 @@ fn matrix_json(
     })
 }
 
-/// The pod whose access log shows each probe's `User-Agent`: user agent → pod name.
-async fn served_by(client: kube::Client, pods: &[Pod], run_id: &str) -> HashMap<String, String> {
+/// The pod whose access log shows each probe's `User-Agent`, and the client address the log
+/// line starts with (nginx's `$remote_addr`): user agent → (pod name, client).
+async fn served_by(
+    client: kube::Client,
+    pods: &[Pod],
+    run_id: &str,
+) -> HashMap<String, (String, Option<String>)> {
     let mut out = HashMap::new();
     let marker = format!("kemu-reach/{run_id}-");
     // The log line is written right after the answer: give it a moment to reach the file.
@@ -246,7 +256,10 @@ async fn served_by(client: kube::Client, pods: &[Pod], run_id: &str) -> HashMap<
                     } else {
                         format!("{ns}/{name}")
                     };
-                    (shown, api.logs(&name, &lp).await.unwrap_or_default())
+                    // A pod on a node that cannot be reached (a link down, a partition)
+                    // must not hold the matrix up: its log is left out.
+                    let log = tokio::time::timeout(LOG_TIMEOUT, api.logs(&name, &lp)).await;
+                    (shown, log.ok().and_then(Result::ok).unwrap_or_default())
                 }
             })
         });
@@ -257,7 +270,12 @@ async fn served_by(client: kube::Client, pods: &[Pod], run_id: &str) -> HashMap<
                     .chars()
                     .take_while(|c| !c.is_whitespace() && *c != '"')
                     .collect();
-                out.insert(agent, pod.clone());
+                let peer = line
+                    .split_whitespace()
+                    .next()
+                    .filter(|w| w.parse::<std::net::IpAddr>().is_ok())
+                    .map(String::from);
+                out.insert(agent, (pod.clone(), peer));
             }
         }
     }
@@ -318,4 +336,165 @@ async fn delete_probes(client: kube::Client, names: &[String]) {
             eprintln!("warning: delete probe pod {name}: {e}");
         }
     }
+}
+
+/// The objects `reach` lists: nodes, services, pods.
+type Listed = (Vec<Node>, Vec<Service>, Vec<Pod>);
+
+/// The objects `reach` plans from: nodes, services, pods.
+type Objects<'a> = (&'a [Node], &'a [Service], &'a [Pod]);
+
+/// One matrix: plan, probe, and tell which pod answered each try and whom it saw.
+fn matrix(
+    rt: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    hosts: &[HostInfo],
+    (nodes, services, pods): Objects<'_>,
+    pod_netns: &dyn Fn(&Pod) -> String,
+    opts: &ProbeOptions,
+) -> anyhow::Result<Vec<Cell>> {
+    let (sources, targets) = plan(hosts, nodes, services, pods, pod_netns);
+    let run_id = format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let answers = probe::probe_all(&sources, &targets, &run_id, opts)?;
+    // Tries answered over HTTP without a name in the answer: the access logs tell.
+    let unknown = targets.iter().enumerate().any(|(t, target)| {
+        !target.udp
+            && answers.iter().any(|row| {
+                row[t].iter().any(|a| match a {
+                    Answer::Bytes(text) => probe::hostname_in(text).is_none() || opts.client_ip,
+                    Answer::Failed(_) => false,
+                })
+            })
+    });
+    let served = if unknown {
+        rt.block_on(served_by(client.clone(), pods, &run_id))
+    } else {
+        HashMap::new()
+    };
+    let mut cells = Vec::new();
+    for (s, source) in sources.iter().enumerate() {
+        for (t, target) in targets.iter().enumerate() {
+            let tries: Vec<Try> = answers[s][t]
+                .iter()
+                .enumerate()
+                .map(|(i, answer)| match answer {
+                    Answer::Bytes(text) => {
+                        let logged = served.get(&probe::user_agent(&run_id, s, t, i));
+                        let named = if opts.client_ip {
+                            None
+                        } else {
+                            probe::hostname_in(text).map(String::from)
+                        };
+                        Try {
+                            answer: Ok(named.or_else(|| logged.map(|(pod, _)| pod.clone()))),
+                            client: probe::client_in(text)
+                                .or_else(|| logged.and_then(|(_, peer)| peer.clone())),
+                        }
+                    }
+                    Answer::Failed(why) => Try {
+                        answer: Err(why.clone()),
+                        client: None,
+                    },
+                })
+                .collect();
+            let (outcome, tries, client_addr) = summarise(&tries);
+            cells.push(Cell {
+                source: source.name.clone(),
+                target: target.name.clone(),
+                addr: target.addr,
+                outcome,
+                tries,
+                client: client_addr,
+            });
+        }
+    }
+    Ok(cells)
+}
+
+/// Set by SIGINT/SIGTERM while `--watch` runs: stop after the current round.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `--watch`: a matrix per round; the first in full, then the cells whose result changed,
+/// each round headed by its time and count. JSON: one object per round and line.
+fn watch(
+    rt: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    hosts: &[HostInfo],
+    list: &dyn Fn() -> anyhow::Result<Listed>,
+    pod_netns: &dyn Fn(&Pod) -> String,
+    opts: &ProbeOptions,
+    args: &ReachArgs,
+) -> anyhow::Result<ExitCode> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let handler = nix::sys::signal::SigHandler::Handler(on_stop);
+        let action = nix::sys::signal::SigAction::new(
+            handler,
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &action)?;
+        nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &action)?;
+    }
+    let mut previous: HashMap<(String, String), Cell> = HashMap::new();
+    let mut first = true;
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        let (nodes, services, pods) = list()?;
+        let cells = matrix(
+            rt,
+            client,
+            hosts,
+            (&nodes, &services, &pods),
+            pod_netns,
+            opts,
+        )?;
+        let reached = cells.iter().filter(|c| c.outcome.reached()).count();
+        let time = jiff::Timestamp::now().strftime("%H:%M:%S%.3f").to_string();
+        let changed: Vec<Cell> = cells
+            .iter()
+            .filter(|c| {
+                let key = (c.source.clone(), c.target.clone());
+                previous
+                    .get(&key)
+                    .is_none_or(|p| p.outcome.reached() != c.outcome.reached() || p.addr != c.addr)
+            })
+            .cloned()
+            .collect();
+        match args.output {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"time": time, "reached": reached, "total": cells.len(), "changed": changed})
+            ),
+            Format::Table => {
+                println!("== {time}  {reached} of {} reached", cells.len());
+                if first {
+                    print!("{}", render(&cells));
+                } else if !changed.is_empty() {
+                    print!("{}", render(&changed));
+                }
+            }
+        }
+        previous = cells
+            .into_iter()
+            .map(|c| ((c.source.clone(), c.target.clone()), c))
+            .collect();
+        first = false;
+        let deadline = std::time::Instant::now() + args.interval;
+        while std::time::Instant::now() < deadline
+            && !STOP.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@
 
 pub mod delay;
 pub mod engine;
+pub mod history;
 pub mod kernel;
 pub mod link;
 pub mod node;

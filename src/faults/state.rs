@@ -155,8 +155,15 @@ impl FaultState {
         }
     }
 
-    /// Write atomically; an empty state removes the file.
+    /// Write atomically (an empty state removes the file), and add what changed since the
+    /// state on disk to the lab's fault history.
     pub fn save(&self, dir: &LabDir) -> anyhow::Result<()> {
+        let before = FaultState::load(dir).unwrap_or_default().describe();
+        self.write(dir)?;
+        super::history::append(dir, &super::history::changes(&before, &self.describe()))
+    }
+
+    fn write(&self, dir: &LabDir) -> anyhow::Result<()> {
         if self.is_empty() {
             match dir.owner.remove_file(&path(dir)) {
                 Ok(()) => {}

@@ -19,25 +19,36 @@ pub fn host_command(
     netns: &str,
     argv: &[String],
 ) -> anyhow::Result<Command> {
+    let hosts_file = dir.host_dir(host).join("hosts");
+    namespace_command(dir, host, netns, host, Some(&hosts_file), argv)
+}
+
+/// A `Command` that will run in network namespace `netns` as one of `host`'s processes (in
+/// its cgroup), with hostname `hostname` and, when given and readable, `hosts_file` as
+/// `/etc/hosts`: a host's own commands, or a command in a pod's network.
+pub fn namespace_command(
+    dir: &LabDir,
+    host: &str,
+    netns: &str,
+    hostname: &str,
+    hosts_file: Option<&std::path::Path>,
+    argv: &[String],
+) -> anyhow::Result<Command> {
     anyhow::ensure!(
         !argv.is_empty(),
         "no command given: use `kemu exec LAB HOST -- COMMAND ARGS...`"
     );
     let ns = NetNs::open(netns)?;
-    let hosts_file = dir.host_dir(host).join("hosts");
-    let hosts_file = CString::new(hosts_file.as_os_str().as_encoded_bytes())?;
-    let hostname = host.to_string();
+    let hosts_file = hosts_file
+        .map(|f| CString::new(f.as_os_str().as_encoded_bytes()))
+        .transpose()?;
+    let hostname = hostname.to_string();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     cmd.env("KEMU_LAB", dir.root.file_name().unwrap_or_default())
         .env("KEMU_HOST", host);
     let fd = ns.as_raw_fd();
-    // The command is one of the host's processes: it joins the host's cgroup, so `down` stops
-    // it with the rest (a server left running would keep the host's namespace alive).
-    let cgroup = match dir.name().and_then(|lab| LabCgroup::of(&lab)) {
-        Some(cg) if cg.exists() => Some(cg.open_procs(&cg.host(host))?),
-        _ => None,
-    };
+    let cgroup = host_cgroup(dir, host)?;
     // SAFETY: only async-signal-safe syscalls between fork and exec; every string was
     // allocated before the fork.
     unsafe {
@@ -46,15 +57,40 @@ pub fn host_command(
             if let Some(procs) = &cgroup {
                 super::cgroup::join_before_exec(procs.as_raw_fd())?;
             }
-            enter(fd, &hosts_file, hostname.as_bytes())
+            enter(fd, hosts_file.as_ref(), hostname.as_bytes())
         });
     }
     Ok(cmd)
 }
 
+/// Make `cmd` one of `host`'s processes: it joins the host's cgroup before it executes.
+pub fn in_host_cgroup(dir: &LabDir, host: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    let cgroup = host_cgroup(dir, host)?;
+    // SAFETY: one async-signal-safe write between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &cgroup {
+                super::cgroup::join_before_exec(procs.as_raw_fd())?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The `cgroup.procs` of `host`'s cgroup, when the lab has cgroups. A command is one of the
+/// host's processes: it joins the host's cgroup, so `down` stops it with the rest (a server
+/// left running would keep the host's namespace alive).
+fn host_cgroup(dir: &LabDir, host: &str) -> anyhow::Result<Option<std::fs::File>> {
+    Ok(match dir.name().and_then(|lab| LabCgroup::of(&lab)) {
+        Some(cg) if cg.exists() => Some(cg.open_procs(&cg.host(host))?),
+        _ => None,
+    })
+}
+
 /// In the forked child: join the network namespace, get private mount and UTS namespaces,
 /// remount /sys for the new network namespace, bind the lab's /etc/hosts, set the hostname.
-fn enter(netns_fd: i32, hosts_file: &CString, hostname: &[u8]) -> std::io::Result<()> {
+fn enter(netns_fd: i32, hosts_file: Option<&CString>, hostname: &[u8]) -> std::io::Result<()> {
     let check = |rc: libc::c_int| {
         if rc == 0 {
             Ok(())
@@ -83,7 +119,9 @@ fn enter(netns_fd: i32, hosts_file: &CString, hostname: &[u8]) -> std::io::Resul
                 std::ptr::null(),
             ))?;
         }
-        if libc::access(hosts_file.as_ptr(), libc::R_OK) == 0 {
+        if let Some(hosts_file) = hosts_file
+            && libc::access(hosts_file.as_ptr(), libc::R_OK) == 0
+        {
             check(libc::mount(
                 hosts_file.as_ptr(),
                 c"/etc/hosts".as_ptr(),

@@ -118,6 +118,16 @@ impl Nfnl {
 
     /// Every conntrack entry of the IPv4 (or IPv6) table.
     pub fn list_flows(&mut self, ipv6: bool) -> io::Result<Vec<Flow>> {
+        Ok(self
+            .dump(ipv6)?
+            .iter()
+            .filter_map(|attrs| parse_flow(attrs))
+            .collect())
+    }
+
+    /// The attributes of every conntrack entry of the IPv4 (or IPv6) table, as the kernel
+    /// sent them (tuples, status, timeout, mark, TCP state).
+    pub fn dump(&mut self, ipv6: bool) -> io::Result<Vec<Vec<ConntrackAttribute>>> {
         let family = if ipv6 {
             NetfilterProtoFamily::IPv6
         } else {
@@ -129,7 +139,7 @@ impl Nfnl {
             NLM_F_REQUEST | NLM_F_DUMP,
         );
         self.send_all(&[msg])?;
-        let mut flows = Vec::new();
+        let mut entries = Vec::new();
         self.receive(|msg| match msg.payload {
             NetlinkPayload::Done(_) => Ok(false),
             NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io()),
@@ -137,12 +147,12 @@ impl Nfnl {
                 inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)),
                 ..
             }) => {
-                flows.extend(parse_flow(&attrs));
+                entries.push(attrs);
                 Ok(true)
             }
             _ => Ok(true),
         })?;
-        Ok(flows)
+        Ok(entries)
     }
 
     /// Delete `flows` by their original tuple. Each batch goes in one datagram and only its

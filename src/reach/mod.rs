@@ -35,9 +35,25 @@ pub struct Source {
 /// What a probe connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Stable name, e.g. `svc/default/nginx-service-clusterip:8001`.
+    /// Stable name, e.g. `svc/default/nginx-service-clusterip:8001` (UDP ports end in `/udp`).
     pub name: String,
     pub addr: SocketAddr,
+    /// A UDP port: the probe is a datagram (agnhost's `hostname` request), not an HTTP GET.
+    pub udp: bool,
+}
+
+/// The protocol of a port, if `reach` probes it: TCP or UDP (SCTP is not probed).
+fn probed_protocol(protocol: Option<&str>) -> Option<bool> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Some(false),
+        "UDP" => Some(true),
+        _ => None,
+    }
+}
+
+/// A target's name: UDP ports get a `/udp` suffix (TCP names stay as they always were).
+fn target_name(name: String, udp: bool) -> String {
+    if udp { format!("{name}/udp") } else { name }
 }
 
 /// How one probe ended.
@@ -64,6 +80,68 @@ pub struct Cell {
     pub addr: SocketAddr,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// With `--count N` (N > 1): how the tries went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries: Option<Tries>,
+    /// The client address the backend saw (its `/clientip` answer, or nginx's access log),
+    /// when kemu could tell; several, comma separated, if the tries differed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// The tries of one cell.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tries {
+    pub total: usize,
+    pub answered: usize,
+    /// Which pod answered how many tries (those kemu could tell).
+    #[serde(
+        rename = "servedBy",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub served_by: std::collections::BTreeMap<String, usize>,
+}
+
+/// How one try went: the pod that answered (if known), or why nothing did; and the client
+/// address the backend saw, if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Try {
+    pub answer: Result<Option<String>, String>,
+    pub client: Option<String>,
+}
+
+/// A cell's outcome from its tries: reached only when every try was answered (one failure
+/// in four is a failure), served by the pod that answered them all if it was one pod.
+pub fn summarise(tries: &[Try]) -> (Outcome, Option<Tries>, Option<String>) {
+    let mut served_by = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
+    for t in tries {
+        match &t.answer {
+            Ok(Some(pod)) => *served_by.entry(pod.clone()).or_insert(0) += 1,
+            Ok(None) => {}
+            Err(why) => failures.push(why.clone()),
+        }
+    }
+    let answered = tries.len() - failures.len();
+    let mut clients: Vec<String> = tries.iter().filter_map(|t| t.client.clone()).collect();
+    clients.sort();
+    clients.dedup();
+    let client = (!clients.is_empty()).then(|| clients.join(","));
+    let outcome = match failures.first() {
+        None => Outcome::Reached {
+            by: match (served_by.len(), served_by.values().next()) {
+                (1, Some(n)) if *n == tries.len() => served_by.keys().next().cloned(),
+                _ => None,
+            },
+        },
+        Some(why) => Outcome::Unreached { why: why.clone() },
+    };
+    let summary = (tries.len() > 1).then_some(Tries {
+        total: tries.len(),
+        answered,
+        served_by,
+    });
+    (outcome, summary, client)
 }
 
 /// A lab's host as `reach` needs it.
@@ -121,13 +199,14 @@ pub fn plan(
             .as_deref()
             .and_then(|ip| ip.parse::<IpAddr>().ok());
         for port in spec.ports.iter().flatten() {
-            if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+            let Some(udp) = probed_protocol(port.protocol.as_deref()) else {
                 continue;
-            }
+            };
             if let Some(ip) = cluster_ip {
                 targets.push(Target {
-                    name: format!("svc/{svc_name}:{}", port.port),
+                    name: target_name(format!("svc/{svc_name}:{}", port.port), udp),
                     addr: SocketAddr::new(ip, port.port as u16),
+                    udp,
                 });
             }
         }
@@ -144,17 +223,21 @@ pub fn plan(
                 let Some(node_port) = port.node_port else {
                     continue;
                 };
-                if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                let Some(udp) = probed_protocol(port.protocol.as_deref()) else {
                     continue;
-                }
+                };
                 targets.push(Target {
-                    name: format!(
-                        "nodeport/{node}/{}/{}:{}",
-                        namespace(*svc),
-                        name(*svc),
-                        port.port
+                    name: target_name(
+                        format!(
+                            "nodeport/{node}/{}/{}:{}",
+                            namespace(*svc),
+                            name(*svc),
+                            port.port
+                        ),
+                        udp,
                     ),
                     addr: SocketAddr::new(*ip, node_port as u16),
+                    udp,
                 });
             }
         }
@@ -164,20 +247,23 @@ pub fn plan(
         if host_network(pod) {
             continue;
         }
-        let mut ports: Vec<i32> = pod
+        let mut ports: Vec<(bool, i32)> = pod
             .spec
             .iter()
             .flat_map(|s| &s.containers)
             .flat_map(|c| c.ports.iter().flatten())
-            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-            .map(|p| p.container_port)
+            .filter_map(|p| Some((probed_protocol(p.protocol.as_deref())?, p.container_port)))
             .collect();
         ports.sort();
         ports.dedup();
-        for port in ports {
+        for (udp, port) in ports {
             targets.push(Target {
-                name: format!("pod/{}/{}:{port}", namespace(*pod), name(*pod)),
+                name: target_name(
+                    format!("pod/{}/{}:{port}", namespace(*pod), name(*pod)),
+                    udp,
+                ),
                 addr: SocketAddr::new(ip, port as u16),
+                udp,
             });
         }
     }
@@ -249,11 +335,23 @@ pub fn render(cells: &[Cell]) -> String {
         "SOURCE", "TARGET", "ADDRESS"
     );
     for c in cells {
-        let result = match &c.outcome {
-            Outcome::Reached { by: Some(pod) } => format!("reached  {pod}"),
-            Outcome::Reached { by: None } => "reached".to_string(),
-            Outcome::Unreached { why } => format!("-        {why}"),
+        let mut result = match (&c.outcome, &c.tries) {
+            (Outcome::Reached { .. }, Some(t)) => format!("reached  {}/{}", t.answered, t.total),
+            (Outcome::Unreached { why }, Some(t)) => {
+                format!("-        {}/{} {why}", t.answered, t.total)
+            }
+            (Outcome::Reached { by: Some(pod) }, None) => format!("reached  {pod}"),
+            (Outcome::Reached { by: None }, None) => "reached".to_string(),
+            (Outcome::Unreached { why }, None) => format!("-        {why}"),
         };
+        if let Some(t) = &c.tries {
+            for (pod, n) in &t.served_by {
+                let _ = write!(result, " {pod}×{n}");
+            }
+        }
+        if let Some(client) = &c.client {
+            let _ = write!(result, " (client {client})");
+        }
         let _ = writeln!(
             out,
             "{:ws$}  {:wt$}  {:wa$}  {result}",
@@ -471,6 +569,8 @@ mod tests {
                     why: "timeout".into(),
                 }
             },
+            tries: None,
+            client: None,
         }
     }
 
@@ -512,6 +612,84 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "e.txt:2: result must be `reached` or `unreached`, found \"maybe\""
+        );
+    }
+
+    #[test]
+    fn tries_are_summarised_all_or_nothing() {
+        let ok = |pod: &str, client: &str| Try {
+            answer: Ok(Some(pod.to_string())),
+            client: Some(client.to_string()),
+        };
+        let lost = Try {
+            answer: Err("timeout".into()),
+            client: None,
+        };
+        let (outcome, tries, client) = summarise(&[ok("a", "172.16.1.0"), ok("a", "172.16.1.0")]);
+        assert_eq!(
+            outcome,
+            Outcome::Reached {
+                by: Some("a".into())
+            }
+        );
+        assert_eq!(tries.as_ref().map(|t| (t.total, t.answered)), Some((2, 2)));
+        assert_eq!(client.as_deref(), Some("172.16.1.0"));
+        let (outcome, tries, _) = summarise(&[
+            ok("a", "172.16.1.0"),
+            ok("b", "172.16.2.0"),
+            lost.clone(),
+            ok("a", "172.16.1.0"),
+        ]);
+        assert_eq!(
+            outcome,
+            Outcome::Unreached {
+                why: "timeout".into()
+            }
+        );
+        let tries = tries.unwrap();
+        assert_eq!((tries.total, tries.answered), (4, 3));
+        assert_eq!(
+            tries.served_by,
+            [("a".to_string(), 2), ("b".to_string(), 1)].into()
+        );
+        // One try: no summary, as before --count existed.
+        let (outcome, tries, client) = summarise(&[lost]);
+        assert!(!outcome.reached() && tries.is_none() && client.is_none());
+        let mut cells = vec![cell("pod-on/n1", "svc/default/a:80", true)];
+        cells[0].outcome = Outcome::Reached { by: None };
+        cells[0].tries = Some(Tries {
+            total: 4,
+            answered: 4,
+            served_by: [("a".to_string(), 3), ("b".to_string(), 1)].into(),
+        });
+        cells[0].client = Some("172.16.1.0".into());
+        assert!(
+            render(&cells).contains("reached  4/4 a×3 b×1 (client 172.16.1.0)"),
+            "{}",
+            render(&cells)
+        );
+    }
+
+    #[test]
+    fn udp_ports_are_targets_with_a_suffix() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "192.168.3.10", "ports": [
+                {"port": 53, "protocol": "UDP", "nodePort": 30053},
+                {"port": 53, "protocol": "TCP"},
+                {"port": 9, "protocol": "SCTP"}]}
+        }))
+        .unwrap();
+        let (nodes, _, _) = objects();
+        let (_, targets) = plan(&hosts(), &nodes[..1], &[svc], &[], |_| String::new());
+        let names: Vec<(&str, bool)> = targets.iter().map(|t| (t.name.as_str(), t.udp)).collect();
+        assert_eq!(
+            names,
+            [
+                ("svc/kube-system/dns:53/udp", true),
+                ("svc/kube-system/dns:53", false),
+                ("nodeport/192.168.0.202/kube-system/dns:53/udp", true)
+            ]
         );
     }
 

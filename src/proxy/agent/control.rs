@@ -73,6 +73,32 @@ pub struct ProxyStatus {
     /// Userspace mode: the local proxy port of each service port (`ns/name:port/proto`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub proxy_ports: std::collections::BTreeMap<String, u16>,
+    /// The last syncs, oldest first (at most [`RECENT_SYNCS`]): `kemu events` shows them.
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    pub recent_syncs: std::collections::VecDeque<SyncRecord>,
+}
+
+/// How many syncs the status file remembers.
+pub const RECENT_SYNCS: usize = 64;
+
+/// One sync, as the lab's time line shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRecord {
+    /// When it ended.
+    pub at: jiff::Timestamp,
+    pub mode: ProxyMode,
+    pub full: bool,
+    pub ms: f64,
+    /// Service ports and endpoints it programmed.
+    pub service_ports: usize,
+    pub endpoints: usize,
+    /// Stale UDP conntrack entries it deleted.
+    #[serde(default)]
+    pub conntrack_deleted: usize,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where a sync's time went, in milliseconds, and how much it wrote.

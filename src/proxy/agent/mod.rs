@@ -134,6 +134,8 @@ struct Agent {
     last_sync_ms: f64,
     phases: SyncPhases,
     last_error: Option<String>,
+    /// The last syncs, for the status file.
+    recent_syncs: std::collections::VecDeque<control::SyncRecord>,
     /// The input of the last successful sync (an empty one before the first): what
     /// conntrack cleanup and kube-proxy's partial syncs compare against.
     applied_input: ProxyInput,
@@ -193,6 +195,13 @@ impl Agent {
             }
             table
         });
+        // A restarted agent keeps its predecessor's sync history: the time line goes on.
+        let recent_syncs = cfg
+            .status_file
+            .as_deref()
+            .and_then(ProxyStatus::read)
+            .map(|s| s.recent_syncs)
+            .unwrap_or_default();
         Ok(Agent {
             cfg,
             node,
@@ -213,6 +222,7 @@ impl Agent {
             last_sync_ms: 0.0,
             phases: SyncPhases::default(),
             last_error: None,
+            recent_syncs,
             applied_input,
             shared,
             health_check_ports: HashMap::new(),
@@ -484,6 +494,7 @@ impl Agent {
         self.last_sync_ms = ms_since(started);
         self.record_sync(full, started, result.is_ok(), &input);
         let synced = result.is_ok().then(|| input.clone());
+        let endpoints = input.endpoints.values().map(Vec::len).sum();
         match result {
             Ok(()) => {
                 self.cleanup_conntrack(&input);
@@ -510,8 +521,26 @@ impl Agent {
                 self.retry_at = Some(Instant::now() + RETRY);
             }
         }
+        self.remember_sync(endpoints);
         self.write_status();
         synced
+    }
+
+    /// Add the sync that just ended to the recent ones of the status file.
+    fn remember_sync(&mut self, endpoints: usize) {
+        if self.recent_syncs.len() == control::RECENT_SYNCS {
+            self.recent_syncs.pop_front();
+        }
+        self.recent_syncs.push_back(control::SyncRecord {
+            at: jiff::Timestamp::now(),
+            mode: self.mode,
+            full: self.phases.full,
+            ms: self.last_sync_ms,
+            service_ports: self.service_ports,
+            endpoints,
+            conntrack_deleted: self.phases.conntrack_deleted,
+            error: self.last_error.clone(),
+        });
     }
 
     /// kube-proxy ensures its nfacct counters on every full sync and uses in its rules only
@@ -817,6 +846,7 @@ impl Agent {
                 .as_ref()
                 .map(Forwarder::ports)
                 .unwrap_or_default(),
+            recent_syncs: self.recent_syncs.clone(),
         };
         if let Err(e) = status.write(path) {
             tracing::warn!("cannot write {}: {e}", path.display());

@@ -236,56 +236,92 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         if ready.load(Ordering::SeqCst) == points.len() {
             eprintln!("capturing on {} point(s)", points.len());
         }
-        let mut held = BinaryHeap::new();
         let limit = args.count.unwrap_or(usize::MAX);
-        let mut done = false;
-        while !done {
-            let stop = STOP.load(Ordering::Relaxed)
-                || args.duration.is_some_and(|d| started.elapsed() >= d)
-                || handles.iter().any(|h| h.is_finished());
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(p) => held.push(Held(p)),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => done = true,
-            }
-            let due = jiff::Timestamp::now().as_nanosecond() as u64 - HOLD.as_nanos() as u64;
-            while held.peek().is_some_and(|p| p.0.ns <= due || stop) {
-                let Held(p) = held.pop().expect("peeked");
-                if writer.written < limit {
-                    writer.write(&p)?;
-                }
-            }
-            if stop || writer.written >= limit {
-                threads_stop.store(true, Ordering::Relaxed);
-                // The threads see the flag within their poll timeout; what they still send
-                // is written too (up to the limit), in order.
-                for p in rx.try_iter() {
-                    held.push(Held(p));
-                }
-                if handles.iter().all(|h| h.is_finished()) {
-                    for p in rx.try_iter() {
-                        held.push(Held(p));
-                    }
-                    while let Some(Held(p)) = held.pop() {
-                        if writer.written < limit {
-                            writer.write(&p)?;
-                        }
-                    }
-                    done = true;
-                }
-            }
-        }
+        // The threads must be told to stop whatever happens here (a write error included), or
+        // the scope would wait for them for ever.
+        let written = merge_and_write(
+            &rx,
+            &mut writer,
+            limit,
+            &|| {
+                STOP.load(Ordering::Relaxed)
+                    || args.duration.is_some_and(|d| started.elapsed() >= d)
+                    || handles.iter().any(|h| h.is_finished())
+            },
+            &threads_stop,
+            &|| handles.iter().all(|h| h.is_finished()),
+        );
+        threads_stop.store(true, Ordering::Relaxed);
+        let mut failed = None;
         for h in handles {
-            h.join().expect("capture thread panicked")?;
+            if let Err(e) = h.join().expect("capture thread panicked") {
+                failed.get_or_insert(e);
+            }
         }
-        Ok(())
+        match written {
+            // The reader went away (`| tcpdump -c 5 -r -`): that ends the capture.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(anyhow::anyhow!("write {}: {e}", args.write)),
+            Ok(()) => {}
+        }
+        failed.map_or(Ok(()), Err)
     });
-    writer.out.flush()?;
-    result?;
+    match writer.out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            result?;
+            return Err(anyhow::anyhow!("write {}: {e}", args.write));
+        }
+        _ => result?,
+    }
     eprintln!(
         "{} packet(s) on {} interface(s)",
         writer.written,
         writer.interfaces.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write what the capture threads send, in time order (each packet held [`HOLD`] so that a
+/// later-arriving but earlier packet goes first), until `stop` says so and every thread has
+/// finished (`finished`), or `limit` packets are written.
+fn merge_and_write(
+    rx: &std::sync::mpsc::Receiver<Captured>,
+    writer: &mut Writer,
+    limit: usize,
+    stop: &dyn Fn() -> bool,
+    threads_stop: &AtomicBool,
+    finished: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    let mut held = BinaryHeap::new();
+    loop {
+        let stopping = stop();
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(p) => held.push(Held(p)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let due =
+            (jiff::Timestamp::now().as_nanosecond() as u64).saturating_sub(HOLD.as_nanos() as u64);
+        while held.peek().is_some_and(|p| p.0.ns <= due || stopping) {
+            let Held(p) = held.pop().expect("peeked");
+            if writer.written < limit {
+                writer.write(&p)?;
+            }
+        }
+        if stopping || writer.written >= limit {
+            threads_stop.store(true, Ordering::Relaxed);
+            // The threads see the flag within their poll timeout; what they still send is
+            // written too (up to the limit), in order.
+            if finished() {
+                break;
+            }
+        }
+    }
+    held.extend(rx.try_iter().map(Held));
+    while let Some(Held(p)) = held.pop() {
+        if writer.written < limit {
+            writer.write(&p)?;
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,8 @@
 //! The kernel side of `kemu capture`: one `AF_PACKET` socket per capture point, opened inside
 //! the point's network namespace (bound to one device, or to all of them), read on a thread of
-//! its own with the kernel's receive timestamps. No tcpdump, no BPF: an optional filter on
-//! addresses and ports ([`Filter`], pure) is applied in userspace, to the outer packet and to
-//! the one inside a VXLAN datagram.
+//! its own with the kernel's timestamps (`SO_TIMESTAMPNS`). No tcpdump, no BPF: an optional
+//! filter on addresses and ports ([`Filter`], pure) is applied in userspace, to the outer
+//! packet and to the one inside a VXLAN datagram.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -16,8 +16,6 @@ use crate::netns::NetNs;
 const VXLAN_PORTS: [u16; 2] = [8472, 4789];
 /// The longest frame kept.
 pub const SNAP_LEN: usize = 262_144;
-/// `SIOCGSTAMPNS` (`include/uapi/asm-generic/sockios.h`): the receive time of the last packet.
-const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
 /// `PACKET_OUTGOING` (`include/uapi/linux/if_packet.h`).
 const PACKET_OUTGOING: u8 = 4;
 
@@ -188,6 +186,15 @@ fn open_socket(dev: Option<&str>) -> std::io::Result<std::os::fd::OwnedFd> {
         if rc != 0 {
             return last_os_error();
         }
+        // The kernel's time of each packet, as it arrived or left (SCM_TIMESTAMPNS).
+        let on: libc::c_int = 1;
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
         // A large queue: bursts while the writer is busy are not lost (force: root).
         let size: libc::c_int = 8 << 20;
         libc::setsockopt(
@@ -255,20 +262,39 @@ pub fn capture(
             if n == 0 {
                 continue;
             }
-            // SAFETY: recvfrom into buffers that live for the call; the address is a
-            // sockaddr_ll, as packet sockets return.
-            let (len, addr) = unsafe {
+            // SAFETY: recvmsg into buffers that live for the call; the address is a
+            // sockaddr_ll, as packet sockets return; the control messages are read with the
+            // CMSG macros within the length the kernel set.
+            let (len, addr, stamp) = unsafe {
                 let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                let mut addr_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                let len = libc::recvfrom(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-                    (&mut addr as *mut libc::sockaddr_ll).cast(),
-                    &mut addr_len,
-                );
-                (len, addr)
+                let mut control = [0u64; 16];
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
+                msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control);
+                let len = libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC | libc::MSG_DONTWAIT);
+                let mut stamp = None;
+                if len >= 0 {
+                    let mut c = libc::CMSG_FIRSTHDR(&msg);
+                    while !c.is_null() {
+                        if (*c).cmsg_level == libc::SOL_SOCKET
+                            && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                        {
+                            let ts: libc::timespec =
+                                std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                            stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                        }
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                    }
+                }
+                (len, addr, stamp)
             };
             if len < 0 {
                 let e = std::io::Error::last_os_error();
@@ -291,16 +317,7 @@ pub fn capture(
             if !filter.matches(data) {
                 continue;
             }
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: SIOCGSTAMPNS writes one timespec.
-            let ns = if unsafe { libc::ioctl(fd, SIOCGSTAMPNS as _, &mut ts) } == 0 {
-                ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-            } else {
-                jiff::Timestamp::now().as_nanosecond() as u64
-            };
+            let ns = stamp.unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64);
             let captured = Captured {
                 ns,
                 interface: format!("{}:{interface}", point.label),

@@ -1,0 +1,342 @@
+//! NetworkPolicy enforcement end to end, as truth tables in the manner of the upstream e2e
+//! suite (`test/e2e/network/netpol/`): namespaces x, y, z with pods a, b, c each (a and c on
+//! the first node, b on the second), every pod serving TCP 80 and 81 (agnhost netexec); every
+//! pod connects to every pod (and to a Service in front of x/a) after each policy change, and
+//! the table of who reached whom is compared with what the policy allows. One lab per proxy
+//! mode (iptables, nftables), the policies applied in sequence, the probes in parallel.
+//! Needs root.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Lab, wait_for};
+use kemu::netns::NetNs;
+
+const TOPOLOGY: &str = "tests/fixtures/topologies/ok/netpol.yaml";
+const NODES: [&str; 2] = ["192.168.0.201", "192.168.0.202"];
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+/// How long a connection attempt may take: a dropped SYN is a timeout.
+const PROBE: Duration = Duration::from_millis(1500);
+/// How long a policy change may take to show in the table.
+const SETTLE: Duration = Duration::from_secs(15);
+const LONG: Duration = Duration::from_secs(90);
+
+/// Namespace and pod, e.g. `("x", "a")`.
+type Name = (&'static str, &'static str);
+
+fn names() -> Vec<Name> {
+    NAMESPACES
+        .iter()
+        .flat_map(|ns| PODS.iter().map(move |p| (*ns, *p)))
+        .collect()
+}
+
+fn setup_manifest() -> String {
+    let mut yaml = String::new();
+    for ns in NAMESPACES {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: \"{ns}\", labels: {{ns: \"{ns}\"}}}}\n"
+        ));
+    }
+    for (ns, pod) in names() {
+        let node = if pod == "b" { NODES[1] } else { NODES[0] };
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: "{ns}", labels: {{pod: {pod}}}}}
+spec:
+  nodeName: "{node}"
+  containers:
+  - name: c80
+    image: registry.k8s.io/e2e-test-images/agnhost:2.53
+    args: [netexec, --http-port=80, --udp-port=-1]
+    ports: [{{name: serve-80-tcp, containerPort: 80}}]
+  - name: c81
+    image: registry.k8s.io/e2e-test-images/agnhost:2.53
+    args: [netexec, --http-port=81, --udp-port=-1]
+    ports: [{{name: serve-81-tcp, containerPort: 81}}]
+"#
+        ));
+    }
+    yaml.push_str(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\n\
+         spec: {selector: {pod: a}, ports: [{port: 8080, targetPort: 80}]}\n",
+    );
+    yaml
+}
+
+/// The pods of the test: their network namespace and IP.
+struct Pods {
+    netns: BTreeMap<Name, String>,
+    ips: BTreeMap<Name, String>,
+    /// The ClusterIP of Service x/a.
+    service: String,
+}
+
+fn pods(lab: &Lab) -> Pods {
+    let mut netns = BTreeMap::new();
+    let mut ips = BTreeMap::new();
+    for (ns, pod) in names() {
+        let out = lab.kubectl_ok(&[
+            "get",
+            "pod",
+            "-n",
+            ns,
+            pod,
+            "-o",
+            "jsonpath={.metadata.uid} {.status.podIP}",
+        ]);
+        let (uid, ip) = out.split_once(' ').unwrap();
+        netns.insert(
+            (ns, pod),
+            kemu::kubelet::sandbox::pod_namespace(&lab.name, uid),
+        );
+        ips.insert((ns, pod), ip.to_string());
+    }
+    let service = lab.kubectl_ok(&[
+        "get",
+        "svc",
+        "-n",
+        "x",
+        "a",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    Pods {
+        netns,
+        ips,
+        service,
+    }
+}
+
+/// A target column: a pod on a port, or Service x/a.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Pod(Name, u16),
+    Service,
+}
+
+fn can_connect(netns: &str, addr: SocketAddr) -> bool {
+    let ns = NetNs::open(netns).expect("open the pod's namespace");
+    ns.run(move || Ok(TcpStream::connect_timeout(&addr, PROBE).is_ok()))
+        .unwrap_or(false)
+}
+
+/// Who reaches what: every pod tries every target at once.
+fn probe(pods: &Pods, port: u16) -> BTreeMap<(Name, Target), bool> {
+    let mut targets: Vec<Target> = names().into_iter().map(|n| Target::Pod(n, port)).collect();
+    if port == 80 {
+        targets.push(Target::Service);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names()
+            .into_iter()
+            .flat_map(|src| targets.iter().map(move |t| (src, *t)))
+            .map(|(src, target)| {
+                let addr: SocketAddr = match target {
+                    Target::Pod(dst, port) => format!("{}:{port}", pods.ips[&dst]),
+                    Target::Service => format!("{}:8080", pods.service),
+                }
+                .parse()
+                .unwrap();
+                let netns = &pods.netns[&src];
+                ((src, target), s.spawn(move || can_connect(netns, addr)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(key, h)| (key, h.join().unwrap()))
+            .collect()
+    })
+}
+
+/// The truth table as upstream prints it: `.` reached, `X` not.
+fn table(cells: &BTreeMap<(Name, Target), bool>) -> String {
+    let targets: Vec<Target> = {
+        let mut t: Vec<Target> = cells.keys().map(|(_, t)| *t).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    let mut out = String::from("    ");
+    for t in &targets {
+        match t {
+            Target::Pod((ns, p), _) => out.push_str(&format!(" {ns}/{p}")),
+            Target::Service => out.push_str(" svc"),
+        }
+    }
+    out.push('\n');
+    for src in names() {
+        out.push_str(&format!("{}/{} ", src.0, src.1));
+        for t in &targets {
+            out.push_str(if cells[&(src, *t)] { "   ." } else { "   X" });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Probe until the table is what `allowed` says (a pod always reaches itself, also through
+/// the Service), or fail showing both.
+fn expect(
+    pods: &Pods,
+    what: &str,
+    port: u16,
+    allowed: impl Fn(Name, Name) -> bool,
+) {
+    let deadline = Instant::now() + SETTLE;
+    let want_of = |cells: &BTreeMap<(Name, Target), bool>| -> BTreeMap<(Name, Target), bool> {
+        cells
+            .keys()
+            .map(|(src, t)| {
+                let dst = match t {
+                    Target::Pod(d, _) => *d,
+                    Target::Service => ("x", "a"),
+                };
+                ((*src, *t), *src == dst || allowed(*src, dst))
+            })
+            .collect()
+    };
+    loop {
+        let got = probe(pods, port);
+        let want = want_of(&got);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} (port {port}):\ngot:\n{}\nwant:\n{}",
+            table(&got),
+            table(&want)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn delete_policies(lab: &Lab) {
+    for ns in NAMESPACES {
+        lab.kubectl_ok(&["delete", "networkpolicy", "--all", "-n", ns]);
+    }
+}
+
+/// The policy table of each node, as `nft list tables` names it.
+fn has_policy_table(lab: &Lab, node: &str) -> bool {
+    let out = lab.exec(node, &["nft", "list", "tables"]);
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).contains("table inet kemu-netpol")
+}
+
+fn scenario(mode: &str) {
+    let lab = Lab::up(TOPOLOGY, "np", &["--proxy-mode", mode]);
+    wait_for("both nodes Ready", LONG, || {
+        let out = lab.kubectl_ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ]);
+        (out.lines().filter(|l| *l == "True").count() == 2).then_some(())
+    });
+    lab.apply(&setup_manifest());
+    wait_for("9 pods Running", LONG, || {
+        let out = lab.kubectl_ok(&[
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.status.phase}{\"\\n\"}{end}",
+        ]);
+        (out.lines().filter(|l| *l == "Running").count() == 9).then_some(())
+    });
+    let pods = pods(&lab);
+    let xa: Name = ("x", "a");
+
+    expect(&pods, "no policy", 80, |_, _| true);
+    expect(&pods, "no policy", 81, |_, _| true);
+    assert!(NODES.iter().all(|n| !has_policy_table(&lab, n)));
+
+    // Default deny ingress in x.
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: deny-ingress, namespace: x}\nspec: {podSelector: {}}\n");
+    expect(&pods, "deny ingress in x", 80, |_, d| d.0 != "x");
+    // Both nodes run x pods, so both have the table; `kemu snapshot` shows it.
+    assert!(NODES.iter().all(|n| has_policy_table(&lab, n)));
+    let snapshot = common::run_kemu(&["snapshot", &lab.name, NODES[1]]);
+    let snapshot = String::from_utf8_lossy(&snapshot.stdout);
+    assert!(
+        snapshot.contains("table inet kemu-netpol") && snapshot.contains("chain ingress/x/b"),
+        "{snapshot}"
+    );
+    delete_policies(&lab);
+    expect(&pods, "deny-ingress deleted: connections recover", 80, |_, _| true);
+
+    // Default deny egress in x.
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: deny-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n");
+    expect(&pods, "deny egress from x", 80, |s, _| s.0 != "x");
+    delete_policies(&lab);
+
+    // Allow x/a from pods b of its own namespace.
+    let by_pod = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n";
+    lab.apply(by_pod);
+    expect(&pods, "x/a from x's b", 80, |s, d| d != xa || s == ("x", "b"));
+    // Updated in place: from pods c instead.
+    lab.apply(&by_pod.replace("pod: b", "pod: c"));
+    expect(&pods, "x/a from x's c (updated)", 80, |s, d| {
+        d != xa || s == ("x", "c")
+    });
+
+    // From namespace y.
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]\n");
+    expect(&pods, "x/a from namespace y", 80, |s, d| d != xa || s.0 == "y");
+
+    // From pods b of namespace y (both selectors in one peer).
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: b}}}]}]\n");
+    expect(&pods, "x/a from y's b", 80, |s, d| d != xa || s == ("y", "b"));
+
+    // From the pod network except z/b.
+    lab.apply(&format!(
+        "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {{name: allow, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{ipBlock: {{cidr: 172.16.0.0/16, except: [{}/32]}}}}]}}]\n",
+        pods.ips[&("z", "b")]
+    ));
+    expect(&pods, "x/a from 172.16.0.0/16 except z/b", 80, |s, d| {
+        d != xa || s != ("z", "b")
+    });
+
+    // A named port: x/a takes only serve-81-tcp.
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: serve-81-tcp}]}]\n");
+    expect(&pods, "x/a on serve-81-tcp only", 80, |_, d| d != xa);
+    expect(&pods, "x/a on serve-81-tcp only", 81, |_, _| true);
+
+    // A port range: 81-90.
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: 81, endPort: 90}]}]\n");
+    expect(&pods, "x/a on 81-90", 80, |_, d| d != xa);
+    expect(&pods, "x/a on 81-90", 81, |_, _| true);
+
+    // Egress by named port to namespace y only.
+    lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: egress, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: serve-80-tcp}]}]\n");
+    expect(&pods, "x/b out to y on serve-80-tcp, x/a on 81-90", 80, |s, d| {
+        d != xa && (s != ("x", "b") || d.0 == "y")
+    });
+
+    // The last policies deleted: everything recovers and the nodes' tables are gone.
+    delete_policies(&lab);
+    expect(&pods, "all policies deleted", 80, |_, _| true);
+    expect(&pods, "all policies deleted", 81, |_, _| true);
+    wait_for("the policy tables removed", SETTLE, || {
+        NODES.iter().all(|n| !has_policy_table(&lab, n)).then_some(())
+    });
+}
+
+#[test]
+fn truth_tables_with_the_iptables_proxy() {
+    scenario("iptables");
+}
+
+#[test]
+fn truth_tables_with_the_nftables_proxy() {
+    scenario("nftables");
+}

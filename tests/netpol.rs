@@ -183,12 +183,7 @@ fn table(cells: &BTreeMap<(Name, Target), bool>) -> String {
 
 /// Probe until the table is what `allowed` says (a pod always reaches itself, also through
 /// the Service), or fail showing both.
-fn expect(
-    pods: &Pods,
-    what: &str,
-    port: u16,
-    allowed: impl Fn(Name, Name) -> bool,
-) {
+fn expect(pods: &Pods, what: &str, port: u16, allowed: impl Fn(Name, Name) -> bool) {
     let deadline = Instant::now() + SETTLE;
     let want_of = |cells: &BTreeMap<(Name, Target), bool>| -> BTreeMap<(Name, Target), bool> {
         cells
@@ -231,6 +226,12 @@ fn has_policy_table(lab: &Lab, node: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("table inet kemu-netpol")
 }
 
+/// `kemu reach LAB --why SRC DST`.
+fn reach_why(lab: &Lab, src: &str, dst: &str) -> String {
+    let out = common::run_kemu(&["reach", &lab.name, "--why", src, dst]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn scenario(mode: &str) {
     let lab = Lab::up(TOPOLOGY, "np", &["--proxy-mode", mode]);
     wait_for("both nodes Ready", LONG, || {
@@ -271,8 +272,41 @@ fn scenario(mode: &str) {
         snapshot.contains("table inet kemu-netpol") && snapshot.contains("chain ingress/x/b"),
         "{snapshot}"
     );
+    // Why: from the same model as the tables.
+    let why = reach_why(&lab, "y/a", "x/b:80");
+    assert!(
+        why.starts_with("y/a (")
+            && why.contains("tcp/80: denied")
+            && why.contains("ingress of x/b: denied: isolated by x/deny-ingress"),
+        "{why}"
+    );
+    let why = reach_why(&lab, &format!("host/{}", NODES[0]), "x/a:80");
+    assert!(
+        why.contains("allowed: traffic from the pod's own node"),
+        "{why}"
+    );
+    // The matrix notes what the policies decided: x/b (the pod source on the second node)
+    // cannot reach x/a, and the note says why.
+    let out = common::run_kemu(&["reach", &lab.name, "--timeout", "1s", "-o", "json"]);
+    let matrix: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cell = matrix["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source"] == format!("pod-on/{}", NODES[1]) && c["target"] == "pod/x/a:80")
+        .expect("a cell from the second node's pod to x/a");
+    assert_eq!(cell["result"], "unreached", "{cell}");
+    assert_eq!(
+        cell["policy"], "denied: ingress of x/a isolated by x/deny-ingress",
+        "{cell}"
+    );
     delete_policies(&lab);
-    expect(&pods, "deny-ingress deleted: connections recover", 80, |_, _| true);
+    expect(
+        &pods,
+        "deny-ingress deleted: connections recover",
+        80,
+        |_, _| true,
+    );
 
     // Default deny egress in x.
     lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: deny-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n");
@@ -282,7 +316,9 @@ fn scenario(mode: &str) {
     // Allow x/a from pods b of its own namespace.
     let by_pod = "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n";
     lab.apply(by_pod);
-    expect(&pods, "x/a from x's b", 80, |s, d| d != xa || s == ("x", "b"));
+    expect(&pods, "x/a from x's b", 80, |s, d| {
+        d != xa || s == ("x", "b")
+    });
     // Updated in place: from pods c instead.
     lab.apply(&by_pod.replace("pod: b", "pod: c"));
     expect(&pods, "x/a from x's c (updated)", 80, |s, d| {
@@ -291,11 +327,21 @@ fn scenario(mode: &str) {
 
     // From namespace y.
     lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]\n");
-    expect(&pods, "x/a from namespace y", 80, |s, d| d != xa || s.0 == "y");
+    expect(&pods, "x/a from namespace y", 80, |s, d| {
+        d != xa || s.0 == "y"
+    });
 
     // From pods b of namespace y (both selectors in one peer).
     lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: allow, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: b}}}]}]\n");
-    expect(&pods, "x/a from y's b", 80, |s, d| d != xa || s == ("y", "b"));
+    expect(&pods, "x/a from y's b", 80, |s, d| {
+        d != xa || s == ("y", "b")
+    });
+    let why = reach_why(&lab, "y/b", "x/a:80");
+    assert!(
+        why.contains("tcp/80: allowed") && why.contains("allowed by x/allow ingress[0]"),
+        "{why}"
+    );
+    assert!(reach_why(&lab, "y/c", "x/a:80").contains("tcp/80: denied"));
 
     // From the pod network except z/b.
     lab.apply(&format!(
@@ -318,16 +364,22 @@ fn scenario(mode: &str) {
 
     // Egress by named port to namespace y only.
     lab.apply("kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: egress, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: serve-80-tcp}]}]\n");
-    expect(&pods, "x/b out to y on serve-80-tcp, x/a on 81-90", 80, |s, d| {
-        d != xa && (s != ("x", "b") || d.0 == "y")
-    });
+    expect(
+        &pods,
+        "x/b out to y on serve-80-tcp, x/a on 81-90",
+        80,
+        |s, d| d != xa && (s != ("x", "b") || d.0 == "y"),
+    );
 
     // The last policies deleted: everything recovers and the nodes' tables are gone.
     delete_policies(&lab);
     expect(&pods, "all policies deleted", 80, |_, _| true);
     expect(&pods, "all policies deleted", 81, |_, _| true);
     wait_for("the policy tables removed", SETTLE, || {
-        NODES.iter().all(|n| !has_policy_table(&lab, n)).then_some(())
+        NODES
+            .iter()
+            .all(|n| !has_policy_table(&lab, n))
+            .then_some(())
     });
 }
 

@@ -4,16 +4,19 @@
 //! unique `User-Agent` shows up (the nginx image logs every request, as the real one does).
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, LogParams};
 
 use super::output::Format;
 use crate::lab::state::LabRecord;
+use crate::netpol::{Model, Objects, Packet, Protocol};
 use crate::reach::probe::{self, Answer};
 use crate::reach::{Cell, Expectations, HostInfo, Outcome, hosts_without_pod, plan, render};
 
@@ -36,6 +39,11 @@ pub struct ReachArgs {
     /// nodes then have no `pod-on/` source.
     #[arg(long)]
     pub no_probe_pods: bool,
+    /// Explain instead of probing: may SRC connect to DST, and which NetworkPolicy and rule
+    /// decide, as the nodes' policy tables do. SRC: a pod (`ns/name`, or `name` in default),
+    /// `host/<host>` or an IP; DST: the same with `:PORT`, optionally `/udp` or `/sctp`.
+    #[arg(long, num_args = 2, value_names = ["SRC", "DST"])]
+    pub why: Option<Vec<String>>,
 }
 
 /// Label of the probe pods `reach` starts (and deletes).
@@ -84,6 +92,14 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("read the objects of lab {} from {url}", args.lab))
     };
     let (mut nodes, mut services, mut pods) = list()?;
+    let policy_objects = rt
+        .block_on(policy_objects(client.clone()))
+        .with_context(|| format!("read the NetworkPolicies of lab {} from {url}", args.lab))?;
+    if let Some(why) = &args.why {
+        let model = policy_model(&pods, &policy_objects);
+        print!("{}", explain(&record, &pods, &model, &why[0], &why[1])?);
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let hosts: Vec<HostInfo> = topo
         .hosts
@@ -145,6 +161,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
                 Answer::Failed(why) => Outcome::Unreached { why: why.clone() },
             };
             cells.push(Cell {
+                policy: None,
                 source: source.name.clone(),
                 target: target.name.clone(),
                 addr: target.addr,
@@ -164,6 +181,17 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // What the policies make of the cells between pods and hosts (from the same model the
+    // nodes' tables are rendered from).
+    let model = policy_model(&pods, &policy_objects);
+    if !model.pods.is_empty() {
+        for (s, source) in sources.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let cell = &mut cells[s * targets.len() + t];
+                cell.policy = cell_note(&record, &pods, &model, source, target);
+            }
+        }
+    }
     let differences = expectations.as_ref().map(|e| e.differences(&cells));
     match args.output {
         Format::Table => print!("{}", render(&cells)),
@@ -318,4 +346,198 @@ async fn delete_probes(client: kube::Client, names: &[String]) {
             eprintln!("warning: delete probe pod {name}: {e}");
         }
     }
+}
+
+/// The Namespaces and NetworkPolicies of the cluster (the model's other inputs).
+async fn policy_objects(
+    client: kube::Client,
+) -> anyhow::Result<(Vec<Namespace>, Vec<NetworkPolicy>)> {
+    let lp = ListParams::default();
+    let namespaces = Api::<Namespace>::all(client.clone()).list(&lp).await?.items;
+    let policies = Api::<NetworkPolicy>::all(client).list(&lp).await?.items;
+    Ok((namespaces, policies))
+}
+
+/// The whole cluster's policy model.
+fn policy_model(
+    pods: &[Pod],
+    (namespaces, policies): &(Vec<Namespace>, Vec<NetworkPolicy>),
+) -> Model {
+    let pods: Vec<&Pod> = pods.iter().collect();
+    let namespaces: Vec<&Namespace> = namespaces.iter().collect();
+    let policies: Vec<&NetworkPolicy> = policies.iter().collect();
+    crate::netpol::model::build(
+        Objects {
+            pods: &pods,
+            namespaces: &namespaces,
+            policies: &policies,
+        },
+        None,
+    )
+}
+
+/// An end of a connection `--why` explains.
+struct End {
+    /// How it is shown: `x/a (172.16.0.2 on 192.168.0.201)`.
+    shown: String,
+    ip: Ipv4Addr,
+    /// The node a pod runs on, or the host itself.
+    node: Option<String>,
+    host: bool,
+}
+
+/// `ns/name`, `name`, `pod/ns/name`, `host/<host>` or an IP.
+fn resolve_end(record: &LabRecord, pods: &[Pod], text: &str) -> anyhow::Result<End> {
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        let pod = pods.iter().find(|p| pod_ip(p) == Some(ip));
+        return Ok(End {
+            shown: match pod {
+                Some(p) => format!("{} ({ip})", pod_key(p)),
+                None => ip.to_string(),
+            },
+            ip,
+            node: pod.and_then(|p| p.spec.as_ref()?.node_name.clone()),
+            host: false,
+        });
+    }
+    if let Some(host) = text.strip_prefix("host/") {
+        let host = record.host(host)?;
+        return Ok(End {
+            shown: format!("host {} ({})", host.name, host.ip),
+            ip: host.ip,
+            node: Some(host.name.clone()),
+            host: true,
+        });
+    }
+    let key = text.strip_prefix("pod/").unwrap_or(text);
+    let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+    let pod = pods
+        .iter()
+        .find(|p| {
+            p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+        })
+        .ok_or_else(|| {
+            super::exit::usage(format!(
+                "no pod {ns}/{name} in the lab (give ns/name, host/<host> or an IP)"
+            ))
+        })?;
+    let ip =
+        pod_ip(pod).ok_or_else(|| anyhow::anyhow!("pod {ns}/{name} has no IPv4 address yet"))?;
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    Ok(End {
+        shown: format!(
+            "{ns}/{name} ({ip} on {})",
+            node.as_deref().unwrap_or("no node")
+        ),
+        ip,
+        node,
+        host: false,
+    })
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
+    p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// `kemu reach --why SRC DST`.
+fn explain(
+    record: &LabRecord,
+    pods: &[Pod],
+    model: &Model,
+    src: &str,
+    dst: &str,
+) -> anyhow::Result<String> {
+    let (dst, proto) = match dst.rsplit_once('/') {
+        Some((rest, p)) if matches!(p, "tcp" | "udp" | "sctp") => (rest, p),
+        _ => (dst, "tcp"),
+    };
+    let protocol = Protocol::from_api(&proto.to_uppercase()).expect("tcp, udp or sctp");
+    let (dst, port) = dst
+        .rsplit_once(':')
+        .and_then(|(d, p)| Some((d, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| {
+            super::exit::usage(format!(
+                "--why: the destination {dst:?} needs a port (e.g. x/a:80 or 172.16.0.2:80/udp)"
+            ))
+        })?;
+    let src = resolve_end(record, pods, src)?;
+    let dst = resolve_end(record, pods, dst)?;
+    let verdict = model.evaluate(Packet {
+        src: src.ip,
+        dst: dst.ip,
+        protocol,
+        port,
+    });
+    // The node's own traffic to its pods passes (`meta skuid 0 accept`, as upstream).
+    let from_own_node = src.host && src.node.is_some() && src.node == dst.node;
+    let allowed = from_own_node || verdict.allowed();
+    let mut out = format!(
+        "{} -> {} {protocol}/{port}: {}\n",
+        src.shown,
+        dst.shown,
+        if allowed { "allowed" } else { "denied" }
+    );
+    let who = |pod: &Option<String>| pod.clone().unwrap_or_else(|| "a non-pod address".into());
+    out.push_str(&format!(
+        "  egress of {}: {}\n",
+        who(&verdict.src_pod),
+        verdict.egress
+    ));
+    if from_own_node {
+        out.push_str(&format!(
+            "  ingress of {}: allowed: traffic from the pod's own node always passes\n",
+            who(&verdict.dst_pod)
+        ));
+    } else {
+        out.push_str(&format!(
+            "  ingress of {}: {}\n",
+            who(&verdict.dst_pod),
+            verdict.ingress
+        ));
+    }
+    Ok(out)
+}
+
+/// The policy note of a matrix cell to a pod address (`pod/...` targets).
+fn cell_note(
+    record: &LabRecord,
+    pods: &[Pod],
+    model: &Model,
+    source: &crate::reach::Source,
+    target: &crate::reach::Target,
+) -> Option<String> {
+    if !target.name.starts_with("pod/") {
+        return None;
+    }
+    let std::net::IpAddr::V4(dst) = target.addr.ip() else {
+        return None;
+    };
+    let src = match (&source.pod, source.name.strip_prefix("host/")) {
+        (Some(pod), _) => resolve_end(record, pods, pod).ok()?,
+        (None, Some(host)) => resolve_end(record, pods, &format!("host/{host}")).ok()?,
+        _ => return None,
+    };
+    let dst_node = pods
+        .iter()
+        .find(|p| pod_ip(p) == Some(dst))
+        .and_then(|p| p.spec.as_ref()?.node_name.clone());
+    if src.host && src.node == dst_node {
+        return None;
+    }
+    model
+        .evaluate(Packet {
+            src: src.ip,
+            dst,
+            protocol: Protocol::Tcp,
+            port: target.addr.port(),
+        })
+        .note()
 }

@@ -44,12 +44,18 @@ impl AddrSet {
         if other.is_empty() {
             return;
         }
-        let mut all: Vec<(u32, u32)> = self.ranges.drain(..).chain(other.ranges.iter().copied()).collect();
+        let mut all: Vec<(u32, u32)> = self
+            .ranges
+            .drain(..)
+            .chain(other.ranges.iter().copied())
+            .collect();
         all.sort_unstable();
         for (first, last) in all {
             match self.ranges.last_mut() {
                 // Overlapping or adjacent: one range.
-                Some(prev) if u64::from(first) <= u64::from(prev.1) + 1 => prev.1 = prev.1.max(last),
+                Some(prev) if u64::from(first) <= u64::from(prev.1) + 1 => {
+                    prev.1 = prev.1.max(last)
+                }
                 _ => self.ranges.push((first, last)),
             }
         }
@@ -90,7 +96,11 @@ impl AddrSet {
             let end = u64::from(last);
             while start <= end {
                 // The largest block aligned at `start` that stays inside the range.
-                let mut len = if start == 0 { 32 } else { start.trailing_zeros().min(32) };
+                let mut len = if start == 0 {
+                    32
+                } else {
+                    start.trailing_zeros().min(32)
+                };
                 while len > 0 && start + (1u64 << len) - 1 > end {
                     len -= 1;
                 }
@@ -123,7 +133,8 @@ impl fmt::Display for AddrSet {
 
 impl FromIterator<Ipv4Addr> for AddrSet {
     fn from_iter<T: IntoIterator<Item = Ipv4Addr>>(iter: T) -> Self {
-        let mut ranges: Vec<(u32, u32)> = iter.into_iter().map(|ip| (ip.into(), ip.into())).collect();
+        let mut ranges: Vec<(u32, u32)> =
+            iter.into_iter().map(|ip| (ip.into(), ip.into())).collect();
         ranges.sort_unstable();
         let mut set = AddrSet::default();
         set.union(&AddrSet { ranges });

@@ -315,7 +315,9 @@ impl Agent {
     }
 }
 
-async fn join(task: Option<&mut SyncTask>) -> Result<(anyhow::Result<Synced>, u64, Instant), tokio::task::JoinError> {
+async fn join(
+    task: Option<&mut SyncTask>,
+) -> Result<(anyhow::Result<Synced>, u64, Instant), tokio::task::JoinError> {
     match task {
         Some(task) => task.await,
         None => std::future::pending().await,

@@ -279,6 +279,45 @@ impl Verdict {
     pub fn allowed(&self) -> bool {
         self.egress.allows() && self.ingress.allows()
     }
+
+    /// What the policies did, in a few words for a matrix cell (`denied: ingress of x/a
+    /// isolated by x/deny`, `allowed by x/web ingress[0]`); `None` when neither end is an
+    /// isolated pod.
+    pub fn note(&self) -> Option<String> {
+        let side = |d: &Decision, dir: Direction, pod: &Option<String>| match d {
+            Decision::Denied { policies } => Some(Err(format!(
+                "{dir} of {} isolated by {}",
+                pod.as_deref().unwrap_or("?"),
+                policies.join(", ")
+            ))),
+            Decision::Allowed(origin) => Some(Ok(origin.to_string())),
+            Decision::NotIsolated | Decision::SelfTraffic => None,
+        };
+        let sides: Vec<Result<String, String>> = [
+            side(&self.egress, Direction::Egress, &self.src_pod),
+            side(&self.ingress, Direction::Ingress, &self.dst_pod),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if sides.is_empty() {
+            return None;
+        }
+        let denied: Vec<&str> = sides
+            .iter()
+            .filter_map(|s| s.as_ref().err())
+            .map(String::as_str)
+            .collect();
+        if !denied.is_empty() {
+            return Some(format!("denied: {}", denied.join("; ")));
+        }
+        let allowed: Vec<&str> = sides
+            .iter()
+            .filter_map(|s| s.as_ref().ok())
+            .map(String::as_str)
+            .collect();
+        Some(format!("allowed by {}", allowed.join(" and ")))
+    }
 }
 
 impl Model {
@@ -686,7 +725,10 @@ fn peer_addrs(
                     .collect()
             }
         };
-        let pod_sel = peer.pod_selector.as_ref().map(Selector::from_label_selector);
+        let pod_sel = peer
+            .pod_selector
+            .as_ref()
+            .map(Selector::from_label_selector);
         let ips: AddrSet = pods
             .iter()
             .filter(|p| namespaces.contains(p.namespace))
@@ -770,7 +812,8 @@ mod tests {
 
     #[test]
     fn default_deny_ingress_isolates_a_namespace() {
-        let deny = "kind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+        let deny =
+            "kind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
         check(deny, TCP, 80, |_, d| d.0 != "x");
         check(deny, Protocol::Udp, 80, |_, d| d.0 != "x");
         let model = fixture::with(deny).model(None);
@@ -906,7 +949,10 @@ mod tests {
         assert_eq!(decide(("x", "c"), 81), origin("x/a-first", 0));
         assert_eq!(decide(("y", "b"), 80), origin("x/a-first", 1));
         assert_eq!(decide(("y", "b"), 81), origin("x/b-second", 0));
-        assert_eq!(decide(("y", "b"), 81).to_string(), "allowed by x/b-second ingress[0]");
+        assert_eq!(
+            decide(("y", "b"), 81).to_string(),
+            "allowed by x/b-second ingress[0]"
+        );
     }
 
     #[test]

@@ -62,7 +62,6 @@ fn comment(text: &str) -> String {
     format!("comment \"{text}\"")
 }
 
-
 /// The lines of one rule (several when it names several protocols; none when it can match
 /// nothing, e.g. a named port no pod has).
 fn rule_lines(rule: &Rule, direction: Direction) -> Vec<String> {
@@ -142,7 +141,10 @@ pub fn render(model: &Model, node: &str) -> String {
     let mut by_body: BTreeMap<(Direction, Vec<String>), usize> = BTreeMap::new();
     let mut maps: [Vec<(std::net::Ipv4Addr, usize)>; 2] = [Vec::new(), Vec::new()];
     let mut used_sets: BTreeMap<String, &str> = BTreeMap::new();
-    for (slot, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+    for (slot, direction) in [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .enumerate()
+    {
         for pod in &pods {
             let Some(body) = chain_body(pod, direction) else {
                 continue;
@@ -168,7 +170,10 @@ pub fn render(model: &Model, node: &str) -> String {
         comment(&format!("NetworkPolicy of node {node} (kemu netpol)"))
     );
     for (name, set) in &used_sets {
-        let _ = writeln!(out, "\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags interval");
+        let _ = writeln!(
+            out,
+            "\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags interval"
+        );
         if let Some(addrs) = model.peer_sets.get(*set).filter(|a| !a.is_empty()) {
             let _ = writeln!(out, "\t\telements = {{ {addrs} }}");
         }
@@ -267,11 +272,19 @@ spec:
         let n1 = render(&objects.model(Some("n1")), "n1");
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(n1));
         // Pods with the same rules share a chain: x/b and x/c have deny-all's alone.
-        assert!(n1.contains("10.244.1.11 : jump egress/x/b, 10.244.1.12 : jump egress/x/b"), "{n1}");
+        assert!(
+            n1.contains("10.244.1.11 : jump egress/x/b, 10.244.1.12 : jump egress/x/b"),
+            "{n1}"
+        );
         assert!(!n1.contains("chain egress/x/c"));
         // n2 holds none of x's pods, and y's there are open to all: a chain of one return.
         let n2 = render(&objects.model(Some("n2")), "n2");
-        assert!(n2.contains("chain ingress/y/c {\n\t\treturn comment \"y/open ingress[0]\"\n\t\tdrop\n"), "{n2}");
+        assert!(
+            n2.contains(
+                "chain ingress/y/c {\n\t\treturn comment \"y/open ingress[0]\"\n\t\tdrop\n"
+            ),
+            "{n2}"
+        );
         assert!(!n2.contains("egress/"));
     }
 

@@ -400,3 +400,128 @@ fn truth_tables_with_the_nftables_proxy() {
 fn truth_tables_with_the_userspace_proxy() {
     scenario("userspace");
 }
+
+/// The objects of the tier-1 test: pods of namespaces x and y on node n1 (and one on n2).
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: blue}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: "y", labels: {team: red}}
+---
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.244.1.2}
+---
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: db}}
+spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 9090}]}]}
+status: {phase: Running, podIP: 10.244.1.3}
+---
+kind: Pod
+metadata: {name: c, namespace: "y", labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.244.1.4}
+---
+kind: Pod
+metadata: {name: d, namespace: "y", labels: {app: db}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.244.2.2}
+"#;
+
+const DENY_X: &str = "kind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n";
+const WEB: &str = "kind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: red}}}, {ipBlock: {cidr: 10.0.0.0/8, except: [10.244.0.0/16]}}], ports: [{port: http}, {port: 5000, endPort: 5010}]}]\n";
+const WEB2: &str = "kind: NetworkPolicy\nmetadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{ipBlock: {cidr: 192.168.0.0/16}}], ports: [{port: 80, protocol: UDP}]}]\n  egress: [{to: [{podSelector: {}}], ports: [{port: http}]}]\n";
+const ALL_Y: &str = "kind: NetworkPolicy\nmetadata: {name: all, namespace: \"y\"}\nspec: {podSelector: {}, ingress: [{}]}\n";
+
+fn node_table(policies: &[&str]) -> kemu::netpol::nft::Table {
+    let mut yaml = CLUSTER.to_string();
+    for p in policies {
+        yaml.push_str("---\n");
+        yaml.push_str(p);
+    }
+    let objects = kemu::netpol::objects::parse_yaml(&yaml).unwrap();
+    kemu::netpol::nft::table(&objects.model(Some("n1")), "n1")
+}
+
+/// `nft -f` each script in turn in a private network namespace; the ruleset after them.
+fn nft_in_scratch(scripts: &[String]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shell = String::new();
+    for (i, script) in scripts.iter().enumerate() {
+        let path = dir.path().join(format!("{i}.nft"));
+        std::fs::write(&path, script).unwrap();
+        shell.push_str(&format!("nft -f {} && ", path.display()));
+    }
+    shell.push_str("nft list ruleset");
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", &shell])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        scripts.join("\n----\n")
+    );
+    // The order in which chains and sets were created is the listing's order.
+    kemu::proxy::normalize::nft_ruleset(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Tier 1: every difference the agent writes, applied to the old table in the kernel, leaves
+/// exactly what a whole write of the new table leaves.
+#[test]
+fn differences_leave_the_same_kernel_table_as_whole_writes() {
+    use kemu::netpol::nft::{Table, transaction};
+    let states: Vec<Table> = [
+        vec![],
+        vec![DENY_X],
+        vec![DENY_X, WEB],
+        vec![DENY_X, WEB2],
+        vec![WEB2, ALL_Y],
+        vec![DENY_X, WEB, ALL_Y],
+        vec![],
+        vec![WEB],
+        vec![ALL_Y],
+    ]
+    .iter()
+    .map(|p| node_table(p))
+    .collect();
+    for pair in states.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let patched = nft_in_scratch(&[transaction(None, old), transaction(Some(old), new)]);
+        let whole = nft_in_scratch(&[transaction(None, new)]);
+        assert_eq!(patched, whole, "from:\n{}\nto:\n{}", old.text(), new.text());
+    }
+    // A port edit rewrites its policy's chain alone; a peer edit adds a set and drops one.
+    let tx = transaction(
+        Some(&states[2]),
+        &node_table(&[DENY_X, &WEB.replace("5010", "5020")]),
+    );
+    let lines: Vec<&str> = tx.lines().collect();
+    assert_eq!(lines.len(), 2, "{tx}");
+    assert_eq!(
+        lines[0],
+        "flush chain inet kemu-netpol policy/x/web/ingress"
+    );
+    assert!(
+        lines[1].ends_with("tcp dport { 5000-5020, 8080 } accept comment \"x/web ingress[0]\""),
+        "{tx}"
+    );
+    let tx = transaction(
+        Some(&states[2]),
+        &node_table(&[DENY_X, &WEB.replace("10.0.0.0/8", "10.0.0.0/9")]),
+    );
+    let verbs: Vec<&str> = tx
+        .lines()
+        .map(|l| l.split(" inet").next().unwrap())
+        .collect();
+    assert_eq!(
+        verbs,
+        ["add set", "flush chain", "add rule", "delete set"],
+        "{tx}"
+    );
+}

@@ -5,13 +5,14 @@
 //!
 //! ```text
 //! watch Pods        ─┐                       sync task (a blocking thread):
-//! watch Namespaces  ─┼─ caches ─ pending ──▶  model::build ─ nft::render ─ nft -f
-//! watch Policies    ─┘    ▲                   (skipped when the text is unchanged)
+//! watch Namespaces  ─┼─ caches ─ pending ──▶  model::build ─ nft::table ─ nft -f
+//! watch Policies    ─┘    ▲                   (the difference to the applied table)
 //!                         └── changes that arrive during a sync are coalesced into the next
 //! ```
 //!
 //! The watches keep running while a sync renders and applies, so a burst of changes costs one
-//! sync more, not one per change. A sync replaces the whole table in one `nft -f`
+//! sync more, not one per change. A sync writes what changed since the table it applied last
+//! (the whole table at the start, after a failure and every `--sync-period`) in one `nft -f`
 //! transaction: packets see the old rules or the new ones, never a mix. The agent removes its
 //! table when it stops; a node without isolated pods has no table. The service proxy's mode
 //! does not matter: the table decides after its DNAT (any mode) and before any SNAT.
@@ -55,6 +56,9 @@ pub struct NetpolStatus {
     /// The highest resourceVersion among the objects the last successful sync saw: a
     /// change with a resourceVersion up to this one is enforced.
     pub applied_version: u64,
+    /// The same for NetworkPolicies alone (each watch delivers its own kind in order, so a
+    /// policy write with this resourceVersion or lower is in the kernel).
+    pub applied_policy_version: u64,
     /// When the last successful sync finished, in milliseconds since the Unix epoch.
     pub applied_at_ms: u64,
     /// Isolated pods on this node after the last sync.
@@ -91,17 +95,20 @@ struct Snapshot {
     namespaces: Vec<Namespace>,
     policies: Vec<NetworkPolicy>,
     version: u64,
+    policy_version: u64,
 }
 
 /// What a sync did.
 struct Synced {
-    rendered: String,
+    table: nft::Table,
     isolated_pods: usize,
     apply_ms: f64,
 }
 
-/// Build the model, render the node's table and apply it unless `applied` is the same text.
-fn sync(node: &str, snapshot: &Snapshot, applied: Option<&str>) -> anyhow::Result<Synced> {
+/// Build the model, make the node's table and bring the kernel's to it: nothing when it is
+/// the same as `applied`, else only the difference (the whole table when there is no
+/// `applied`, or when the difference fails to apply).
+fn sync(node: &str, snapshot: &Snapshot, applied: Option<&nft::Table>) -> anyhow::Result<Synced> {
     let pods: Vec<&Pod> = snapshot.pods.iter().collect();
     let namespaces: Vec<&Namespace> = snapshot.namespaces.iter().collect();
     let policies: Vec<&NetworkPolicy> = snapshot.policies.iter().collect();
@@ -113,16 +120,22 @@ fn sync(node: &str, snapshot: &Snapshot, applied: Option<&str>) -> anyhow::Resul
         },
         Some(node),
     );
-    let rendered = nft::render(&model, node);
+    let table = nft::table(&model, node);
     let mut apply_ms = 0.0;
-    if applied != Some(rendered.as_str()) {
+    if applied != Some(&table) {
         let started = Instant::now();
-        crate::firewall::nft_apply(None, &nft::replace(&rendered))?;
+        if let Err(e) = crate::firewall::nft_apply(None, &nft::transaction(applied, &table)) {
+            if applied.is_none() {
+                return Err(e);
+            }
+            tracing::warn!("applying the difference failed, replacing the table: {e:#}");
+            crate::firewall::nft_apply(None, &nft::transaction(None, &table))?;
+        }
         apply_ms = started.elapsed().as_secs_f64() * 1e3;
     }
     Ok(Synced {
         isolated_pods: model.pods.len(),
-        rendered,
+        table,
         apply_ms,
     })
 }
@@ -132,8 +145,8 @@ struct Agent {
     pods: Cache<Pod>,
     namespaces: Cache<Namespace>,
     policies: Cache<NetworkPolicy>,
-    /// The table text in the kernel; `None` before the first sync and after a failure.
-    applied: Option<String>,
+    /// The table in the kernel; `None` before the first sync and after a failure.
+    applied: Option<nft::Table>,
     /// An object changed since the last sync started.
     pending: bool,
     retry_at: Option<Instant>,
@@ -141,7 +154,8 @@ struct Agent {
     status: NetpolStatus,
 }
 
-type SyncTask = tokio::task::JoinHandle<(anyhow::Result<Synced>, u64, Instant)>;
+/// A running sync: its result, the versions of its snapshot, when it started.
+type SyncTask = tokio::task::JoinHandle<(anyhow::Result<Synced>, (u64, u64), Instant)>;
 
 impl Agent {
     fn new(cfg: Config) -> Agent {
@@ -195,23 +209,30 @@ impl Agent {
                 .max_version
                 .max(self.namespaces.max_version)
                 .max(self.policies.max_version),
+            policy_version: self.policies.max_version,
         };
         let node = self.cfg.node_name.clone();
         let applied = self.applied.take();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let result = sync(&node, &snapshot, applied.as_deref());
-            (result, snapshot.version, started)
+            let result = sync(&node, &snapshot, applied.as_ref());
+            (result, (snapshot.version, snapshot.policy_version), started)
         })
     }
 
-    fn finish_sync(&mut self, result: anyhow::Result<Synced>, version: u64, started: Instant) {
+    fn finish_sync(
+        &mut self,
+        result: anyhow::Result<Synced>,
+        (version, policy_version): (u64, u64),
+        started: Instant,
+    ) {
         self.status.last_sync_ms = started.elapsed().as_secs_f64() * 1e3;
         self.status.policies = self.policies.len();
         match result {
             Ok(synced) => {
                 self.status.syncs += 1;
                 self.status.applied_version = version;
+                self.status.applied_policy_version = policy_version;
                 self.status.applied_at_ms = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
@@ -226,7 +247,7 @@ impl Agent {
                         "applied the policy table"
                     );
                 }
-                self.applied = Some(synced.rendered);
+                self.applied = Some(synced.table);
             }
             Err(e) => {
                 tracing::error!("sync failed: {e:#}");
@@ -317,7 +338,7 @@ impl Agent {
 
 async fn join(
     task: Option<&mut SyncTask>,
-) -> Result<(anyhow::Result<Synced>, u64, Instant), tokio::task::JoinError> {
+) -> Result<(anyhow::Result<Synced>, (u64, u64), Instant), tokio::task::JoinError> {
     match task {
         Some(task) => task.await,
         None => std::future::pending().await,

@@ -8,19 +8,25 @@
 //! kemu decides in the kernel:
 //!
 //! ```text
-//! chain postrouting   (filter, postrouting, priority srcnat - 5, policy accept)
+//! chain egress    (filter, postrouting, priority srcnat - 6, policy accept)
+//! chain ingress   (filter, postrouting, priority srcnat - 5, policy accept)
 //!   ct state established,related accept        replies and accepted connections
 //!   meta skuid 0 accept                        the node's own traffic (kubelet probes)
-//!   ip saddr . ip daddr @self accept           a pod's traffic to itself
-//!   ip daddr vmap @ingress                     isolated local pod -> jump its ingress chain
-//!   ip saddr vmap @egress                      isolated local pod -> jump its egress chain
-//! chain ingress/<ns>/<pod>                     one `return` per allowing rule, then drop
-//! set from/<ns>/<policy>/<i>, to/...          a policy rule's peers (interval sets)
+//!   ip saddr . ip daddr @self.<h> accept       a pod's traffic to itself
+//!   ip saddr|daddr vmap @egress-pods.<h>|@ingress-pods.<h>   isolated local pod -> its chain
+//! chain ingress/<ns>/<pod>                     jump to each isolating policy's chain; drop
+//! chain policy/<ns>/<name>/ingress             one `accept` per rule (and protocol)
+//! set from/<ns>/<policy>/<i>.<h>, to/...      a policy rule's peers (interval sets)
 //! ```
 //!
+//! An `accept` ends one base chain only, so each direction has its own: a packet leaves a
+//! pod's egress chain accepted or dropped, then meets the destination's ingress chain.
 //! Lookups are by set and map, so the cost of a packet does not grow with the number of
-//! policies; pods with the same rules (the usual case: one policy over a Deployment) share one
-//! chain, named after the first of them. A node without isolated pods gets no table at all.
+//! pods; pods with the same policies (the usual case: one policy over a Deployment) share a
+//! chain, named after the first of them. Sets and maps carry the hash `<h>` of their content
+//! in their name, so that a change adds a new one rather than editing one in the kernel; a
+//! change to one policy writes its chain and sets only ([`transaction`]). A node without
+//! isolated pods gets no table at all.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -64,20 +70,16 @@ fn comment(text: &str) -> String {
 
 /// The lines of one rule (several when it names several protocols; none when it can match
 /// nothing, e.g. a named port no pod has).
-fn rule_lines(rule: &Rule, direction: Direction) -> Vec<String> {
+fn rule_lines(rule: &Rule, direction: Direction, set: Option<&str>) -> Vec<String> {
     let addr = match direction {
         Direction::Ingress => "ip saddr",
         Direction::Egress => "ip daddr",
     };
     let note = comment(&rule.origin.to_string());
-    let peers = rule
-        .peers
-        .as_ref()
-        .map(|set| format!("{addr} @{} ", nft_name(set)))
-        .unwrap_or_default();
+    let peers = set.map(|set| format!("{addr} @{set} ")).unwrap_or_default();
     let mut lines = Vec::new();
     match &rule.ports {
-        None => lines.push(format!("{peers}return {note}")),
+        None => lines.push(format!("{peers}accept {note}")),
         Some(ports) => {
             let mut by_protocol: BTreeMap<Protocol, Vec<String>> = BTreeMap::new();
             for range in ports {
@@ -99,7 +101,7 @@ fn rule_lines(rule: &Rule, direction: Direction) -> Vec<String> {
                     [one] => format!("{protocol} dport {one}"),
                     many => format!("{protocol} dport {{ {} }}", many.join(", ")),
                 };
-                lines.push(format!("{peers}{matcher} return {note}"));
+                lines.push(format!("{peers}{matcher} accept {note}"));
             }
         }
     }
@@ -110,114 +112,256 @@ fn rule_lines(rule: &Rule, direction: Direction) -> Vec<String> {
             .map(|(ip, protocol, port)| format!("{ip} . {protocol} . {port}"))
             .collect();
         lines.push(format!(
-            "ip daddr . meta l4proto . th dport {{ {} }} return {note}",
+            "ip daddr . meta l4proto . th dport {{ {} }} accept {note}",
             elements.join(", ")
         ));
     }
     lines
 }
 
-/// The body of a pod's chain for `direction`, if it is isolated in it.
-fn chain_body(pod: &IsolatedPod, direction: Direction) -> Option<Vec<String>> {
-    let isolation = pod.isolation(direction)?;
-    let mut lines: Vec<String> = isolation
-        .rules
-        .iter()
-        .flat_map(|r| rule_lines(r, direction))
-        .collect();
-    lines.push("drop".to_string());
-    Some(lines)
+/// `name.<hash of content>`: sets and maps are named after what they hold, so a change is a
+/// new set beside the old one, never an edit of a set in the kernel (for which `nft` would
+/// first read every set of the table: a tenth of a second with 1,000 policies).
+fn versioned(name: &str, content: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(content.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}.{hash}", nft_name(name))
 }
 
-/// The table of `node`'s isolated pods, as `nft list table inet kemu-netpol` prints it;
-/// empty when no pod of the node is isolated.
-pub fn render(model: &Model, node: &str) -> String {
-    let pods: Vec<&IsolatedPod> = model.on_node(node).collect();
-    if pods.is_empty() {
-        return String::new();
+/// A set or map of the table: its name (with the hash of its content) and its elements
+/// (`10.0.0.0/24, 172.16.1.2`; empty: no element).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Elements {
+    pub name: String,
+    pub elements: String,
+}
+
+impl Elements {
+    fn new(base: &str, elements: String) -> Elements {
+        Elements {
+            name: versioned(base, &elements),
+            elements,
+        }
     }
-    // Chains by body, so that pods with the same rules share one.
-    let mut chains: Vec<(String, Vec<String>)> = Vec::new();
-    let mut by_body: BTreeMap<(Direction, Vec<String>), usize> = BTreeMap::new();
-    let mut maps: [Vec<(std::net::Ipv4Addr, usize)>; 2] = [Vec::new(), Vec::new()];
-    let mut used_sets: BTreeMap<String, &str> = BTreeMap::new();
+
+    fn elements_clause(&self) -> String {
+        if self.elements.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", self.elements)
+        }
+    }
+}
+
+/// The table of a node, as data: what [`Table::text`] prints and [`transaction`] diffs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    pub node: String,
+    /// Peer sets by name.
+    pub sets: BTreeMap<String, String>,
+    /// The `self` set (`ip . ip` elements).
+    pub selfs: Elements,
+    /// The `ingress-pods` and `egress-pods` maps (`ip : jump chain` elements).
+    pub maps: [Elements; 2],
+    /// Regular chains: name → rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+}
+
+const SET_TYPE: &str = "type ipv4_addr; flags interval;";
+const SELF_TYPE: &str = "type ipv4_addr . ipv4_addr;";
+const MAP_TYPE: &str = "type ipv4_addr : verdict;";
+
+/// The base chains: egress is decided first (at the source pod's end), then ingress. An
+/// `accept` ends one base chain only, so each direction has its own.
+const BASE_CHAINS: [(&str, &str, &str, usize); 2] = [
+    ("egress", "srcnat - 6", "saddr", 1),
+    ("ingress", "srcnat - 5", "daddr", 0),
+];
+
+impl Table {
+    /// No pod of the node is isolated: the node gets no table.
+    pub fn is_empty(&self) -> bool {
+        self.maps.iter().all(|m| m.elements.is_empty())
+    }
+
+    /// The rules of base chain `i` of [`BASE_CHAINS`].
+    fn base_rules(&self, i: usize) -> [String; 4] {
+        let (_, _, field, map) = BASE_CHAINS[i];
+        [
+            "ct state established,related accept".to_string(),
+            "meta skuid 0 accept".to_string(),
+            format!("ip saddr . ip daddr @{} accept", self.selfs.name),
+            format!("ip {field} vmap @{}", self.maps[map].name),
+        ]
+    }
+
+    /// The table as `nft list table inet kemu-netpol` prints it (and `nft -f` reads it);
+    /// empty when [`Table::is_empty`].
+    pub fn text(&self) -> String {
+        if self.is_empty() {
+            return String::new();
+        }
+        let mut out = String::new();
+        let _ = writeln!(out, "table inet {TABLE} {{");
+        let _ = writeln!(
+            out,
+            "\t{}",
+            comment(&format!(
+                "NetworkPolicy of node {} (kemu netpol)",
+                self.node
+            ))
+        );
+        let mut declare = |kind: &str, name: &str, ty: &str, elements: &str| {
+            let _ = writeln!(out, "\t{kind} {name} {{");
+            for part in ty.split_terminator("; ") {
+                let _ = writeln!(out, "\t\t{}", part.trim_end_matches(';'));
+            }
+            if !elements.is_empty() {
+                let _ = writeln!(out, "\t\telements = {{ {elements} }}");
+            }
+            out.push_str("\t}\n\n");
+        };
+        for (name, elements) in &self.sets {
+            declare("set", name, SET_TYPE, elements);
+        }
+        declare("set", &self.selfs.name, SELF_TYPE, &self.selfs.elements);
+        for map in &self.maps {
+            declare("map", &map.name, MAP_TYPE, &map.elements);
+        }
+        for (i, (name, priority, _, _)) in BASE_CHAINS.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            let _ = writeln!(
+                out,
+                "\tchain {name} {{\n\t\ttype filter hook postrouting priority {priority}; policy accept;"
+            );
+            for rule in self.base_rules(i) {
+                let _ = writeln!(out, "\t\t{rule}");
+            }
+            out.push_str("\t}\n");
+        }
+        for (name, body) in &self.chains {
+            let _ = writeln!(out, "\n\tchain {name} {{");
+            for line in body {
+                let _ = writeln!(out, "\t\t{line}");
+            }
+            out.push_str("\t}\n");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// The table of `node`'s isolated pods: a chain per policy and direction (its rules, each
+/// accepting what it allows), and per pod a chain that jumps to the chains of the policies
+/// isolating it, then drops. A change to one policy rewrites that policy's chain and sets;
+/// pods with the same policies share one chain, named after the first of them.
+pub fn table(model: &Model, node: &str) -> Table {
+    let pods: Vec<&IsolatedPod> = model.on_node(node).collect();
+    let mut table = Table {
+        node: node.to_string(),
+        ..Table::default()
+    };
+    let mut maps: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let mut set_names: BTreeMap<&str, String> = BTreeMap::new();
     for (slot, direction) in [Direction::Ingress, Direction::Egress]
         .into_iter()
         .enumerate()
     {
+        // Policy chains: (policy, body) → the pods using that body. Named ports can make one
+        // policy's rules differ from pod to pod.
+        let mut variants: BTreeMap<&str, Vec<Vec<String>>> = BTreeMap::new();
+        let mut pod_bodies: Vec<(&IsolatedPod, Vec<(&str, usize)>)> = Vec::new();
         for pod in &pods {
-            let Some(body) = chain_body(pod, direction) else {
+            let Some(isolation) = pod.isolation(direction) else {
                 continue;
             };
-            for rule in &pod.isolation(direction).expect("isolated").rules {
-                if let Some(set) = &rule.peers {
-                    used_sets.insert(nft_name(set), set);
+            let mut uses = Vec::new();
+            for policy in &isolation.policies {
+                let body: Vec<String> = isolation
+                    .rules
+                    .iter()
+                    .filter(|r| &r.origin.policy == policy)
+                    .flat_map(|r| {
+                        let set = r.peers.as_deref().map(|set| {
+                            set_names
+                                .entry(set)
+                                .or_insert_with(|| {
+                                    let elements = model
+                                        .peer_sets
+                                        .get(set)
+                                        .map(|a| a.to_string())
+                                        .unwrap_or_default();
+                                    let name = versioned(set, &elements);
+                                    table.sets.insert(name.clone(), elements);
+                                    name
+                                })
+                                .clone()
+                        });
+                        rule_lines(r, direction, set.as_deref())
+                    })
+                    .collect();
+                if body.is_empty() {
+                    // A policy without rules only isolates.
+                    continue;
                 }
+                let list = variants.entry(policy).or_default();
+                let index = match list.iter().position(|b| *b == body) {
+                    Some(i) => i,
+                    None => {
+                        list.push(body);
+                        list.len() - 1
+                    }
+                };
+                uses.push((policy.as_str(), index));
             }
-            let index = *by_body.entry((direction, body.clone())).or_insert_with(|| {
-                chains.push((nft_name(&format!("{direction}/{}", pod.pod)), body));
-                chains.len() - 1
-            });
-            maps[slot].push((pod.ip, index));
+            pod_bodies.push((pod, uses));
+        }
+        let chain_name = |policy: &str, index: usize| {
+            let base = format!("policy/{policy}/{direction}");
+            nft_name(&if index == 0 {
+                base
+            } else {
+                format!("{base}/{index}")
+            })
+        };
+        for (policy, bodies) in &variants {
+            for (index, body) in bodies.iter().enumerate() {
+                table.chains.insert(chain_name(policy, index), body.clone());
+            }
+        }
+        let mut by_body: BTreeMap<Vec<String>, String> = BTreeMap::new();
+        for (pod, uses) in pod_bodies {
+            let mut body: Vec<String> = uses
+                .iter()
+                .map(|(policy, index)| format!("jump {}", chain_name(policy, *index)))
+                .collect();
+            body.push("drop".to_string());
+            let name = by_body
+                .entry(body.clone())
+                .or_insert_with(|| nft_name(&format!("{direction}/{}", pod.pod)))
+                .clone();
+            table.chains.entry(name.clone()).or_insert(body);
+            maps[slot].push(format!("{} : jump {name}", pod.ip));
         }
     }
-
-    let mut out = String::new();
-    let _ = writeln!(out, "table inet {TABLE} {{");
-    let _ = writeln!(
-        out,
-        "\t{}",
-        comment(&format!("NetworkPolicy of node {node} (kemu netpol)"))
-    );
-    for (name, set) in &used_sets {
-        let _ = writeln!(
-            out,
-            "\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags interval"
-        );
-        if let Some(addrs) = model.peer_sets.get(*set).filter(|a| !a.is_empty()) {
-            let _ = writeln!(out, "\t\telements = {{ {addrs} }}");
-        }
-        out.push_str("\t}\n\n");
-    }
-    out.push_str("\tset self {\n\t\ttype ipv4_addr . ipv4_addr\n");
+    let [ingress, egress] = maps;
+    table.maps = [
+        Elements::new("ingress-pods", ingress.join(", ")),
+        Elements::new("egress-pods", egress.join(", ")),
+    ];
     let mut ips: Vec<_> = pods.iter().map(|p| p.ip).collect();
     ips.sort();
     let selfs: Vec<String> = ips.iter().map(|ip| format!("{ip} . {ip}")).collect();
-    let _ = writeln!(out, "\t\telements = {{ {} }}\n\t}}\n", selfs.join(", "));
-    for (slot, name) in ["ingress", "egress"].into_iter().enumerate() {
-        let _ = writeln!(out, "\tmap {name} {{\n\t\ttype ipv4_addr : verdict");
-        let mut entries = maps[slot].clone();
-        entries.sort();
-        if !entries.is_empty() {
-            let elements: Vec<String> = entries
-                .iter()
-                .map(|(ip, chain)| format!("{ip} : jump {}", chains[*chain].0))
-                .collect();
-            let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
-        }
-        out.push_str("\t}\n\n");
-    }
-    out.push_str(
-        "\tchain postrouting {\n\
-         \t\ttype filter hook postrouting priority srcnat - 5; policy accept;\n\
-         \t\tct state established,related accept\n\
-         \t\tmeta skuid 0 accept\n\
-         \t\tip saddr . ip daddr @self accept\n\
-         \t\tip daddr vmap @ingress\n\
-         \t\tip saddr vmap @egress\n\
-         \t}\n",
-    );
-    let mut chains = chains;
-    chains.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, body) in &chains {
-        let _ = writeln!(out, "\n\tchain {name} {{");
-        for line in body {
-            let _ = writeln!(out, "\t\t{line}");
-        }
-        out.push_str("\t}\n");
-    }
-    out.push_str("}\n");
-    out
+    table.selfs = Elements::new("self", selfs.join(", "));
+    table
+}
+
+/// The table of `node`'s isolated pods as text; empty when no pod of the node is isolated.
+pub fn render(model: &Model, node: &str) -> String {
+    table(model, node).text()
 }
 
 /// The `nft -f` transaction that makes the table `rendered` (a [`render`] result) the only
@@ -230,6 +374,103 @@ pub fn replace(rendered: &str) -> String {
 /// The `nft -f` transaction that removes the table, whether or not it exists.
 pub fn remove() -> String {
     replace("")
+}
+
+/// The `nft -f` transaction from `old` (in the kernel) to `new`: the whole table when there
+/// was none or there will be none, else only what changed, in one atomic transaction: new
+/// sets (with their elements), new and changed chains (policies before the pods' chains
+/// that jump to them), new maps and the base chains that look them up, then what is gone.
+/// Nothing in it makes `nft` read the table's sets or maps first.
+pub fn transaction(old: Option<&Table>, new: &Table) -> String {
+    let old = match old {
+        Some(old) if !old.is_empty() && !new.is_empty() && old.node == new.node => old,
+        _ => return replace(&new.text()),
+    };
+    let t = format!("inet {TABLE}");
+    let mut out = String::new();
+    let add = |out: &mut String, kind: &str, e: &Elements, ty: &str| {
+        let _ = writeln!(
+            out,
+            "add {kind} {t} {} {{ {ty} {} }}",
+            e.name,
+            e.elements_clause()
+        );
+    };
+    for (name, elements) in new.sets.iter().filter(|(n, _)| !old.sets.contains_key(*n)) {
+        add(
+            &mut out,
+            "set",
+            &Elements {
+                name: name.clone(),
+                elements: elements.clone(),
+            },
+            SET_TYPE,
+        );
+    }
+    if old.selfs.name != new.selfs.name {
+        add(&mut out, "set", &new.selfs, SELF_TYPE);
+    }
+    // Chains are declared before any rule jumps to them.
+    for name in new.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
+        let _ = writeln!(out, "add chain {t} {name}");
+    }
+    // Policy chains before the pod chains that jump to them (`policy/` sorts after both
+    // `egress/` and `ingress/`, hence the two passes).
+    let changed = |name: &&String| old.chains.get(*name) != new.chains.get(*name);
+    let (policies, pods): (Vec<&String>, Vec<&String>) = new
+        .chains
+        .keys()
+        .filter(changed)
+        .partition(|n| n.starts_with("policy/"));
+    for name in policies.into_iter().chain(pods) {
+        if old.chains.contains_key(name) {
+            let _ = writeln!(out, "flush chain {t} {name}");
+        }
+        for rule in &new.chains[name] {
+            let _ = writeln!(out, "add rule {t} {name} {rule}");
+        }
+    }
+    for (slot, map) in new.maps.iter().enumerate() {
+        if old.maps[slot].name != map.name {
+            add(&mut out, "map", map, MAP_TYPE);
+        }
+    }
+    for (i, (name, _, _, _)) in BASE_CHAINS.iter().enumerate() {
+        let rules = new.base_rules(i);
+        if old.base_rules(i) != rules {
+            let _ = writeln!(out, "flush chain {t} {name}");
+            for rule in rules {
+                let _ = writeln!(out, "add rule {t} {name} {rule}");
+            }
+        }
+    }
+    // What is gone, once nothing refers to it: old maps, then pod chains (no map jumps
+    // there), then policy chains (no pod chain jumps there), then sets.
+    for (slot, map) in old.maps.iter().enumerate() {
+        if new.maps[slot].name != map.name {
+            let _ = writeln!(out, "delete map {t} {}", map.name);
+        }
+    }
+    if old.selfs.name != new.selfs.name {
+        let _ = writeln!(out, "delete set {t} {}", old.selfs.name);
+    }
+    let gone: Vec<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
+    let (gone_policies, gone_pods): (Vec<&String>, Vec<&String>) =
+        gone.into_iter().partition(|n| n.starts_with("policy/"));
+    for name in gone_pods.iter().chain(&gone_policies) {
+        let _ = writeln!(out, "flush chain {t} {name}");
+    }
+    for name in gone_pods.iter().chain(&gone_policies) {
+        let _ = writeln!(out, "delete chain {t} {name}");
+    }
+    for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
+        let _ = writeln!(out, "delete set {t} {name}");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -271,18 +512,19 @@ spec:
         let objects = fixture::with(POLICIES);
         let n1 = render(&objects.model(Some("n1")), "n1");
         crate::testing::snapshot_settings().bind(|| insta::assert_snapshot!(n1));
-        // Pods with the same rules share a chain: x/b and x/c have deny-all's alone.
+        // Pods with the same policies share a chain: x/b and x/c have deny-all's alone.
         assert!(
             n1.contains("10.244.1.11 : jump egress/x/b, 10.244.1.12 : jump egress/x/b"),
             "{n1}"
         );
         assert!(!n1.contains("chain egress/x/c"));
-        // n2 holds none of x's pods, and y's there are open to all: a chain of one return.
+        // n2 holds none of x's pods, and y's there are open to all.
         let n2 = render(&objects.model(Some("n2")), "n2");
         assert!(
-            n2.contains(
-                "chain ingress/y/c {\n\t\treturn comment \"y/open ingress[0]\"\n\t\tdrop\n"
-            ),
+            n2.contains("chain ingress/y/c {\n\t\tjump policy/y/open/ingress\n\t\tdrop\n")
+                && n2.contains(
+                    "chain policy/y/open/ingress {\n\t\taccept comment \"y/open ingress[0]\"\n"
+                ),
             "{n2}"
         );
         assert!(!n2.contains("egress/"));

@@ -4,8 +4,8 @@
 //! pod connects to every pod (and to a Service in front of x/a) after each policy change, and
 //! the table of who reached whom is compared with what the policy allows. One lab per proxy
 //! mode (iptables, nftables, userspace), the policies applied in sequence, the probes in
-//! parallel.
-//! Needs root.
+//! parallel. Tier 1 beside them: the differences the agent writes, applied in a private network
+//! namespace, leave the same table as whole writes. Needs root.
 
 mod common;
 

@@ -614,7 +614,7 @@ pub fn build(objects: Objects<'_>, node: Option<&str>) -> Model {
                         origin,
                         peers.as_ref(),
                         ports,
-                        rule_has_ports(&specs[origin.index]),
+                        specs[origin.index].ports.is_some(),
                         target.pod,
                         &pods,
                     ));
@@ -633,10 +633,6 @@ pub fn build(objects: Objects<'_>, node: Option<&str>) -> Model {
         });
     }
     model
-}
-
-fn rule_has_ports(rule: &RuleSpec<'_>) -> bool {
-    rule.ports.is_some()
 }
 
 /// A rule for one isolated pod: named ports resolved against it (ingress) or against the

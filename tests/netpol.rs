@@ -283,6 +283,16 @@ fn scenario(mode: &str) {
             && why.contains("ingress of x/b: denied: isolated by x/deny-ingress"),
         "{why}"
     );
+    if mode != "userspace" {
+        let why = reach_why(&lab, "y/a", "svc/x/a:8080");
+        assert!(
+            why.starts_with("y/a (")
+                && why.contains("-> Service x/a tcp/8080:\n  -> x/a (")
+                && why.contains("tcp/80: denied")
+                && why.contains("ingress of x/a: denied: isolated by x/deny-ingress"),
+            "{why}"
+        );
+    }
     let why = reach_why(&lab, &format!("host/{}", NODES[0]), "x/a:80");
     assert!(
         why.contains("allowed: traffic from the pod's own node"),

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, LogParams};
 
 use super::output::Format;
@@ -41,7 +42,8 @@ pub struct ReachArgs {
     pub no_probe_pods: bool,
     /// Explain instead of probing: may SRC connect to DST, and which NetworkPolicy and rule
     /// decide, as the nodes' policy tables do. SRC: a pod (`ns/name`, or `name` in default),
-    /// `host/<host>` or an IP; DST: the same with `:PORT`, optionally `/udp` or `/sctp`.
+    /// `host/<host>` or an IP; DST: the same, or `svc/<ns>/<name>` (each backend), with
+    /// `:PORT`, optionally `/udp` or `/sctp`.
     #[arg(long, num_args = 2, value_names = ["SRC", "DST"])]
     pub why: Option<Vec<String>>,
 }
@@ -97,7 +99,10 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("read the NetworkPolicies of lab {} from {url}", args.lab))?;
     if let Some(why) = &args.why {
         let model = policy_model(&pods, &policy_objects);
-        print!("{}", explain(&record, &pods, &model, &why[0], &why[1])?);
+        print!(
+            "{}",
+            explain(&record, (&pods, &services), &model, &why[0], &why[1])?
+        );
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -450,7 +455,7 @@ fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
 /// `kemu reach --why SRC DST`.
 fn explain(
     record: &LabRecord,
-    pods: &[Pod],
+    (pods, services): (&[Pod], &[Service]),
     model: &Model,
     src: &str,
     dst: &str,
@@ -465,11 +470,75 @@ fn explain(
         .and_then(|(d, p)| Some((d, p.parse::<u16>().ok()?)))
         .ok_or_else(|| {
             super::exit::usage(format!(
-                "--why: the destination {dst:?} needs a port (e.g. x/a:80 or 172.16.0.2:80/udp)"
+                "--why: the destination {dst:?} needs a port (e.g. x/a:80, svc/x/web:80 or 172.16.0.2:80/udp)"
             ))
         })?;
     let src = resolve_end(record, pods, src)?;
-    let dst = resolve_end(record, pods, dst)?;
+    let Some(service) = dst.strip_prefix("svc/") else {
+        let dst = resolve_end(record, pods, dst)?;
+        return Ok(explain_pair(model, &src, &dst, protocol, port, ""));
+    };
+    // A Service: each backend as the proxy's DNAT sends the connection to it.
+    let (ns, name) = service.split_once('/').unwrap_or(("default", service));
+    let svc = services
+        .iter()
+        .find(|s| {
+            s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name)
+        })
+        .ok_or_else(|| super::exit::usage(format!("no Service {ns}/{name} in the lab")))?;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let svc_port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| {
+            p.port == i32::from(port)
+                && Protocol::from_api(p.protocol.as_deref().unwrap_or("TCP")) == Some(protocol)
+        })
+        .ok_or_else(|| {
+            super::exit::usage(format!("Service {ns}/{name} has no {protocol} port {port}"))
+        })?;
+    let selector = crate::controllers::util::Selector::from_map(spec.selector.as_ref());
+    let mut out = format!("{} -> Service {ns}/{name} {protocol}/{port}:\n", src.shown);
+    let mut backends = 0;
+    for pod in pods.iter().filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns)
+            && p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && selector.matches(p.metadata.labels.as_ref())
+    }) {
+        let target = match &svc_port.target_port {
+            None => Some(port),
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+            Some(IntOrString::String(named)) => pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(named.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        };
+        let (Some(target), Ok(dst)) = (target, resolve_end(record, pods, &pod_key(pod))) else {
+            continue;
+        };
+        backends += 1;
+        out.push_str(&explain_pair(model, &src, &dst, protocol, target, "  "));
+    }
+    if backends == 0 {
+        out.push_str("  no running backend\n");
+    }
+    Ok(out)
+}
+
+/// The verdict on `src` → `dst` and both ends' decisions, each line after `indent`.
+fn explain_pair(
+    model: &Model,
+    src: &End,
+    dst: &End,
+    protocol: Protocol,
+    port: u16,
+    indent: &str,
+) -> String {
     let verdict = model.evaluate(Packet {
         src: src.ip,
         dst: dst.ip,
@@ -479,31 +548,31 @@ fn explain(
     // The node's own traffic to its pods passes (`meta skuid 0 accept`, as upstream).
     let from_own_node = src.host && src.node.is_some() && src.node == dst.node;
     let allowed = from_own_node || verdict.allowed();
-    let mut out = format!(
-        "{} -> {} {protocol}/{port}: {}\n",
-        src.shown,
-        dst.shown,
-        if allowed { "allowed" } else { "denied" }
-    );
+    let mut out = if indent.is_empty() {
+        format!("{} -> {} {protocol}/{port}: ", src.shown, dst.shown)
+    } else {
+        format!("{indent}-> {} {protocol}/{port}: ", dst.shown)
+    };
+    out.push_str(if allowed { "allowed\n" } else { "denied\n" });
     let who = |pod: &Option<String>| pod.clone().unwrap_or_else(|| "a non-pod address".into());
     out.push_str(&format!(
-        "  egress of {}: {}\n",
+        "{indent}  egress of {}: {}\n",
         who(&verdict.src_pod),
         verdict.egress
     ));
     if from_own_node {
         out.push_str(&format!(
-            "  ingress of {}: allowed: traffic from the pod's own node always passes\n",
+            "{indent}  ingress of {}: allowed: traffic from the pod's own node always passes\n",
             who(&verdict.dst_pod)
         ));
     } else {
         out.push_str(&format!(
-            "  ingress of {}: {}\n",
+            "{indent}  ingress of {}: {}\n",
             who(&verdict.dst_pod),
             verdict.ingress
         ));
     }
-    Ok(out)
+    out
 }
 
 /// The policy note of a matrix cell to a pod address (`pod/...` targets).

@@ -81,18 +81,18 @@ start_dockerd() {
   exit 1
 }
 
-# Build kemu and the proxy agent (release profile) and the kubelet and flanneld (node-agents
+# Build kemu, the proxy and the NetworkPolicy agents (release profile) and the kubelet and flanneld (node-agents
 # profile, built for size: Cargo.toml), put them side by side in bin/, where kemu looks for its agents, and
 # link ./kemu to bin/kemu. Copies, so that a later cargo build does not change what bin/ holds
 # without the other binaries.
 build() {
   local target
   target="target/$(rustc -vV | sed -n 's/^host: //p')"
-  cargo build --release --locked --bin kemu --bin kemu-proxy
+  cargo build --release --locked --bin kemu --bin kemu-proxy --bin kemu-netpol
   cargo build --profile node-agents --locked --bin kemu-kubelet --bin kemu-flanneld
   mkdir -p bin
-  cp -f "$target/release/kemu" "$target/release/kemu-proxy" "$target/node-agents/kemu-kubelet" \
-    "$target/node-agents/kemu-flanneld" bin/
+  cp -f "$target/release/kemu" "$target/release/kemu-proxy" "$target/release/kemu-netpol" \
+    "$target/node-agents/kemu-kubelet" "$target/node-agents/kemu-flanneld" bin/
   ln -sfn bin/kemu kemu
 }
 

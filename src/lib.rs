@@ -21,6 +21,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod netlink;
 pub mod netns;
+pub mod netpol;
 pub mod observe;
 pub mod overlay;
 pub mod plan;

@@ -35,6 +35,7 @@ fn the_command_table_names_every_launcher_command() {
         "kubelet",
         "flanneld",
         "proxy",
+        "netpol",
     ];
     let cli = kemu::cli::Cli::command();
     let mut missing = Vec::new();

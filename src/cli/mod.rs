@@ -26,6 +26,7 @@ pub mod kubelet;
 mod link;
 mod list;
 mod logs;
+pub mod netpol;
 mod node;
 mod output;
 mod partition;
@@ -118,6 +119,8 @@ pub enum Command {
     Flanneld(flanneld::FlanneldArgs),
     /// The service proxy agent (`render` prints a node's rules, `mode` switches a lab's mode).
     Proxy(Box<proxy::ProxyArgs>),
+    /// The NetworkPolicy agent of a minion (`render` prints a node's policy table).
+    Netpol(netpol::NetpolArgs),
     /// Manage the image store shared by all labs: load, ls, rm, pull, gc.
     Image(image::ImageArgs),
     /// Run a built-in container image (started inside containers by the process runtime).
@@ -195,6 +198,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => snapshot::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Netpol(args) => netpol::run(args),
         Command::Image(args) => image::run(args),
         Command::BuiltinImage(args) => builtin_image::run(args),
         Command::ContainerShim(args) => container_shim::run(args),

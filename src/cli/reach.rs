@@ -5,16 +5,20 @@
 //! image logs every request, as the real one does, with the client address it saw).
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, LogParams};
 
 use super::output::Format;
 use crate::lab::state::LabRecord;
+use crate::netpol::{Model, Objects, Packet, Protocol};
 use crate::reach::probe::{self, Answer, ProbeOptions};
 use crate::reach::{Cell, Expectations, HostInfo, Try, hosts_without_pod, plan, render, summarise};
 
@@ -55,6 +59,12 @@ pub struct ReachArgs {
     /// Pause between rounds of --watch.
     #[arg(long, default_value = "1s", value_parser = crate::topology::parse_duration_arg)]
     pub interval: Duration,
+    /// Explain instead of probing: may SRC connect to DST, and which NetworkPolicy and rule
+    /// decide, as the nodes' policy tables do. SRC: a pod (`ns/name`, or `name` in default),
+    /// `host/<host>` or an IP; DST: the same, or `svc/<ns>/<name>` (each backend), with
+    /// `:PORT`, optionally `/udp` or `/sctp`.
+    #[arg(long, num_args = 2, value_names = ["SRC", "DST"])]
+    pub why: Option<Vec<String>>,
 }
 
 /// How long the access log of one pod may take to read.
@@ -106,6 +116,17 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("read the objects of lab {} from {url}", args.lab))
     };
     let (mut nodes, mut services, mut pods) = list()?;
+    let policy_objects = rt
+        .block_on(policy_objects(client.clone()))
+        .with_context(|| format!("read the NetworkPolicies of lab {} from {url}", args.lab))?;
+    if let Some(why) = &args.why {
+        let model = policy_model(&pods, &policy_objects);
+        print!(
+            "{}",
+            explain(&record, (&pods, &services), &model, &why[0], &why[1])?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let hosts: Vec<HostInfo> = topo
         .hosts
@@ -144,7 +165,7 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
         }
         return result;
     }
-    let (sources, _) = plan(&hosts, &nodes, &services, &pods, pod_netns);
+    let (sources, targets) = plan(&hosts, &nodes, &services, &pods, pod_netns);
     for host in hosts.iter().filter(|h| h.cluster) {
         if !sources
             .iter()
@@ -167,8 +188,19 @@ pub fn run(args: ReachArgs) -> anyhow::Result<ExitCode> {
     if !probes.is_empty() {
         rt.block_on(delete_probes(client.clone(), &probes));
     }
-    let cells = cells?;
+    let mut cells = cells?;
 
+    // What the policies make of the cells between pods and hosts (from the same model the
+    // nodes' tables are rendered from).
+    let model = policy_model(&pods, &policy_objects);
+    if !model.pods.is_empty() {
+        for (s, source) in sources.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
+                let cell = &mut cells[s * targets.len() + t];
+                cell.policy = cell_note(&record, &pods, &model, source, target);
+            }
+        }
+    }
     let differences = expectations.as_ref().map(|e| e.differences(&cells));
     match args.output {
         Format::Table => print!("{}", render(&cells)),
@@ -342,14 +374,14 @@ async fn delete_probes(client: kube::Client, names: &[String]) {
 type Listed = (Vec<Node>, Vec<Service>, Vec<Pod>);
 
 /// The objects `reach` plans from: nodes, services, pods.
-type Objects<'a> = (&'a [Node], &'a [Service], &'a [Pod]);
+type Listing<'a> = (&'a [Node], &'a [Service], &'a [Pod]);
 
 /// One matrix: plan, probe, and tell which pod answered each try and whom it saw.
 fn matrix(
     rt: &tokio::runtime::Runtime,
     client: &kube::Client,
     hosts: &[HostInfo],
-    (nodes, services, pods): Objects<'_>,
+    (nodes, services, pods): Listing<'_>,
     pod_netns: &dyn Fn(&Pod) -> String,
     opts: &ProbeOptions,
 ) -> anyhow::Result<Vec<Cell>> {
@@ -411,6 +443,7 @@ fn matrix(
                 outcome,
                 tries,
                 client: client_addr,
+                policy: None,
             });
         }
     }
@@ -497,4 +530,262 @@ fn watch(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Namespaces and NetworkPolicies of the cluster (the model's other inputs).
+async fn policy_objects(
+    client: kube::Client,
+) -> anyhow::Result<(Vec<Namespace>, Vec<NetworkPolicy>)> {
+    let lp = ListParams::default();
+    let namespaces = Api::<Namespace>::all(client.clone()).list(&lp).await?.items;
+    let policies = Api::<NetworkPolicy>::all(client).list(&lp).await?.items;
+    Ok((namespaces, policies))
+}
+
+/// The whole cluster's policy model.
+fn policy_model(
+    pods: &[Pod],
+    (namespaces, policies): &(Vec<Namespace>, Vec<NetworkPolicy>),
+) -> Model {
+    let pods: Vec<&Pod> = pods.iter().collect();
+    let namespaces: Vec<&Namespace> = namespaces.iter().collect();
+    let policies: Vec<&NetworkPolicy> = policies.iter().collect();
+    crate::netpol::model::build(
+        Objects {
+            pods: &pods,
+            namespaces: &namespaces,
+            policies: &policies,
+        },
+        None,
+    )
+}
+
+/// An end of a connection `--why` explains.
+struct End {
+    /// How it is shown: `x/a (172.16.0.2 on 192.168.0.201)`.
+    shown: String,
+    ip: Ipv4Addr,
+    /// The node a pod runs on, or the host itself.
+    node: Option<String>,
+    host: bool,
+}
+
+/// `ns/name`, `name`, `pod/ns/name`, `host/<host>` or an IP.
+fn resolve_end(record: &LabRecord, pods: &[Pod], text: &str) -> anyhow::Result<End> {
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        let pod = pods.iter().find(|p| pod_ip(p) == Some(ip));
+        return Ok(End {
+            shown: match pod {
+                Some(p) => format!("{} ({ip})", pod_key(p)),
+                None => ip.to_string(),
+            },
+            ip,
+            node: pod.and_then(|p| p.spec.as_ref()?.node_name.clone()),
+            host: false,
+        });
+    }
+    if let Some(host) = text.strip_prefix("host/") {
+        let host = record.host(host)?;
+        return Ok(End {
+            shown: format!("host {} ({})", host.name, host.ip),
+            ip: host.ip,
+            node: Some(host.name.clone()),
+            host: true,
+        });
+    }
+    let key = text.strip_prefix("pod/").unwrap_or(text);
+    let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+    let pod = pods
+        .iter()
+        .find(|p| {
+            p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+        })
+        .ok_or_else(|| {
+            super::exit::usage(format!(
+                "no pod {ns}/{name} in the lab (give ns/name, host/<host> or an IP)"
+            ))
+        })?;
+    let ip =
+        pod_ip(pod).ok_or_else(|| anyhow::anyhow!("pod {ns}/{name} has no IPv4 address yet"))?;
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    Ok(End {
+        shown: format!(
+            "{ns}/{name} ({ip} on {})",
+            node.as_deref().unwrap_or("no node")
+        ),
+        ip,
+        node,
+        host: false,
+    })
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
+    p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// `kemu reach --why SRC DST`.
+fn explain(
+    record: &LabRecord,
+    (pods, services): (&[Pod], &[Service]),
+    model: &Model,
+    src: &str,
+    dst: &str,
+) -> anyhow::Result<String> {
+    let (dst, proto) = match dst.rsplit_once('/') {
+        Some((rest, p)) if matches!(p, "tcp" | "udp" | "sctp") => (rest, p),
+        _ => (dst, "tcp"),
+    };
+    let protocol = Protocol::from_api(&proto.to_uppercase()).expect("tcp, udp or sctp");
+    let (dst, port) = dst
+        .rsplit_once(':')
+        .and_then(|(d, p)| Some((d, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| {
+            super::exit::usage(format!(
+                "--why: the destination {dst:?} needs a port (e.g. x/a:80, svc/x/web:80 or 172.16.0.2:80/udp)"
+            ))
+        })?;
+    let src = resolve_end(record, pods, src)?;
+    let Some(service) = dst.strip_prefix("svc/") else {
+        let dst = resolve_end(record, pods, dst)?;
+        return Ok(explain_pair(model, &src, &dst, protocol, port, ""));
+    };
+    // A Service: each backend as the proxy's DNAT sends the connection to it.
+    let (ns, name) = service.split_once('/').unwrap_or(("default", service));
+    let svc = services
+        .iter()
+        .find(|s| {
+            s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name)
+        })
+        .ok_or_else(|| super::exit::usage(format!("no Service {ns}/{name} in the lab")))?;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let svc_port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| {
+            p.port == i32::from(port)
+                && Protocol::from_api(p.protocol.as_deref().unwrap_or("TCP")) == Some(protocol)
+        })
+        .ok_or_else(|| {
+            super::exit::usage(format!("Service {ns}/{name} has no {protocol} port {port}"))
+        })?;
+    let selector = crate::controllers::util::Selector::from_map(spec.selector.as_ref());
+    let mut out = format!("{} -> Service {ns}/{name} {protocol}/{port}:\n", src.shown);
+    let mut backends = 0;
+    for pod in pods.iter().filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns)
+            && p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && selector.matches(p.metadata.labels.as_ref())
+    }) {
+        let target = match &svc_port.target_port {
+            None => Some(port),
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+            Some(IntOrString::String(named)) => pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(named.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        };
+        let (Some(target), Ok(dst)) = (target, resolve_end(record, pods, &pod_key(pod))) else {
+            continue;
+        };
+        backends += 1;
+        out.push_str(&explain_pair(model, &src, &dst, protocol, target, "  "));
+    }
+    if backends == 0 {
+        out.push_str("  no running backend\n");
+    }
+    Ok(out)
+}
+
+/// The verdict on `src` → `dst` and both ends' decisions, each line after `indent`.
+fn explain_pair(
+    model: &Model,
+    src: &End,
+    dst: &End,
+    protocol: Protocol,
+    port: u16,
+    indent: &str,
+) -> String {
+    let verdict = model.evaluate(Packet {
+        src: src.ip,
+        dst: dst.ip,
+        protocol,
+        port,
+    });
+    // The node's own traffic to its pods passes (`meta skuid 0 accept`, as upstream).
+    let from_own_node = src.host && src.node.is_some() && src.node == dst.node;
+    let allowed = from_own_node || verdict.allowed();
+    let mut out = if indent.is_empty() {
+        format!("{} -> {} {protocol}/{port}: ", src.shown, dst.shown)
+    } else {
+        format!("{indent}-> {} {protocol}/{port}: ", dst.shown)
+    };
+    out.push_str(if allowed { "allowed\n" } else { "denied\n" });
+    let who = |pod: &Option<String>| pod.clone().unwrap_or_else(|| "a non-pod address".into());
+    out.push_str(&format!(
+        "{indent}  egress of {}: {}\n",
+        who(&verdict.src_pod),
+        verdict.egress
+    ));
+    if from_own_node {
+        out.push_str(&format!(
+            "{indent}  ingress of {}: allowed: traffic from the pod's own node always passes\n",
+            who(&verdict.dst_pod)
+        ));
+    } else {
+        out.push_str(&format!(
+            "{indent}  ingress of {}: {}\n",
+            who(&verdict.dst_pod),
+            verdict.ingress
+        ));
+    }
+    out
+}
+
+/// The policy note of a matrix cell to a pod address (`pod/...` targets).
+fn cell_note(
+    record: &LabRecord,
+    pods: &[Pod],
+    model: &Model,
+    source: &crate::reach::Source,
+    target: &crate::reach::Target,
+) -> Option<String> {
+    if !target.name.starts_with("pod/") {
+        return None;
+    }
+    let std::net::IpAddr::V4(dst) = target.addr.ip() else {
+        return None;
+    };
+    let src = match (&source.pod, source.name.strip_prefix("host/")) {
+        (Some(pod), _) => resolve_end(record, pods, pod).ok()?,
+        (None, Some(host)) => resolve_end(record, pods, &format!("host/{host}")).ok()?,
+        _ => return None,
+    };
+    let dst_node = pods
+        .iter()
+        .find(|p| pod_ip(p) == Some(dst))
+        .and_then(|p| p.spec.as_ref()?.node_name.clone());
+    if src.host && src.node == dst_node {
+        return None;
+    }
+    model
+        .evaluate(Packet {
+            src: src.ip,
+            dst,
+            protocol: Protocol::Tcp,
+            port: target.addr.port(),
+        })
+        .note()
 }

@@ -13,11 +13,13 @@ use super::state::LabDir;
 /// The node agents, which have small binaries of their own (src/bin/): every minion runs one
 /// of each, and a binary holding only that agent's code keeps its resident memory small (the
 /// kernel maps nearly all of a binary's code into every process that runs it). `kemu kubelet`,
-/// `kemu flanneld` and `kemu proxy` run the same code when the binaries are missing.
-pub const NODE_AGENT_BINARIES: [(&str, &str); 3] = [
+/// `kemu flanneld`, `kemu proxy` and `kemu netpol` run the same code when the binaries are
+/// missing.
+pub const NODE_AGENT_BINARIES: [(&str, &str); 4] = [
     ("kubelet", "kemu-kubelet"),
     ("flanneld", "kemu-flanneld"),
     ("proxy", "kemu-proxy"),
+    ("netpol", "kemu-netpol"),
 ];
 
 /// Environment variable through which the supervisor tells its agents where the `kemu`
@@ -228,6 +230,21 @@ pub fn agent_specs(topo: &Topology, dir: &LabDir, pod_ids: Option<IdRange>) -> V
         }
         proxy.extend(seed.iter().cloned());
         specs.push(kemu(host, "proxy", proxy));
+        // NetworkPolicy enforcement, a process of its own as kindnet's policy controller is
+        // beside kube-proxy: it works whatever the proxy's mode, and a crash of either
+        // leaves the other's rules alone.
+        specs.push(kemu(
+            host,
+            "netpol",
+            vec![
+                format!("--master={api}"),
+                format!("--node-name={}", host.name),
+                format!(
+                    "--status-file={}",
+                    dir.netpol_status_file(&host.name).display()
+                ),
+            ],
+        ));
     }
     for host in &topo.hosts {
         for daemon in &host.daemons {

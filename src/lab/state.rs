@@ -113,6 +113,10 @@ impl LabDir {
     pub fn proxy_status_file(&self, host: &str) -> PathBuf {
         self.host_dir(host).join("proxy-status.json")
     }
+    /// The NetworkPolicy agent's status file, rewritten after every sync.
+    pub fn netpol_status_file(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("netpol-status.json")
+    }
     /// The supervisor's own state (`supervisor::SupervisorState`).
     pub fn supervisor_json(&self) -> PathBuf {
         self.root.join("supervisor.json")

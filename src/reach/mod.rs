@@ -87,6 +87,10 @@ pub struct Cell {
     /// when kemu could tell; several, comma separated, if the tries differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// What NetworkPolicy makes of the cell when an isolated pod is at either end
+    /// (`allowed by x/web ingress[0]`, `denied: ingress of x/a isolated by x/deny`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// The tries of one cell.
@@ -352,6 +356,10 @@ pub fn render(cells: &[Cell]) -> String {
         if let Some(client) = &c.client {
             let _ = write!(result, " (client {client})");
         }
+        let result = match &c.policy {
+            Some(policy) => format!("{result}  ({policy})"),
+            None => result,
+        };
         let _ = writeln!(
             out,
             "{:ws$}  {:wt$}  {:wa$}  {result}",
@@ -452,11 +460,14 @@ impl Expectations {
                 )),
                 Some(r) if r.reached != c.outcome.reached() => {
                     let want = if r.reached { "reached" } else { "unreached" };
-                    let detail = match &c.outcome {
+                    let mut detail = match &c.outcome {
                         Outcome::Unreached { why } => format!(" ({why})"),
                         Outcome::Reached { by: Some(p) } => format!(" (by {p})"),
                         Outcome::Reached { by: None } => String::new(),
                     };
+                    if let Some(policy) = &c.policy {
+                        detail.push_str(&format!(" [{policy}]"));
+                    }
                     out.push(format!(
                         "{} -> {} ({}): expected {want} ({}:{}), got {got}{detail}",
                         c.source, c.target, c.addr, self.file, r.line
@@ -557,6 +568,7 @@ mod tests {
 
     fn cell(source: &str, target: &str, reached: bool) -> Cell {
         Cell {
+            policy: None,
             source: source.into(),
             target: target.into(),
             addr: "192.168.3.236:8001".parse().unwrap(),

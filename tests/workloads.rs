@@ -62,7 +62,7 @@ kind: CronJob
 metadata: {name: tick}
 spec:
   schedule: "* * * * *"
-  successfulJobsHistoryLimit: 1
+  successfulJobsHistoryLimit: 2
   jobTemplate:
     metadata: {labels: {app: tick}}
     spec:
@@ -594,12 +594,6 @@ fn cron_job(lab: &Lab) {
 
     // A Job made by hand from the CronJob's template.
     lab.kubectl_ok(&["create", "job", "by-hand", "--from=cronjob/tick"]);
-    lab.kubectl_ok(&[
-        "wait",
-        "--for=condition=complete",
-        "job/by-hand",
-        "--timeout=60s",
-    ]);
     assert_eq!(
         lab.jsonpath(
             "job/by-hand",
@@ -607,4 +601,10 @@ fn cron_job(lab: &Lab) {
         ),
         "manual"
     );
+    lab.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/by-hand",
+        "--timeout=60s",
+    ]);
 }

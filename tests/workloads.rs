@@ -62,7 +62,7 @@ kind: CronJob
 metadata: {name: tick}
 spec:
   schedule: "* * * * *"
-  successfulJobsHistoryLimit: 1
+  successfulJobsHistoryLimit: 2
   jobTemplate:
     metadata: {labels: {app: tick}}
     spec:
@@ -543,12 +543,54 @@ fn namespace_lifecycle(lab: &Lab) {
         let ps = items(lab, &["pods", "-n", "scratch", "-l", "app=app"]);
         (ps.len() == 2 && ps.iter().all(ready)).then_some(())
     });
+    // A finalizer nobody removes holds one object, and with it the namespace.
+    lab.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        "scratch",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
     lab.kubectl_ok(&["delete", "namespace", "scratch", "--wait=false"]);
     let ns = get_json(lab, &["namespace", "scratch"]);
     assert_eq!(ns["status"]["phase"], "Terminating", "{ns}");
     // New content is refused meanwhile.
     let out = lab.kubectl(&["create", "configmap", "late", "-n", "scratch"]);
     assert!(!out.status.success());
+    // Everything else goes; the conditions say what is left and why, as kube words them.
+    wait_for("only the held configmap left", LONG, || {
+        let ns = get_json(lab, &["namespace", "scratch"]);
+        let said = |ty: &str| {
+            condition(&ns, ty).map(|c| (s(&c["status"]), s(&c["reason"]), s(&c["message"])))
+        };
+        (said("NamespaceContentRemaining")
+            == Some((
+                "True".into(),
+                "SomeResourcesRemain".into(),
+                "Some resources are remaining: configmaps. has 1 resource instances".into(),
+            ))
+            && said("NamespaceFinalizersRemaining")
+                == Some((
+                    "True".into(),
+                    "SomeFinalizerRemain".into(),
+                    "Some finalizers are remaining: example.com/hold in 1 resource instances"
+                        .into(),
+                ))
+            && said("NamespaceDeletionDiscoveryFailure").is_some_and(|c| c.0 == "False"))
+        .then_some(())
+    });
+    lab.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-n",
+        "scratch",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
     wait_for("namespace scratch gone", LONG, || {
         let out = lab.kubectl(&["get", "namespace", "scratch"]);
         String::from_utf8_lossy(&out.stderr)
@@ -594,12 +636,6 @@ fn cron_job(lab: &Lab) {
 
     // A Job made by hand from the CronJob's template.
     lab.kubectl_ok(&["create", "job", "by-hand", "--from=cronjob/tick"]);
-    lab.kubectl_ok(&[
-        "wait",
-        "--for=condition=complete",
-        "job/by-hand",
-        "--timeout=60s",
-    ]);
     assert_eq!(
         lab.jsonpath(
             "job/by-hand",
@@ -607,4 +643,10 @@ fn cron_job(lab: &Lab) {
         ),
         "manual"
     );
+    lab.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/by-hand",
+        "--timeout=60s",
+    ]);
 }

@@ -124,10 +124,9 @@ pub async fn sync(
         shared.revisions.observe(created.clone());
         return Ok(Arc::new(created));
     }
-    let current = owned
-        .into_iter()
-        .find(|r| r.name_any() == name)
-        .expect("planned: the current revision exists");
+    let Some(current) = owned.into_iter().find(|r| r.name_any() == name) else {
+        anyhow::bail!("revision {namespace}/{name} went missing");
+    };
     if let Some(revision) = p.renumber {
         let patch = serde_json::json!({ "revision": revision });
         let updated = api

@@ -54,6 +54,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Command {
+    /// A long-running server (an agent, the supervisor, a built-in image, the delay line):
+    /// a peer that goes away must be an `EPIPE` on that connection, never a SIGPIPE that ends
+    /// the whole process silently (a supervisor killed by a kubectl that hung up took its
+    /// lab's API endpoint with it).
+    pub fn is_server(&self) -> bool {
+        match self {
+            Command::Supervise { .. }
+            | Command::Apiserver(_)
+            | Command::Scheduler(_)
+            | Command::ControllerManager(_)
+            | Command::Kubelet(_)
+            | Command::Flanneld(_)
+            | Command::BuiltinImage(_)
+            | Command::FaultEngine(_) => true,
+            Command::Proxy(args) => args.command.is_none(),
+            Command::Netpol(args) => args.command.is_none(),
+            _ => false,
+        }
+    }
+}
+
 /// The subcommands. Launcher commands first, then the agents that `kemu up` starts.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -46,3 +46,24 @@ pub fn server_config(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Answer a client that speaks plain HTTP to a TLS port as Go's TLS server does (400, "Client
+/// sent an HTTP request to an HTTPS server."); true when it did, and the connection is done. A
+/// TLS handshake starts with a record of type 22, plain HTTP with a method name.
+pub async fn refused_plain_http(
+    stream: &mut tokio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(timeout, stream.peek(&mut first))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if n == 1 && first[0].is_ascii_alphabetic() {
+        stream
+            .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+            .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}

@@ -71,17 +71,12 @@ pub async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, r
         let router = router.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            // Plain HTTP to the TLS port gets Go's answer, as from kube-apiserver (a TLS
-            // handshake starts with a record of type 22; a request with a method name).
-            let mut first = [0u8; 1];
-            if let Ok(Ok(1)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await
-                && first[0].is_ascii_alphabetic()
-            {
-                use tokio::io::AsyncWriteExt;
-                let mut tcp = tcp;
-                let _ = tcp
-                    .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
-                    .await;
+            let mut tcp = tcp;
+            // Plain HTTP to the TLS port gets Go's answer, as from kube-apiserver.
+            if !matches!(
+                crate::tls::refused_plain_http(&mut tcp, HANDSHAKE_TIMEOUT).await,
+                Ok(false)
+            ) {
                 return;
             }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -403,16 +403,16 @@ impl Worker {
         let result = match self.ctx.volume_sources.gather(pod, downward).await {
             Ok(objects) => {
                 let pod_dir = self.ctx.pods_dir.root().join(&self.uid);
-                let set_up = super::volumes::set_up(
-                    &self.ctx.client,
-                    &self.ctx.pods_dir,
-                    &pod_dir,
-                    pod,
-                    &objects,
-                    self.ctx.pod_ids.as_ref(),
-                    &self.ctx.lab_dir.root,
-                )
-                .await;
+                let place = super::volumes::Place {
+                    owner: &self.ctx.pods_dir,
+                    pod_dir: &pod_dir,
+                    pod_ids: self.ctx.pod_ids.as_ref(),
+                    lab_root: &self.ctx.lab_dir.root,
+                };
+                let none = PodVolumes::default();
+                let previous = self.volumes.as_ref().map_or(&none, |(v, _)| v);
+                let set_up =
+                    super::volumes::set_up(&self.ctx.client, &place, pod, &objects, previous).await;
                 self.objects = objects;
                 set_up
             }

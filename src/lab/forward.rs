@@ -64,13 +64,7 @@ async fn handle(
     target: SocketAddr,
 ) -> anyhow::Result<()> {
     let _ = client.set_nodelay(true);
-    // A TLS handshake starts with a record of type 22; plain HTTP starts with a method name.
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.peek(&mut first)).await??;
-    if n == 1 && first[0].is_ascii_alphabetic() {
-        client
-            .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
-            .await?;
+    if crate::tls::refused_plain_http(&mut client, HANDSHAKE_TIMEOUT).await? {
         return Ok(());
     }
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(client)).await??;

@@ -37,37 +37,64 @@ fn name_of(obj: &Value) -> String {
     }
 }
 
-/// Parse every YAML document of `text`.
-pub fn parse_yaml(text: &str) -> Result<ProxyObjects, ObjectsError> {
+/// One object of a YAML file.
+#[derive(Debug)]
+pub struct FileObject {
+    /// The document it came from, counted from 1.
+    pub document: usize,
+    pub kind: String,
+    pub value: Value,
+}
+
+impl FileObject {
+    /// `namespace/name` (or `name`), as warnings and errors name it.
+    pub fn name(&self) -> String {
+        name_of(&self.value)
+    }
+
+    /// The object as a typed `T`, or why it is not a valid one.
+    pub fn parse<T: serde::de::DeserializeOwned>(self) -> Result<T, ObjectsError> {
+        let name = self.name();
+        serde_json::from_value(self.value).map_err(|source| ObjectsError::Invalid {
+            index: self.document,
+            kind: self.kind,
+            name,
+            source,
+        })
+    }
+}
+
+/// Every object of `text`: several documents, `kind: List` flattened.
+pub fn file_objects(text: &str) -> Result<Vec<FileObject>, ObjectsError> {
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| ObjectsError::Yaml(e.to_string()))?;
-    let mut out = ProxyObjects::default();
+    let mut out = Vec::new();
     for (index, doc) in docs.into_iter().enumerate() {
         let items = if doc["kind"].as_str().is_some_and(|k| k.ends_with("List")) {
             doc["items"].as_array().cloned().unwrap_or_default()
         } else {
             vec![doc]
         };
-        for obj in items {
-            let kind = obj["kind"].as_str().unwrap_or("<no kind>").to_owned();
-            let name = name_of(&obj);
-            let invalid = |source| ObjectsError::Invalid {
-                index: index + 1,
-                kind: kind.clone(),
-                name: name.clone(),
-                source,
-            };
-            match kind.as_str() {
-                "Service" => out
-                    .services
-                    .push(serde_json::from_value(obj).map_err(invalid)?),
-                "EndpointSlice" => out
-                    .endpoint_slices
-                    .push(serde_json::from_value(obj).map_err(invalid)?),
-                _ => out.warnings.push(format!(
-                    "ignoring {kind} {name}: the proxy only reads Services and EndpointSlices"
-                )),
-            }
+        out.extend(items.into_iter().map(|value| FileObject {
+            document: index + 1,
+            kind: value["kind"].as_str().unwrap_or("<no kind>").to_owned(),
+            value,
+        }));
+    }
+    Ok(out)
+}
+
+/// Parse every YAML document of `text`.
+pub fn parse_yaml(text: &str) -> Result<ProxyObjects, ObjectsError> {
+    let mut out = ProxyObjects::default();
+    for obj in file_objects(text)? {
+        match obj.kind.as_str() {
+            "Service" => out.services.push(obj.parse()?),
+            "EndpointSlice" => out.endpoint_slices.push(obj.parse()?),
+            kind => out.warnings.push(format!(
+                "ignoring {kind} {}: the proxy only reads Services and EndpointSlices",
+                obj.name()
+            )),
         }
     }
     Ok(out)

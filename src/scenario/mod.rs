@@ -14,7 +14,6 @@ pub mod expect;
 pub mod flows;
 pub mod runner;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -362,9 +361,6 @@ pub fn describe(step: &Step) -> String {
         Step::Sleep(d) => format!("sleep {d}"),
     }
 }
-
-/// Parsed flows per second and other figures a run reports, by step.
-pub type Figures = BTreeMap<usize, String>;
 
 #[cfg(test)]
 mod tests {

@@ -193,27 +193,22 @@ fn config_map(
     mode: i32,
     objects: &Objects,
 ) -> Result<(), String> {
-    let optional = optional.unwrap_or(false);
-    let Some(cm) = objects.config_maps.get(name) else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(format!("configmap \"{name}\" not found"))
-        };
-    };
-    let mut data: BTreeMap<String, Vec<u8>> = cm
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-        .collect();
-    data.extend(
-        cm.binary_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone())),
-    );
-    keyed(out, &data, items, optional, mode, "configMap")
+    let data = objects.config_maps.get(name).map(|cm| {
+        let text = cm.data.iter().flatten();
+        let binary = cm.binary_data.iter().flatten();
+        text.map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .chain(binary.map(|(k, v)| (k.clone(), v.0.clone())))
+            .collect()
+    });
+    object_files(
+        out,
+        ("configmap", "configMap"),
+        name,
+        data,
+        items,
+        optional,
+        mode,
+    )
 }
 
 fn secret(
@@ -224,27 +219,34 @@ fn secret(
     mode: i32,
     objects: &Objects,
 ) -> Result<(), String> {
+    let data = objects.secrets.get(name).map(|s| {
+        let bytes = s.data.iter().flatten();
+        let text = s.string_data.iter().flatten();
+        bytes
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .chain(text.map(|(k, v)| (k.clone(), v.clone().into_bytes())))
+            .collect()
+    });
+    object_files(out, ("secret", "secret"), name, data, items, optional, mode)
+}
+
+/// The files of a ConfigMap's or Secret's keys (`data`: `None` when the object is missing),
+/// with the kubelet's words (`kind`: as in "not found", as in "references") when they fail.
+fn object_files(
+    out: &mut Files,
+    (kind, field): (&str, &str),
+    name: &str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    mode: i32,
+) -> Result<(), String> {
     let optional = optional.unwrap_or(false);
-    let Some(s) = objects.secrets.get(name) else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(format!("secret \"{name}\" not found"))
-        };
-    };
-    let mut data: BTreeMap<String, Vec<u8>> = s
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    data.extend(
-        s.string_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
-    );
-    keyed(out, &data, items, optional, mode, "secret")
+    match data {
+        Some(data) => keyed(out, &data, items, optional, mode, field),
+        None if optional => Ok(()),
+        None => Err(format!("{kind} \"{name}\" not found")),
+    }
 }
 
 fn downward(

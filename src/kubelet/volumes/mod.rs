@@ -243,19 +243,38 @@ fn plain_name(name: &str) -> bool {
 pub struct PodVolumes {
     /// Volume name → its directory, and whether containers may only read it.
     pub dirs: BTreeMap<String, (PathBuf, bool)>,
+    /// The files last written to each configMap, secret, downwardAPI or projected volume: a
+    /// refresh that computes the same writes nothing and reads nothing from disk.
+    written: BTreeMap<String, content::Files>,
 }
 
-/// Set up (or refresh) every volume of `pod` under `pod_dir` (`<pods>/<uid>`). The error is
-/// the kubelet's `FailedMount` message.
+/// Where a pod's volumes go on this machine, and whose their files are.
+pub struct Place<'a> {
+    /// The kubelet's pods directory, which every path written is proven to lie in.
+    pub owner: &'a OwnedDir,
+    /// `<pods>/<uid>`.
+    pub pod_dir: &'a Path,
+    /// The user namespace the pod's containers run in (`None`: the host's ids).
+    pub pod_ids: Option<&'a IdRange>,
+    /// The lab's directory: claimed volumes must lie inside it.
+    pub lab_root: &'a Path,
+}
+
+/// Set up every volume of `pod`, or refresh them (`previous`: what the last set-up made; a
+/// bound claim keeps its directory). The error is the kubelet's `FailedMount` message.
 pub async fn set_up(
     client: &kube::Client,
-    owner: &OwnedDir,
-    pod_dir: &Path,
+    place: &Place<'_>,
     pod: &Pod,
     objects: &Objects,
-    pod_ids: Option<&IdRange>,
-    lab_root: &Path,
+    previous: &PodVolumes,
 ) -> Result<PodVolumes, String> {
+    let Place {
+        owner,
+        pod_dir,
+        pod_ids,
+        lab_root,
+    } = *place;
     // Files belong to the container's root, and to the pod's fsGroup when it has one.
     let file_owner = pod_ids.and_then(|ids| {
         let fs_group = pod
@@ -283,7 +302,11 @@ pub async fn set_up(
                 .expect("a plugin of this module")
                 .map_err(failed)?;
             let dir = pod_dir.join("volumes").join(plugin).join(&volume.name);
-            writer::write(owner, &dir, &files, file_owner).map_err(|e| failed(e.to_string()))?;
+            if previous.written.get(&volume.name) != Some(&files) {
+                writer::write(owner, &dir, &files, file_owner)
+                    .map_err(|e| failed(e.to_string()))?;
+            }
+            out.written.insert(volume.name.clone(), files);
             (dir, true)
         } else if volume.empty_dir.is_some() {
             let dir = pod_dir
@@ -300,10 +323,15 @@ pub async fn set_up(
             }
             (dir, false)
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let dir = claimed_dir(client, &ns, &claim.claim_name, lab_root)
-                .await
-                .map_err(failed)?;
+            let dir = match previous.dirs.get(&volume.name) {
+                Some((dir, _)) => dir.clone(),
+                None => {
+                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                    claimed_dir(client, &ns, &claim.claim_name, lab_root)
+                        .await
+                        .map_err(failed)?
+                }
+            };
             (dir, claim.read_only.unwrap_or(false))
         } else {
             // Kinds kemu does not serve (cloud disks, CSI ...): containers that mount them fail.
